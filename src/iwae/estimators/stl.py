@@ -1,0 +1,14 @@
+"""Sticking the landing [Roeder, Wu & Duvenaud 2017].
+
+log q(z|x) is evaluated with q's parameters stopped; z keeps its path gradient. This drops
+the score term sum_i w~_i d/dphi log q(z_i|x)|_z, whose expectation is zero for the ELBO;
+for k > 1 the resulting IWAE encoder gradient is biased (Tucker et al. 2019, sec. 3), which
+DReG corrects. When q equals the exact posterior, the encoder gradient is zero per sample.
+"""
+
+SUPPORTS = ("elbo", "iwae", "miwae", "ciwae", "piwae")
+log_weight_options = {"stop_q": True}
+
+
+def surrogates(log_w, objective):
+    return objective.surrogate(log_w)
