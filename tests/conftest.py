@@ -73,3 +73,14 @@ class FixedLogWeights(nn.Module):
 @pytest.fixture
 def fixed_log_weights():
     return FixedLogWeights
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    """The real datasets: $IWAE_DATA_DIR, else ../shared/data beside the checkout."""
+    import os
+    from pathlib import Path
+    path = Path(os.environ.get("IWAE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
+    if not (path / "mnist").is_dir():
+        pytest.fail(f"the real data files are missing: set IWAE_DATA_DIR (looked in {path})")
+    return str(path)

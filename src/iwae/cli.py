@@ -1,0 +1,260 @@
+"""The ``iwae`` command: train, evaluate, sample, plot, datasets.
+
+Every user error ends in one line on stderr ("iwae: error: ...") and exit status 2.
+"""
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import CheckpointError
+from .config import Config
+from .data import DataError
+from .train import Interrupted, TrainingError
+
+USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line too: "iwae: error: ..." and exit status 2."""
+
+    def error(self, message):
+        message = " ".join(str(message).split())
+        self.exit(2, f"iwae: error: {message} (see: {self.prog} --help)\n")
+
+
+def positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_train(sub):
+    p = sub.add_parser("train", help="train a model (defaults: the paper's 1-layer IWAE, k=5, on MNIST)")
+    d = Config()
+    p.add_argument("--out", help="run directory (default: runs/<time>-<objective>-k<k>-l<layers>)")
+    p.add_argument("--dataset", default=d.dataset, help="a dataset name (see `iwae datasets`) or a file/folder")
+    p.add_argument("--data-dir", help="where dataset files live (default: $IWAE_DATA_DIR, else ~/.cache/iwae)")
+    p.add_argument("--layers", type=int, choices=(1, 2), default=d.layers)
+    p.add_argument("--objective", default=d.objective, help="vae | iwae | miwae | ciwae | piwae")
+    p.add_argument("--estimator", default=d.estimator, help="standard | stl | dreg | rws")
+    p.add_argument("--k", type=positive_int, default=d.k, help="samples per datapoint")
+    p.add_argument("--m", type=positive_int, help="groups for miwae/piwae (must divide k)")
+    p.add_argument("--beta", type=float, help="ciwae mixing weight in [0, 1]")
+    p.add_argument("--epochs", type=positive_int, default=d.epochs,
+                   help="the first N epochs of the schedule (the paper's is 3280)")
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--limit-train", type=positive_int, help="use the first N training images")
+    p.add_argument("--validation", choices=("none", "paper"), default=d.validation,
+                   help="paper: hold out the last 400 of MNIST's 60k (the original code)")
+    p.add_argument("--likelihood", choices=("bernoulli", "gaussian"), default=d.likelihood)
+    p.add_argument("--scale", choices=("exp", "softplus"), default=d.scale)
+    p.add_argument("--schedule", choices=("paper", "code", "constant"), default=d.schedule)
+    p.add_argument("--lr", type=float, default=d.lr, help="the schedule's first learning rate")
+    p.add_argument("--eval-examples", type=positive_int, default=d.eval_examples,
+                   help="held-out images for the per-epoch L_k")
+    p.add_argument("--init-from", help="start from another run's weights")
+    p.add_argument("--final-k", type=int, default=5000,
+                   help="k of the test NLL printed at the end (0: skip it)")
+    p.add_argument("--final-limit-test", type=positive_int, help="evaluate on the first N test images")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (its saved settings are used; "
+                        "flags given must agree with them, except --epochs and --on-nonfinite)")
+    p.add_argument("--on-nonfinite", choices=("stop", "skip"), default=d.on_nonfinite,
+                   help="a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or "
+                        "skip the batch (counted as skipped_steps in metrics.jsonl)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def add_evaluate(sub):
+    p = sub.add_parser("evaluate", help="test NLL (-mean L_k), active units and the KL gap of a run")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--k", type=positive_int, default=5000)
+    p.add_argument("--limit-test", type=positive_int, help="the first N images only")
+    p.add_argument("--train", action="store_true", help="evaluate on the training set instead")
+    p.add_argument("--per-example", help="save the per-example log-likelihoods to this .npy file")
+    p.add_argument("--data-dir")
+    p.add_argument("--seed", type=int, default=1234, help="binarization and sampling seed")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
+    p.add_argument("--quiet", action="store_true")
+
+
+def cmd_train(args):
+    from .report import evaluate_run
+    from .train import train
+    config = Config(dataset=args.dataset, layers=args.layers, objective=args.objective,
+                    estimator=args.estimator, k=args.k, m=args.m, beta=args.beta, epochs=args.epochs,
+                    seed=args.seed, batch_size=args.batch_size, limit_train=args.limit_train,
+                    validation=args.validation, likelihood=args.likelihood, scale=args.scale,
+                    schedule=args.schedule, lr=args.lr, eval_examples=args.eval_examples,
+                    init_from=args.init_from, on_nonfinite=args.on_nonfinite).validate()
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out, the run directory to continue")
+    if args.resume:
+        config = resume_config(args, config)
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.objective}-k{config.k}-l{config.layers}")
+    started = time.perf_counter()
+    train(config, out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet)
+    print(f"trained {out} in {time.perf_counter() - started:.0f} s")
+    if args.final_k > 0:
+        result = evaluate_run(out, k=args.final_k, limit=args.final_limit_test, data_dir=args.data_dir,
+                              quiet=args.quiet)
+        (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        print(f"test NLL (L_{args.final_k}, {result['n_test']} test images): {result['test_nll']:.2f} nats; "
+              f"active units {'+'.join(map(str, result['active_units']))}")
+
+
+def resume_config(args, config):
+    """--resume: the run's saved config with the train options typed on the command line on top.
+
+    train() then refuses any typed option that disagrees with the saved one (but --epochs
+    and --on-nonfinite may change), so `iwae train --out RUN --resume` alone continues RUN.
+    """
+    from .config import read_config
+    p = parser()
+    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
+    for action in sub.choices["train"]._actions:
+        action.default = argparse.SUPPRESS
+    given = set(vars(p.parse_args(getattr(args, "argv", None) or ["train"])))
+    flags = config.to_dict()
+    saved = read_config(args.out).to_dict()
+    return Config.from_dict({**saved, **{k: flags[k] for k in given if k in flags}}).validate()
+
+
+def cmd_evaluate(args):
+    from .report import evaluate_run
+    split = "train" if args.train else "test"
+    result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
+                          seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json)
+    if args.json:
+        print(json.dumps({k: v for k, v in result.items() if k != "unit_variances"}))
+    else:
+        print(f"{split} NLL (L_{result['k']}, {result[f'n_{split}']} images): {result[f'{split}_nll']:.2f} nats")
+        print(f"ELBO NLL: {result['elbo_nll']:.2f} nats; KL gap L_k - ELBO: {result['kl_gap']:.2f} nats")
+        print(f"active units: {'+'.join(map(str, result['active_units']))}")
+
+
+def add_reproduce(sub):
+    p = sub.add_parser("reproduce", help="the paper's Table 1, 2 or 3 as a resumable grid of runs")
+    p.add_argument("--table", type=int, choices=(1, 2, 3), required=True)
+    p.add_argument("--epochs", type=positive_int, required=True, help="epochs of the paper schedule per run")
+    p.add_argument("--out", default="runs/reproduce", help="where the runs live (finished ones are skipped)")
+    p.add_argument("--results", default="results", help="where the tables and plot are written")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time (threads are split among them)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.add_argument("--limit-train", type=positive_int, help="the first N training images (for tests)")
+    p.add_argument("--limit-test", type=positive_int, help="evaluate on the first N test images (for tests)")
+    p.add_argument("--final-k", type=positive_int, default=5000, help="k of each run's test NLL")
+
+
+def cmd_reproduce(args):
+    from .reproduce import reproduce
+    reproduce(args)
+    print(f"wrote {Path(args.results) / f'table{args.table}.md'}")
+
+
+def add_sample(sub):
+    p = sub.add_parser("sample", help="a PNG grid of samples from a run's prior")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--n", type=positive_int, default=100, help="number of samples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="the PNG to write (default: RUN/samples.png)")
+    p.add_argument("--data-dir", help="where the run's dataset lives (it gives the image shape)")
+
+
+def cmd_sample(args):
+    from .plots import sample_run
+    print(sample_run(args.run, args.out, n=args.n, seed=args.seed, data_dir=args.data_dir))
+
+
+def add_plot(sub):
+    p = sub.add_parser("plot", help="learning curves, reconstructions and active units of a run (PNGs in RUN)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--data-dir")
+    p.add_argument("--limit", type=positive_int, default=500,
+                   help="training images for the active units (the first N)")
+
+
+def cmd_plot(args):
+    from .plots import plot_run
+    for path in plot_run(args.run, data_dir=args.data_dir, limit=args.limit):
+        print(path)
+
+
+def add_diagnose(sub):
+    p = sub.add_parser("diagnose", help="gradient SNR, variance and bias of each estimator at a run's checkpoint")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--k", default="1,10,100,1000", help="comma-separated sample counts")
+    p.add_argument("--estimators", default="standard,stl,dreg,rws,miwae,piwae,ciwae",
+                   help="comma-separated: standard stl dreg rws miwae piwae ciwae, or bound+estimator "
+                        "(miwae/piwae use M = K = sqrt(k); other k are skipped)")
+    p.add_argument("--draws", type=positive_int, default=100, help="gradient draws per estimator and k")
+    p.add_argument("--examples", type=positive_int, default=20, help="the first N training images")
+    p.add_argument("--beta", type=float, default=0.5, help="ciwae's beta")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for diagnose.json and diagnose.png (default: RUN)")
+    p.add_argument("--data-dir")
+    p.add_argument("--quiet", action="store_true", help="print only the output paths")
+
+
+def cmd_diagnose(args):
+    from .diagnose import diagnose, format_table, parse_estimators, parse_ks
+    if args.draws < 2:
+        raise ValueError("--draws must be >= 2")
+    specs = parse_estimators(args.estimators, beta=args.beta)
+    show = None if args.quiet else (lambda r: print(f"  {r['estimator']} k={r['k']}: {r['seconds']:.1f} s",
+                                                    file=sys.stderr, flush=True))
+    result, json_path, png_path = diagnose(args.run, parse_ks(args.k), specs, draws=args.draws,
+                                           examples=args.examples, out=args.out, data_dir=args.data_dir,
+                                           seed=args.seed, progress=show)
+    if not args.quiet:
+        print(format_table(result))
+    print(json_path)
+    print(png_path)
+
+
+def parser():
+    p = ArgumentParser(prog="iwae", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    add_train(sub)
+    add_evaluate(sub)
+    add_reproduce(sub)
+    add_sample(sub)
+    add_plot(sub)
+    add_diagnose(sub)
+    return p
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce,
+            "sample": cmd_sample, "plot": cmd_plot,
+            "diagnose": cmd_diagnose}
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        COMMANDS[args.command](args)
+    except Interrupted as err:                     # SIGINT/SIGTERM: saved; says how to resume
+        print(f"iwae: {err}", file=sys.stderr)
+        return 128 + err.signum
+    except USER_ERRORS as err:
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"iwae: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("iwae: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+def console():
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""A run's configuration: validated once, saved as config.json, rebuilt into a model."""
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from .densities import Bernoulli, Gaussian
+from .model import SCALES, paper_model
+from .objective import check
+from .schedule import SCHEDULES
+
+NONFINITE_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class Config:
+    """Everything that determines a training run (paper defaults)."""
+
+    dataset: str = "mnist"
+    layers: int = 1
+    objective: str = "iwae"            # vae (= elbo) | iwae | miwae | ciwae | piwae
+    estimator: str = "standard"        # standard | stl | dreg | rws
+    k: int = 5
+    m: int | None = None
+    beta: float | None = None
+    epochs: int = 10
+    seed: int = 0
+    batch_size: int = 20
+    limit_train: int | None = None     # use the first N training images
+    validation: str = "none"           # none: 60k/10k; paper: 59,600 train / 400 validation
+    likelihood: str = "bernoulli"      # bernoulli | gaussian (learned variance)
+    scale: str = "exp"                 # sigma = exp(head) (paper) | softplus(head)
+    schedule: str = "paper"            # paper | code | constant
+    lr: float = 1e-3
+    adam_betas: tuple = (0.9, 0.999)
+    adam_eps: float = 1e-4
+    eval_examples: int = 1000          # held-out images for the per-epoch L_k
+    init_from: str | None = None       # continue from another run's final weights (Table 2)
+    on_nonfinite: str = "stop"         # a NaN/Inf loss or gradient: stop | skip the batch
+
+    TYPES = {"dataset": str, "layers": int, "objective": str, "estimator": str, "k": int,
+             "m": (int, type(None)), "beta": (float, int, type(None)), "epochs": int, "seed": int,
+             "batch_size": int, "limit_train": (int, type(None)), "validation": str,
+             "likelihood": str, "scale": str, "schedule": str, "lr": (float, int),
+             "adam_betas": (tuple, list), "adam_eps": (float, int), "eval_examples": int,
+             "init_from": (str, type(None)), "on_nonfinite": str}
+
+    def validate(self):
+        """Raise ValueError naming the first bad setting."""
+        for name, types in self.TYPES.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, types):
+                raise ValueError(f"{name} has the wrong type: {value!r}")
+        check(self.objective, self.estimator, self.k, self.m, self.beta)
+        positive = {"layers": self.layers, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "eval_examples": self.eval_examples}
+        for name, value in positive.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.layers not in (1, 2):
+            raise ValueError(f"layers must be 1 or 2, got {self.layers}")
+        if not 0 <= self.seed < 2 ** 63 - 1:
+            raise ValueError(f"seed must be in [0, 2**63 - 1), got {self.seed}")
+        if self.limit_train is not None and self.limit_train < 1:
+            raise ValueError(f"limit_train must be >= 1, got {self.limit_train}")
+        if self.validation not in ("none", "paper"):
+            raise ValueError(f"validation must be 'none' or 'paper', got {self.validation!r}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
+        if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.adam_eps)
+                and self.adam_eps > 0):
+            raise ValueError(f"lr and adam_eps must be finite and > 0, got {self.lr!r} and {self.adam_eps!r}")
+        if len(self.adam_betas) != 2 or not all(
+                isinstance(b, (float, int)) and not isinstance(b, bool) and 0 <= b < 1
+                for b in self.adam_betas):
+            raise ValueError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        if self.on_nonfinite not in NONFINITE_POLICIES:
+            raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, "
+                             f"got {self.on_nonfinite!r}")
+        if "\0" in self.dataset or (self.init_from is not None and "\0" in self.init_from):
+            raise ValueError("dataset and init_from must not contain NUL characters")
+        return self
+
+    def to_dict(self):
+        d = dataclasses.asdict(self)
+        d["adam_betas"] = list(self.adam_betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config keys: {', '.join(unknown)}")
+        d = dict(d)
+        if "adam_betas" in d:
+            d["adam_betas"] = tuple(d["adam_betas"])
+        return cls(**d)
+
+
+def build_model(config, input_dim):
+    """The paper network for a config, on the CPU, freshly initialised."""
+    likelihood = Bernoulli() if config.likelihood == "bernoulli" else Gaussian()
+    return paper_model(config.layers, input_dim, likelihood, config.scale)
+
+
+def write_config(config, run_dir):
+    from .checkpoint import write_text
+    write_text(Path(run_dir) / "config.json", json.dumps(config.to_dict(), indent=2, sort_keys=True) + "\n")
+
+
+def read_config(run_dir):
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise ValueError(f"{run_dir} is not a run directory (no config.json)")
+    try:
+        d = json.loads(path.read_text())
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        return Config.from_dict(d).validate()
+    except (ValueError, TypeError, UnicodeDecodeError) as err:   # JSONDecodeError is a ValueError
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"{path} is not a valid config: {reason}") from None

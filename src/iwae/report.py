@@ -1,0 +1,45 @@
+"""The numbers a trained run is judged by: test NLL from L_k, active units, the KL gap."""
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .evaluation import active_units, log_likelihood
+from .train import EVAL_SEED, fixed_binarization, load_model, prepare, read_config
+
+ACTIVE_UNIT_EXAMPLES = 500
+
+
+def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, seed=EVAL_SEED,
+                 per_example=None, quiet=True, batch_size=100):
+    """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
+
+    Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
+    elbo_nll, kl_gap. The images are binarized once with a fixed seed.
+    """
+    config = read_config(run_dir)
+    model = load_model(run_dir)
+    data, train_x, _, _ = prepare(config, data_dir)
+    if split not in ("test", "train"):
+        raise ValueError(f"split must be 'test' or 'train', got {split!r}")
+    x = data.test if split == "test" else train_x
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"limit must be >= 1, got {limit}")
+        x = x[:limit]
+    x = fixed_binarization(x, data.binarization, seed)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        ll, elbo = [], []
+        for xb in tqdm(x.split(batch_size), disable=quiet, desc=f"L_{k}", unit="batch"):
+            a, b = log_likelihood(model, xb, k, batch_size=batch_size, with_elbo=True)
+            ll.append(a)
+            elbo.append(b)
+        ll, elbo = torch.cat(ll), torch.cat(elbo)
+        units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES], data.binarization, seed)
+        counts, variances = active_units(model, units_x)
+    if per_example is not None:
+        np.save(per_example, ll.numpy())
+    nll = -ll.mean().item()
+    return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]), "active_units": counts,
+            "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll,
+            "unit_variances": [v.tolist() for v in variances]}

@@ -1,0 +1,164 @@
+"""``iwae reproduce``: the paper's Tables 1-3 as a resumable grid of runs.
+
+Each run lives in <out>/table<t>/<name>; a run with eval.json is finished and skipped, a run
+with a checkpoint resumes from it. Results go to results/table<t>.csv and .md (our numbers
+beside the paper's, with the budget and hardware) and a learning-curve plot.
+"""
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from .train import TrainingError
+
+# [Burda et al. 2016, Table 1] MNIST rows: (layers, objective, k) -> (test NLL, active units)
+PAPER_TABLE1 = {
+    (1, "vae", 1): (86.76, "19"), (1, "vae", 5): (86.47, "20"), (1, "vae", 50): (86.35, "20"),
+    (1, "iwae", 1): (86.76, "19"), (1, "iwae", 5): (85.54, "22"), (1, "iwae", 50): (84.78, "25"),
+    (2, "vae", 1): (85.33, "16+5"), (2, "vae", 5): (85.01, "17+5"), (2, "vae", 50): (84.78, "17+5"),
+    (2, "iwae", 1): (85.33, "16+5"), (2, "iwae", 5): (83.89, "21+5"), (2, "iwae", 50): (82.90, "26+7"),
+}
+# [Table 3] fixed binarization: (layers, objective, k) -> test NLL
+PAPER_TABLE3 = {
+    (1, "vae", 1): 88.71, (1, "vae", 5): 88.83, (1, "vae", 50): 89.05,
+    (1, "iwae", 1): 88.71, (1, "iwae", 5): 87.63, (1, "iwae", 50): 87.10,
+    (2, "vae", 1): 88.08, (2, "vae", 5): 87.63, (2, "vae", 50): 87.86,
+    (2, "iwae", 1): 88.08, (2, "iwae", 5): 86.17, (2, "iwae", 50): 85.32,
+}
+# [Table 2] 1 layer: first stage -> continued stage, (NLL, active units) after continuing
+PAPER_TABLE2 = {("vae", 1, "iwae", 50): (84.88, "22"), ("iwae", 50, "vae", 1): (86.02, "23")}
+FIELDS = ["dataset", "layers", "objective", "k", "epochs", "test_nll", "active_units", "hardware", "seconds"]
+
+
+def grid(table, epochs):
+    """The runs of a table: dicts with name, dataset, layers, objective, k, epochs (+ init)."""
+    if table in (1, 3):
+        dataset = "mnist" if table == 1 else "binarized-mnist"
+        return [dict(name=f"{dataset}-l{layers}-{objective}-k{k}-e{epochs}", dataset=dataset,
+                     layers=layers, objective=objective, k=k, epochs=epochs)
+                for layers in (1, 2) for objective in ("vae", "iwae") for k in (1, 5, 50)]
+    if table == 2:
+        return [dict(name=f"mnist-l1-{a}-k{ka}-then-{b}-k{kb}-e{epochs}", dataset="mnist", layers=1,
+                     objective=b, k=kb, epochs=epochs, first=(a, ka))
+                for (a, ka, b, kb) in PAPER_TABLE2]
+    raise ValueError(f"table must be 1, 2 or 3, got {table}")
+
+
+def hardware():
+    """'<CPU model> (N threads)' or the CUDA device name."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{model} ({os.cpu_count()} threads, CPU)"
+
+
+def train_command(run, run_dir, args, threads, init_from=None):
+    cmd = [sys.executable, "-m", "iwae", "train", "--out", str(run_dir), "--threads", str(threads),
+           "--dataset", run["dataset"],
+           "--layers", str(run["layers"]), "--objective", run["objective"], "--k", str(run["k"]),
+           "--epochs", str(run["epochs"]), "--seed", str(args.seed), "--final-k", str(args.final_k), "--quiet"]
+    if init_from:
+        cmd += ["--init-from", str(init_from), "--schedule", "constant", "--lr", "1e-4"]
+    for flag, value in (("--data-dir", args.data_dir), ("--limit-train", args.limit_train),
+                        ("--final-limit-test", args.limit_test)):
+        if value:
+            cmd += [flag, str(value)]
+    if (run_dir / "checkpoint.pt").exists():
+        cmd.append("--resume")
+    return cmd
+
+
+def run_one(run, run_dir, args, threads, init_from=None):
+    """Train and evaluate one run in a subprocess unless it is finished; returns its row."""
+    if not (run_dir / "eval.json").exists():
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+        log = run_dir.parent / f"{run['name']}.log"
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+        with log.open("a") as f:
+            done = subprocess.run(train_command(run, run_dir, args, threads, init_from), stdout=f, stderr=f, env=env)
+        if done.returncode != 0:
+            raise TrainingError(f"run {run['name']} failed (exit {done.returncode}); see {log}")
+    return row(run, run_dir)
+
+
+def row(run, run_dir):
+    result = json.loads((run_dir / "eval.json").read_text())
+    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return {"dataset": run["dataset"], "layers": run["layers"], "objective": run["objective"],
+            "k": run["k"], "epochs": run["epochs"], "test_nll": round(result["test_nll"], 2),
+            "active_units": "+".join(map(str, result["active_units"])), "hardware": hardware(),
+            "seconds": round(sum(m["seconds"] for m in metrics))}
+
+
+def reproduce(args):
+    out = Path(args.out) / f"table{args.table}"
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    runs = grid(args.table, args.epochs)
+    if args.table == 2:
+        sources = {(r["objective"], r["k"]): r for r in grid(1, args.epochs) if r["layers"] == 1}
+        firsts = [sources[run["first"]] for run in runs]
+        first_dir = Path(args.out) / "table1"
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda r: run_one(r, first_dir / r["name"], args, threads), firsts))
+        jobs = [(run, out / run["name"], first_dir / src["name"]) for run, src in zip(runs, firsts)]
+    else:
+        jobs = [(run, out / run["name"], None) for run in runs]
+    cheap_first = sorted(range(len(jobs)), key=lambda i: (jobs[i][0]["k"], jobs[i][0]["layers"]))
+    with ThreadPoolExecutor(args.jobs) as pool:
+        done = list(pool.map(lambda i: announce(run_one(*jobs[i][:2], args, threads, jobs[i][2])), cheap_first))
+    rows = [r for _, r in sorted(zip(cheap_first, done))]
+    write_results(args.table, rows, jobs, Path(args.results), args)
+    return rows
+
+
+def announce(r):
+    print(f"{r['dataset']} {r['layers']}-layer {r['objective']} k={r['k']}: test NLL {r['test_nll']:.2f} "
+          f"({r['active_units']} active units, {r['seconds']} s)", flush=True)
+    return r
+
+
+def paper_value(table, r, run):
+    if table == 1:
+        return PAPER_TABLE1.get((r["layers"], r["objective"], r["k"]), ("", ""))
+    if table == 3:
+        return PAPER_TABLE3.get((r["layers"], r["objective"], r["k"]), ""), ""
+    return PAPER_TABLE2[(*run["first"], run["objective"], run["k"])]
+
+
+def write_results(table, rows, jobs, results_dir, args):
+    from .plots import plot_runs
+    results_dir.mkdir(parents=True, exist_ok=True)
+    with (results_dir / f"table{table}.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    budget = f"{args.epochs} epochs of the paper's schedule"
+    if args.limit_train:
+        budget += f" on the first {args.limit_train} training images"
+    test = f"first {args.limit_test} test images" if args.limit_test else "full test set"
+    lines = [f"# Table {table}: test NLL (nats, L_{args.final_k} on the {test}), active units",
+             "", f"Budget: {budget} (the paper trains 3280 epochs). Hardware: {rows[0]['hardware'] if rows else '-'}.",
+             "Command: `" + " ".join(["iwae", "reproduce"] + sys.argv[2:]) + "`", "",
+             "| dataset | layers | objective | k | epochs | ours NLL | ours units | paper NLL | paper units | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r, (run, _, _) in zip(rows, jobs):
+        nll, units = paper_value(table, r, run)
+        objective = r["objective"] if table != 2 else f"{run['first'][0]} k={run['first'][1]} -> {r['objective']}"
+        lines.append(f"| {r['dataset']} | {r['layers']} | {objective} | {r['k']} | {r['epochs']} | "
+                     f"{r['test_nll']:.2f} | {r['active_units']} | {nll} | {units} | {r['seconds']} |")
+    (results_dir / f"table{table}.md").write_text("\n".join(lines) + "\n")
+    plot_runs([d for _, d, _ in jobs], results_dir / f"table{table}_curves.png",
+              title=f"Table {table}: held-out L_k (training k, 1000 images) by epoch")

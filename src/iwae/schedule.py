@@ -1,0 +1,29 @@
+"""Learning-rate schedules.
+
+paper [Burda et al. 2016, sec. 5.1]: for i = 0..7, 3^i passes at lr0 * 10^(-i/7)
+    (1 + 3 + ... + 2187 = 3280 epochs); epochs past 3280 stay at the last rate.
+code  [yburda/iwae]: the same stages at 1e-4 * round(10^(1 - i/7), 1), i.e.
+    1.0e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1.0e-4.
+constant: lr0 every epoch (Table 2's fine-tuning runs at 1e-4).
+"""
+SCHEDULES = ("paper", "code", "constant")
+PAPER_EPOCHS = sum(3 ** i for i in range(8))                    # 3280
+
+
+def stage(epoch):
+    """The schedule stage i of a 0-based epoch (0 for epoch 0, 1 for epochs 1-3, ...)."""
+    i, end = 0, 1
+    while epoch >= end and i < 7:
+        i += 1
+        end += 3 ** i
+    return i
+
+
+def learning_rate(epoch, schedule="paper", lr0=1e-3):
+    if schedule == "paper":
+        return lr0 * 10 ** (-stage(epoch) / 7)
+    if schedule == "code":
+        return 1e-4 * round(10 ** (1 - stage(epoch) / 7), 1)
+    if schedule == "constant":
+        return lr0
+    raise ValueError(f"unknown schedule {schedule!r}; expected one of {', '.join(SCHEDULES)}")

@@ -1,0 +1,115 @@
+"""Training on real MNIST: schedule, run directory, exact resume, and the CLI end to end."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import iwae
+from iwae.config import Config
+from iwae.schedule import PAPER_EPOCHS, learning_rate, stage
+from iwae.train import load_model, train
+
+
+def test_paper_schedule():
+    assert PAPER_EPOCHS == 3280
+    assert [stage(e) for e in (0, 1, 3, 4, 12, 13, 39, 40, 3279, 5000)] == [0, 1, 1, 2, 2, 3, 3, 4, 7, 7]
+    assert learning_rate(0) == pytest.approx(1e-3)
+    assert learning_rate(1) == pytest.approx(1e-3 * 10 ** (-1 / 7))
+    assert learning_rate(3279) == pytest.approx(1e-4)
+    code = [learning_rate(e, "code") for e in (0, 1, 4, 13, 40, 121, 364, 1093)]
+    assert code == pytest.approx([1.0e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1.0e-4])
+
+
+def small_config(**kw):
+    base = dict(limit_train=200, epochs=2, k=3, eval_examples=40)
+    base.update(kw)
+    return Config(**base)
+
+
+def test_resume_continues_bitwise(tmp_path, data_dir):
+    whole = train(small_config(), tmp_path / "whole", data_dir=data_dir, quiet=True)
+    train(small_config(epochs=1), tmp_path / "split", data_dir=data_dir, quiet=True)
+    resumed = train(small_config(), tmp_path / "split", resume=True, data_dir=data_dir, quiet=True)
+    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
+    whole_lines = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
+    strip = lambda l: {k: v for k, v in json.loads(l).items() if k != "seconds"}
+    assert [strip(l) for l in lines] == [strip(l) for l in whole_lines]
+
+
+def test_run_directory_contents(tmp_path, data_dir):
+    model = train(small_config(epochs=2, objective="vae", k=2), tmp_path / "run", data_dir=data_dir, quiet=True)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["objective"] == "vae" and config["k"] == 2 and config["adam_eps"] == 1e-4
+    metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    assert [m["steps"] for m in metrics] == [10, 20]                  # 200 images / batch 20
+    assert metrics[0]["lr"] == pytest.approx(1e-3) and metrics[1]["lr"] == pytest.approx(10 ** (-3 - 1 / 7))
+    assert set(metrics[0]) >= {"train_bound", "test_bound", "eval_k", "seconds"}
+    loaded = load_model(tmp_path / "run")
+    for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
+        assert torch.equal(a, b)
+    assert loaded.log_weights(torch.zeros(2, 784), 3).shape == (3, 2)
+
+
+def test_training_improves_the_bound(tmp_path, data_dir):
+    train(small_config(limit_train=2000, epochs=3, k=5, eval_examples=200), tmp_path / "run",
+          data_dir=data_dir, quiet=True)
+    metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    bounds = [m["test_bound"] for m in metrics]
+    assert bounds[2] > bounds[0] + 5, bounds                        # nats per image
+
+
+def test_existing_run_and_disagreeing_resume_are_refused(tmp_path, data_dir):
+    train(small_config(epochs=1), tmp_path / "run", data_dir=data_dir, quiet=True)
+    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
+        train(small_config(epochs=1), tmp_path / "run", data_dir=data_dir, quiet=True)
+    with pytest.raises(ValueError) as err:
+        train(small_config(k=7), tmp_path / "run", resume=True, data_dir=data_dir, quiet=True)
+    assert str(err.value) == (f"--resume: the flags disagree with {tmp_path / 'run' / 'config.json'} on k; "
+                              "drop them or use another --out")
+
+
+def iwae_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "iwae", *args], capture_output=True, text=True, env=env)
+
+
+def test_cli_train_evaluate_end_to_end(tmp_path, data_dir):
+    run = tmp_path / "run"
+    out = iwae_cli("train", "--out", str(run), "--data-dir", data_dir, "--limit-train", "400",
+                   "--epochs", "1", "--k", "2", "--final-k", "20", "--final-limit-test", "50", "--quiet")
+    assert out.returncode == 0, out.stderr
+    assert "test NLL (L_20, 50 test images):" in out.stdout
+    out = iwae_cli("evaluate", str(run), "--data-dir", data_dir, "--k", "30", "--limit-test", "40",
+                   "--json", "--per-example", str(tmp_path / "ll.npy"))
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["k"] == 30 and result["n_test"] == 40 and len(result["active_units"]) == 1
+    assert 50 < result["test_nll"] < 600 and result["kl_gap"] > 0
+    import numpy as np
+    per_example = np.load(tmp_path / "ll.npy")
+    assert per_example.shape == (40,) and abs(-per_example.mean() - result["test_nll"]) < 1e-9
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--objective", "iwea"], "iwae: error: unknown bound 'iwea'; expected one of elbo, iwae, miwae, ciwae, piwae (or 'vae')"),
+    (["--objective", "miwae", "--k", "6", "--m", "4"], "iwae: error: m must be a positive divisor of k=6, got 4"),
+    (["--objective", "ciwae", "--beta", "1.5"], "iwae: error: ciwae needs beta in [0, 1], got 1.5"),
+    (["--estimator", "dreg", "--objective", "vae"],
+     "iwae: error: estimator 'dreg' does not apply to bound 'elbo'; it supports iwae, miwae, piwae"),
+])
+def test_cli_bad_configurations_fail_with_one_line(tmp_path, data_dir, args, message):
+    out = iwae_cli("train", "--out", str(tmp_path / "r"), "--data-dir", data_dir, *args)
+    assert out.returncode == 2
+    assert out.stderr.strip() == message
+    assert not (tmp_path / "r").exists()
+
+
+def test_evaluate_a_missing_run_fails_with_one_line(tmp_path):
+    out = iwae_cli("evaluate", str(tmp_path / "nothing"))
+    assert out.returncode == 2
+    assert out.stderr.strip() == f"iwae: error: {tmp_path / 'nothing'} is not a run directory (no config.json)"
