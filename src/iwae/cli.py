@@ -70,6 +70,9 @@ def add_train(sub):
                    help="a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) or "
                         "skip the batch (counted as skipped_steps in metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=positive_int, default=1,
+                   help="torch threads (default 1: a batch-20 step is too small for threads to pay, "
+                        "and oversubscribed cores slow it many times over; run jobs side by side instead)")
 
 
 def add_evaluate(sub):
@@ -147,7 +150,8 @@ def add_reproduce(sub):
     p.add_argument("--epochs", type=positive_int, required=True, help="epochs of the paper schedule per run")
     p.add_argument("--out", default="runs/reproduce", help="where the runs live (finished ones are skipped)")
     p.add_argument("--results", default="results", help="where the tables and plot are written")
-    p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time (threads are split among them)")
+    p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.add_argument("--limit-train", type=positive_int, help="the first N training images (for tests)")
@@ -241,6 +245,9 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_repro
 def main(argv=None):
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
+    if getattr(args, "threads", None):
+        import torch
+        torch.set_num_threads(args.threads)
     try:
         COMMANDS[args.command](args)
     except Interrupted as err:                     # SIGINT/SIGTERM: saved; says how to resume

@@ -105,7 +105,7 @@ def row(run, run_dir):
 
 def reproduce(args):
     out = Path(args.out) / f"table{args.table}"
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    threads = args.threads
     runs = grid(args.table, args.epochs)
     if args.table == 2:
         sources = {(r["objective"], r["k"]): r for r in grid(1, args.epochs) if r["layers"] == 1}

@@ -1,0 +1,209 @@
+"""Pictures of a model and its run: sample grids, reconstructions, learning curves, active units.
+
+Every function writes one PNG and returns its path. Figures are drawn on
+``matplotlib.figure.Figure`` objects with the Agg renderer (no pyplot, no global state).
+Image grids are placed pixel for pixel (no resampling): tiles of H x W pixels, 2-pixel
+mid-grey gaps between them and around them, values clipped to [0, 1] (black to white).
+"""
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from .config import read_config
+from .data import load_dataset
+from .evaluation import active_units
+from .report import ACTIVE_UNIT_EXAMPLES
+from .train import EVAL_SEED, METRICS, fixed_binarization, load_model, prepare
+
+DPI = 100
+GAP = 2                 # pixels between and around the tiles of a grid
+GAP_VALUE = 0.5         # their grey level
+TITLE_PX = 24           # height of the band above a grid that holds its title
+
+
+def image_grid(images, image_shape, path, nrow=10, title=None, scale=1):
+    """Tile images [N, H*W] (values in [0, 1]) into one grey PNG, nrow images per row.
+
+    The grid is (rows * (H + 2) + 2) * scale pixels high and (min(nrow, N) * (W + 2) + 2) * scale
+    wide, rows = ceil(N / nrow); image i sits in row i // nrow, column i % nrow. scale: an
+    integer enlargement (each pixel a square). A title adds a band of TITLE_PX * scale pixels
+    on top; the PNG is as wide as the grid, or as the title where that is wider (the grid then
+    centred on white).
+    """
+    images = torch.as_tensor(images).detach().cpu().float().numpy()
+    h, w = image_shape
+    if images.ndim != 2 or images.shape[0] == 0 or images.shape[1] != h * w:
+        raise ValueError(f"expected images [N >= 1, {h * w}] for image_shape {tuple(image_shape)}, "
+                         f"got {list(images.shape)}")
+    cols = min(nrow, len(images))
+    rows = math.ceil(len(images) / cols)
+    grid = np.full((rows * (h + GAP) + GAP, cols * (w + GAP) + GAP), GAP_VALUE, np.float32)
+    for i, image in enumerate(images.reshape(-1, h, w)):
+        top, left = GAP + (i // cols) * (h + GAP), GAP + (i % cols) * (w + GAP)
+        grid[top:top + h, left:left + w] = image
+    grey = np.rint(np.clip(grid, 0, 1) * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+    fig = Figure(dpi=DPI)
+    height, width = grey.shape
+    if title:
+        band = TITLE_PX * scale
+        text = fig.text(0.5, 1 - band / 2 / (height + band), title, ha="center", va="center",
+                        fontsize=9 * scale)
+        width = max(width, math.ceil(text.get_window_extent(FigureCanvasAgg(fig).get_renderer()).width)
+                    + 8 * scale)
+        height += band
+    # +0.5: Agg truncates the figure size in pixels, and width / DPI * DPI may fall just short
+    fig.set_size_inches((width + 0.5) / DPI, (height + 0.5) / DPI)
+    fig.figimage(np.stack([grey] * 3, -1), xo=(width - grey.shape[1]) // 2,
+                 origin="upper")                                     # RGB bytes: drawn as they are
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def plot_samples(model, image_shape, path, n=100, seed=0):
+    """n draws of the likelihood's mean under the prior (model.sample(n) -> [n, H*W]) as a
+    square-ish grid; the same seed gives the same picture, and the caller's RNG is untouched."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        images = model.sample(n)
+    return image_grid(images, image_shape, path, nrow=math.ceil(math.sqrt(n)),
+                      title=f"{n} samples from the prior (seed {seed})")
+
+
+@torch.no_grad()
+def plot_reconstructions(model, x, image_shape, path, n=10):
+    """The first n images of x [N, H*W] in the top row, their reconstructions
+    (model.reconstruct -> [n, H*W]) in the bottom row, drawn at twice the size."""
+    x = x[:n]
+    with torch.random.fork_rng():           # upper layers of encode() draw samples
+        recon = model.reconstruct(x)
+    return image_grid(torch.cat([x.to(recon), recon]), image_shape, path, nrow=len(x),
+                      title="top: data, bottom: reconstructions", scale=2)
+
+
+def plot_learning_curves(metrics, path):
+    """Bounds and learning rate per epoch from the records of metrics.jsonl (see read_metrics).
+
+    Left: train_bound (the training objective's bound, averaged over the epoch) and the
+    held-out L_k (test_bound or valid_bound) in nats; right: the learning rate, log scale.
+    """
+    if not metrics:
+        raise ValueError("no metrics to plot: the run has not finished an epoch")
+    held = "valid" if "valid_bound" in metrics[0] else "test"
+    for i, record in enumerate(metrics, 1):
+        missing = [key for key in ("epoch", "train_bound", f"{held}_bound", "lr") if key not in record]
+        if missing:
+            raise ValueError(f"metrics record {i} lacks {', '.join(missing)}")
+    epoch = [m["epoch"] for m in metrics]
+    fig = Figure(figsize=(10, 4), dpi=DPI, layout="constrained")
+    bounds, lr = fig.subplots(1, 2)
+    bounds.plot(epoch, [m["train_bound"] for m in metrics], "o-", ms=3, label="train (training objective)")
+    k = metrics[-1].get("eval_k")
+    bounds.plot(epoch, [m[f"{held}_bound"] for m in metrics], "o-", ms=3,
+                label=f"{held} $L_{{{k}}}$" if k else held)
+    bounds.set(xlabel="epoch", ylabel="bound (nats)", title="lower bounds on log p(x)")
+    bounds.legend()
+    bounds.grid(alpha=0.3)
+    lr.plot(epoch, [m["lr"] for m in metrics], "o-", ms=3)
+    lr.set(xlabel="epoch", ylabel="learning rate", yscale="log", title="learning rate")
+    lr.grid(alpha=0.3, which="both")
+    for ax in (bounds, lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    return _save(fig, path)
+
+
+def plot_runs(run_dirs, path, title):
+    """Held-out bound (-L_k, nats) against epoch, one line per run directory that has metrics."""
+    fig = Figure(figsize=(9, 5), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    for run_dir in run_dirs:
+        if not (Path(run_dir) / METRICS).exists():
+            continue
+        metrics = read_metrics(run_dir)
+        held = "valid" if "valid_bound" in metrics[0] else "test"
+        ax.plot([m["epoch"] for m in metrics], [-m[f"{held}_bound"] for m in metrics], "o-", ms=2,
+                label=Path(run_dir).name)
+    ax.set(xlabel="epoch", ylabel="held-out -L_k (nats)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path)
+
+
+def plot_active_units(variances, path, threshold=1e-2):
+    """The activity A_u = Cov_x(E_q[u]) of every unit (log scale), sorted descending, one line
+    per stochastic layer; variances: [[d_l]] per layer (active_units' second result).
+
+    A dashed line marks the threshold; the title gives the active units (A_u > threshold) per layer.
+    """
+    fig = Figure(figsize=(6, 4), dpi=DPI, layout="constrained")
+    ax = fig.subplots()
+    counts = []
+    for layer, v in enumerate(variances, 1):
+        v = np.sort(torch.as_tensor(v).detach().cpu().double().numpy())[::-1]
+        counts.append(f"{int((v > threshold).sum())}/{len(v)}")
+        ax.plot(np.arange(1, len(v) + 1), v, "o-", ms=3, label=f"layer {layer}: {counts[-1]} active")
+    ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set(xlabel="unit (sorted by activity)", ylabel="activity $A_u$ (log scale)", yscale="log",
+           title=f"active units: {' + '.join(counts)}")
+    ax.legend()
+    ax.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
+def read_metrics(run_dir):
+    """The per-epoch records of run_dir/metrics.jsonl as a list of dicts (blank lines skipped)."""
+    path = Path(run_dir) / METRICS
+    records = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}, line {number}: malformed JSON ({err.msg})") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}, line {number}: expected a JSON object")
+        records.append(record)
+    return records
+
+
+def sample_run(run_dir, path=None, *, n=100, seed=0, data_dir=None):
+    """plot_samples for a trained run, into path (default run_dir/samples.png).
+
+    The image shape is that of the run's dataset, which is therefore loaded.
+    """
+    config = read_config(run_dir)
+    model = load_model(run_dir)
+    data = load_dataset(config.dataset, data_dir, validation=config.validation,
+                        likelihood=config.likelihood)
+    return plot_samples(model, data.image_shape, path or Path(run_dir) / "samples.png", n, seed)
+
+
+def plot_run(run_dir, *, data_dir=None, limit=ACTIVE_UNIT_EXAMPLES):
+    """learning_curves.png, reconstructions.png and active_units.png in run_dir; their paths.
+
+    Reconstructions: the first 10 test images; active units: the first ``limit`` training
+    images. Both are binarized once with the evaluation seed, as by ``iwae evaluate``.
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    model = load_model(run_dir)
+    data, train_x, _, _ = prepare(config, data_dir)
+    test_x = fixed_binarization(data.test[:10], data.binarization)
+    with torch.random.fork_rng():
+        torch.manual_seed(EVAL_SEED)
+        _, variances = active_units(model, fixed_binarization(train_x[:limit], data.binarization))
+    return [plot_learning_curves(read_metrics(run_dir), run_dir / "learning_curves.png"),
+            plot_reconstructions(model, test_x, data.image_shape, run_dir / "reconstructions.png"),
+            plot_active_units(variances, run_dir / "active_units.png")]
+
+
+def _save(fig, path):
+    path = Path(path)
+    fig.savefig(path, format="png")
+    return path
