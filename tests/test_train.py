@@ -50,7 +50,7 @@ def test_run_directory_contents(tmp_path, data_dir):
     assert [m["steps"] for m in metrics] == [10, 20]                  # 200 images / batch 20
     assert metrics[0]["lr"] == pytest.approx(1e-3) and metrics[1]["lr"] == pytest.approx(10 ** (-3 - 1 / 7))
     assert set(metrics[0]) >= {"train_bound", "test_bound", "eval_k", "seconds"}
-    loaded = load_model(tmp_path / "run")
+    loaded = iwae.load_model(tmp_path / "run")
     for a, b in zip(model.state_dict().values(), loaded.state_dict().values()):
         assert torch.equal(a, b)
     assert loaded.log_weights(torch.zeros(2, 784), 3).shape == (3, 2)

@@ -9,7 +9,8 @@ from .evaluation import log_likelihood
 from .model import GaussianLayer, Model, paper_gaussian_layer, paper_model
 from .nets import mlp
 from .objective import loss
+from .train import load_model
 
 __all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Model", "bounds", "log_likelihood",
-           "loss", "mlp", "paper_gaussian_layer", "paper_model"]
+           "load_model", "loss", "mlp", "paper_gaussian_layer", "paper_model"]
 __version__ = "0.1.0"
