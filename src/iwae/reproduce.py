@@ -73,7 +73,7 @@ def train_command(run, run_dir, args, threads, init_from=None):
     if init_from:
         cmd += ["--init-from", str(init_from), "--schedule", "constant", "--lr", "1e-4"]
     for flag, value in (("--data-dir", args.data_dir), ("--limit-train", args.limit_train),
-                        ("--final-limit-test", args.limit_test)):
+                        ("--final-limit-test", args.limit_test), ("--eval-examples", args.limit_test)):
         if value:
             cmd += [flag, str(value)]
     if (run_dir / "checkpoint.pt").exists():
