@@ -207,6 +207,19 @@ def test_amat_parser_accepts_any_whitespace(tmp_path):
     assert np.array_equal(read_amat(path), rows)
 
 
+def test_amat_canonical_layout_fast_path_and_its_fallback(tmp_path):
+    """Lines "v v ... v\\n" are read by strided views; a stray byte in that layout still gets
+    the general parser's error naming its line."""
+    rows = np.random.default_rng(2).integers(0, 2, (5, 784), dtype=np.uint8)
+    text = "".join(" ".join(map(str, r)) + "\n" for r in rows)
+    path = tmp_path / "x.amat"
+    path.write_text(text)
+    assert np.array_equal(read_amat(path), rows)
+    path.write_text(text[:3 * 1568 + 10] + "2" + text[3 * 1568 + 11:])     # same length, one '2'
+    with pytest.raises(DataError, match=msg(f"{path}: not a 0/1 .amat file: byte b'2' on line 4")):
+        read_amat(path)
+
+
 @pytest.mark.parametrize("text, error", [
     ("0 1" * 0 + " ".join(["1"] * 783) + "\n", "line 1 has 783 values, expected 784"),
     ("0 " * 784 + "\n" + "0 2" + "\n", "not a 0/1 .amat file: byte b'2' on line 2"),

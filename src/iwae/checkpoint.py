@@ -1,9 +1,20 @@
-"""Checkpoints: written atomically, read without unpickling arbitrary objects."""
+"""Checkpoints: written atomically, read without unpickling arbitrary objects, checksummed.
+
+torch.load notices a damaged archive structure but not damaged tensor bytes (a flipped bit
+in a weight loads silently), so save() adds a SHA-256 of the whole state, tensors included,
+under the key "checksum", and load() refuses a checkpoint whose content does not match it.
+"""
+import hashlib
 import os
+import re
 import tempfile
 from pathlib import Path
 
 import torch
+
+
+_UMASK = os.umask(0o022)         # read once at import (os.umask can only be read by setting it)
+os.umask(_UMASK)
 
 
 class CheckpointError(ValueError):
@@ -23,14 +34,18 @@ def _atomic_write(path, write, *, durable=True):
         raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_UMASK)  # mkstemp's 0600 -> what open() would give
             write(f)
             f.flush()
             if durable:
                 os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as err:                         # a full disk, say: name the file
+    except Exception as err:
         Path(tmp).unlink(missing_ok=True)
-        raise OSError(err.errno, f"cannot write {path}: {err.strerror or err}") from None
+        cause = _os_error(err)                     # a full disk, say (torch.save wraps it
+        if cause is None:                          # in a RuntimeError): name the file
+            raise
+        raise OSError(cause.errno, f"cannot write {path}: {cause.strerror or cause}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -42,12 +57,52 @@ def _atomic_write(path, write, *, durable=True):
             os.close(dir_fd)
 
 
+def _os_error(err):
+    """err, or the OSError it was raised while handling, or None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, OSError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
 def save(state, path):
-    """Write state to path atomically: a temporary file beside it, fsync, then rename.
+    """Write state (a dict) to path atomically: a temporary file beside it, fsync, then rename.
 
     The previous checkpoint stays intact until the new one is complete.
     """
+    state = {**state, CHECKSUM: digest(state)}
     _atomic_write(path, lambda f: torch.save(state, f))
+
+
+CHECKSUM = "checksum"
+
+
+def digest(state):
+    """SHA-256 (hex) of a checkpoint's content: every key, number, string and tensor byte."""
+    h = hashlib.sha256()
+
+    def feed(x):
+        if isinstance(x, torch.Tensor):
+            t = x.detach().cpu().contiguous()
+            h.update(f"T{t.dtype}{tuple(t.shape)};".encode())
+            h.update(t.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(x, dict):
+            h.update(f"D{len(x)};".encode())
+            for key, value in x.items():
+                feed(key)
+                feed(value)
+        elif isinstance(x, (list, tuple)):
+            h.update(f"L{len(x)};".encode())
+            for value in x:
+                feed(value)
+        else:                                       # int, float, str, bool, None
+            text = repr(x)
+            h.update(f"S{type(x).__name__}{len(text)};{text}".encode())
+    feed(state)
+    return h.hexdigest()
 
 
 def write_text(path, text, *, durable=True):
@@ -67,21 +122,62 @@ def load(path):
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no checkpoint at {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"cannot read checkpoint {path}: the file is empty")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:                      # truncated, corrupted, or a foreign pickle
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: {reason[:200]}") from None
+        reason = _reason(err)
+        if reason.startswith("Weights only load failed"):
+            reason = ("it holds pickled objects other than tensors and plain containers, "
+                      "which are refused unread (Weights only load failed)")
+        elif reason.startswith("PytorchStreamReader failed"):
+            reason = f"the file is truncated or corrupted ({reason})"
+        raise CheckpointError(f"cannot read checkpoint {path}: {reason}") from None
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         raise CheckpointError(f"cannot read checkpoint {path}: not an iwae checkpoint "
                               "(no model state)")
+    expected = state.pop(CHECKSUM, None)             # absent: written before checksums
+    if expected is not None and expected != digest(state):
+        raise CheckpointError(f"cannot read checkpoint {path}: checksum mismatch "
+                              "(the file is corrupted)")
     return state
+
+
+def _reason(err):
+    """The first sentence of an error's first line, without terminal escape codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    if not text:
+        return type(err).__name__
+    line = text.splitlines()[0]
+    first = re.match(r"(.+?[.:;])(\s|$)", line)
+    return (first[1].rstrip(".:;") if first and len(line) > 120 else line)[:200]
 
 
 def load_state_dict(model, state, path):
     """model.load_state_dict with a one-line error for a checkpoint of another architecture."""
+    expected = model.state_dict()
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {path} does not fit this model's architecture "
+                              "(its model state is not a dict of tensors)")
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    resized = [f"{k}: {list(state[k].shape)} in the checkpoint, {list(v.shape)} here"
+               for k, v in expected.items() if k in state and state[k].shape != v.shape]
+    problems = ([f"missing {_few(missing)}"] if missing else []) + \
+               ([f"unexpected {_few(unexpected)}"] if unexpected else []) + \
+               ([f"size mismatch for {_few(resized)}"] if resized else [])
+    if problems:
+        raise CheckpointError(f"checkpoint {path} does not fit this model's architecture "
+                              f"({'; '.join(problems)})")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, AttributeError) as err:
+        reason = " ".join(str(err).split()) or type(err).__name__
         raise CheckpointError(f"checkpoint {path} does not fit this model's architecture "
-                              f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})") from None
+                              f"({reason[:300]})") from None
+
+
+def _few(names, shown=3):
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more

@@ -11,6 +11,7 @@ from pathlib import Path
 from .checkpoint import CheckpointError
 from .config import Config
 from .data import DataError
+from .distributed import cleanup, is_main, joined, launched, rank
 from .train import Interrupted, TrainingError
 
 USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError)
@@ -49,7 +50,8 @@ def add_train(sub):
     p.add_argument("--epochs", type=positive_int, default=d.epochs,
                    help="the first N epochs of the schedule (the paper's is 3280)")
     p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--batch-size", type=positive_int, default=d.batch_size)
+    p.add_argument("--batch-size", type=positive_int, default=d.batch_size,
+                   help="the global batch: under torchrun each of the N processes takes batch/N of it")
     p.add_argument("--limit-train", type=positive_int, help="use the first N training images")
     p.add_argument("--validation", choices=("none", "paper"), default=d.validation,
                    help="paper: hold out the last 400 of MNIST's 60k (the original code)")
@@ -105,10 +107,14 @@ def cmd_train(args):
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.objective}-k{config.k}-l{config.layers}")
     started = time.perf_counter()
     train(config, out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet)
-    print(f"trained {out} in {time.perf_counter() - started:.0f} s")
-    if args.final_k > 0:
+    main = is_main()                               # under torchrun, rank 0 alone prints and writes
+    if main:
+        print(f"trained {out} in {time.perf_counter() - started:.0f} s")
+    if args.final_k > 0:                           # every rank takes its share of the test images
         result = evaluate_run(out, k=args.final_k, limit=args.final_limit_test, data_dir=args.data_dir,
                               quiet=args.quiet)
+        if not main:
+            return
         (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
         print(f"test NLL (L_{args.final_k}, {result['n_test']} test images): {result['test_nll']:.2f} nats; "
               f"active units {'+'.join(map(str, result['active_units']))}")
@@ -136,6 +142,8 @@ def cmd_evaluate(args):
     split = "train" if args.train else "test"
     result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
                           seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json)
+    if not is_main():                              # under torchrun, rank 0 alone prints
+        return
     if args.json:
         print(json.dumps({k: v for k, v in result.items() if k != "unit_variances"}))
     else:
@@ -206,6 +214,7 @@ def add_diagnose(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for diagnose.json and diagnose.png (default: RUN)")
     p.add_argument("--data-dir")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="print only the output paths")
 
 
@@ -225,6 +234,35 @@ def cmd_diagnose(args):
     print(png_path)
 
 
+def add_datasets(sub):
+    p = sub.add_parser("datasets", help="the named datasets, and whether their files are found (and where)")
+    p.add_argument("--data-dir", help="where dataset files live (default: $IWAE_DATA_DIR, else ~/.cache/iwae)")
+    p.add_argument("--json", action="store_true", help="print a JSON list (name, description, files, found, path)")
+
+
+def cmd_datasets(args):
+    from .data import DATASETS, describe_datasets, resolve_data_dir
+    rows = describe_datasets(args.data_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"data directory: {resolve_data_dir(args.data_dir)}")
+    table = [("name", "status", "where looked", "description")] + [
+        (r["name"], "found" if r["found"] else "missing", r["path"], r["description"]) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths)) + "  " + row[3])
+    for r in rows:
+        if not r["found"]:
+            info = DATASETS[r["name"]]
+            check = ("md5-checked" if all(f.md5 for f in info.files.values())
+                     else "no published md5: its layout is checked")
+            how = (f"downloaded on first use (https, {check}) from {info.urls[0]}" if info.urls
+                   else f"not downloaded (http only): fetch them from {info.manual}")
+            print(f"{r['name']}: needs {', '.join(r['files'])} in {r['path']}; {how}")
+    print("your own data: --dataset FILE.npy|FILE.npz|FOLDER (of PNG/JPEG images)")
+
+
 def parser():
     p = ArgumentParser(prog="iwae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -234,12 +272,13 @@ def parser():
     add_sample(sub)
     add_plot(sub)
     add_diagnose(sub)
+    add_datasets(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce,
             "sample": cmd_sample, "plot": cmd_plot,
-            "diagnose": cmd_diagnose}
+            "diagnose": cmd_diagnose, "datasets": cmd_datasets}
 
 
 def main(argv=None):
@@ -249,17 +288,26 @@ def main(argv=None):
         import torch
         torch.set_num_threads(args.threads)
     try:
+        if args.command not in ("train", "evaluate") and launched():
+            raise ValueError(f"`iwae {args.command}` runs in one process; under torchrun only train and "
+                             "evaluate share the work (run it without torchrun)")
         COMMANDS[args.command](args)
     except Interrupted as err:                     # SIGINT/SIGTERM: saved; says how to resume
-        print(f"iwae: {err}", file=sys.stderr)
+        if is_main():
+            print(f"iwae: {err}", file=sys.stderr)
         return 128 + err.signum
     except USER_ERRORS as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"iwae: error: {message}", file=sys.stderr)
+        if is_main():
+            print(f"iwae: error: {message}", file=sys.stderr)
+        elif joined():     # torchrun: before joining, every rank meets the same error and rank 0 says it
+            print(f"iwae: error (rank {rank()}): {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("iwae: interrupted", file=sys.stderr)
         return 130
+    finally:
+        cleanup()                                  # leave torchrun's process group, if joined
     return 0
 
 

@@ -3,7 +3,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .evaluation import active_units, log_likelihood
+from . import distributed
+from .evaluation import active_units
 from .train import EVAL_SEED, fixed_binarization, load_model, prepare, read_config
 
 ACTIVE_UNIT_EXAMPLES = 500
@@ -14,7 +15,9 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
 
     Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
-    elbo_nll, kl_gap. The images are binarized once with a fixed seed.
+    elbo_nll, kl_gap. The images are binarized once with a fixed seed; the sample noise of
+    each block of batch_size images is seeded from (seed, block index), so under torchrun
+    the ranks share the blocks and every rank returns the single-process numbers.
     """
     config = read_config(run_dir)
     model = load_model(run_dir)
@@ -27,17 +30,15 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
             raise ValueError(f"limit must be >= 1, got {limit}")
         x = x[:limit]
     x = fixed_binarization(x, data.binarization, seed)
+    ctx = distributed.init()                       # under torchrun: join the process group (once)
+    bar = lambda blocks: tqdm(blocks, disable=quiet or not ctx.is_main, desc=f"L_{k}", unit="batch")
+    ll, elbo = distributed.seeded_log_likelihood(model, x, k, seed=seed, block=batch_size, with_elbo=True,
+                                                 ctx=ctx, progress=bar)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        ll, elbo = [], []
-        for xb in tqdm(x.split(batch_size), disable=quiet, desc=f"L_{k}", unit="batch"):
-            a, b = log_likelihood(model, xb, k, batch_size=batch_size, with_elbo=True)
-            ll.append(a)
-            elbo.append(b)
-        ll, elbo = torch.cat(ll), torch.cat(elbo)
         units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES], data.binarization, seed)
         counts, variances = active_units(model, units_x)
-    if per_example is not None:
+    if per_example is not None and ctx.is_main:
         np.save(per_example, ll.numpy())
     nll = -ll.mean().item()
     return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]), "active_units": counts,

@@ -23,6 +23,9 @@ def read_amat(path: Path, md5: str | None = None) -> np.ndarray:
     the values are exactly the '0'/'1' bytes; lines are checked to hold 784 of them each.
     """
     text = np.frombuffer(read_bytes(path, md5), np.uint8)       # [bytes]
+    fast = _read_canonical(text)
+    if fast is not None:
+        return fast
     is_value = (text == _ZERO) | (text == _ONE)                   # [bytes] bool
     is_space = (text == ord(" ")) | (text == _NEWLINE) | (text == ord("\r")) | (text == ord("\t"))
     stray = ~(is_value | is_space)
@@ -45,6 +48,20 @@ def read_amat(path: Path, md5: str | None = None) -> np.ndarray:
     if images == 0:
         raise DataError(f"{path}: no images in the file")
     return (text[is_value] - _ZERO).reshape(images, PIXELS)
+
+
+def _read_canonical(text: np.ndarray) -> np.ndarray | None:
+    """uint8 [N, 784] if text is exactly N lines "v v ... v\\n" (784 single-byte 0/1 values,
+    single spaces), else None: the layout of the distributed files, read with strided views
+    ten times faster than the general path, which handles (and explains) everything else."""
+    width = 2 * PIXELS                                           # bytes per line, "\n" included
+    if text.size == 0 or text.size % width:
+        return None
+    rows = text.reshape(-1, width)                               # [N, 1568]
+    if not ((rows[:, 1:-1:2] == ord(" ")).all() and (rows[:, -1] == _NEWLINE).all()):
+        return None
+    values = rows[:, ::2] - _ZERO                                # [N, 784]; other bytes wrap past 1
+    return values if (values <= 1).all() else None
 
 
 def read_mat(path: Path) -> np.ndarray:

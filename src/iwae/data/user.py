@@ -7,6 +7,7 @@ for a Gaussian one. Without a test split, the last 10% of the examples (at least
 held out as test.
 """
 import math
+import zipfile
 from pathlib import Path
 
 import matplotlib.image
@@ -71,7 +72,7 @@ def _load_npz(path: Path) -> dict[str, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {key: archive[key] for key in archive.files}
-    except (ValueError, OSError, EOFError) as e:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as e:   # BadZipFile: truncated
         raise DataError(f"{path}: not a readable .npz file ({e})") from e
     if len(arrays) == 1:
         return {"train": next(iter(arrays.values()))}

@@ -1,0 +1,186 @@
+"""Shared pieces of the benchmarks: machine info, data, interleaved timing, the matmul floor."""
+import gzip
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def cpu_model():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def machine_info(device="cpu"):
+    info = {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "platform": platform.platform(), "device": device}
+    try:
+        info["load_average"] = [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        pass
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+        info["cuda"] = torch.version.cuda
+    try:
+        import pyro
+        info["pyro"] = pyro.__version__
+    except ImportError:
+        info["pyro"] = None
+    return info
+
+
+def data_dir(arg=None):
+    return str(arg or os.environ.get("IWAE_DATA_DIR") or DEFAULT_DATA)
+
+
+def load_images(directory, n_train=2000, n_test=50):
+    """(grey training images [n_train, 784], test images binarized with seed 1234, source).
+
+    MNIST via iwae.data.load_dataset; else the idx files read directly; else random images.
+    """
+    train = test = None
+    source = "random binary images"
+    try:
+        from iwae.data import load_dataset
+        data = load_dataset("mnist", directory)
+        train, test, source = data.train, data.test, f"MNIST ({directory})"
+    except Exception:
+        root = Path(directory) / "mnist"
+        try:
+            train = _idx(root / "train-images-idx3-ubyte.gz")
+            test = _idx(root / "t10k-images-idx3-ubyte.gz")
+            source = f"MNIST idx files ({root})"
+        except OSError:
+            g = torch.Generator().manual_seed(0)
+            train = torch.rand(n_train, 784, generator=g)
+            test = torch.rand(n_test, 784, generator=g)
+    train = train[:n_train].float()
+    test = torch.bernoulli(test[:n_test].float(), generator=torch.Generator().manual_seed(1234))
+    return train, test, source
+
+
+def _idx(path):
+    with gzip.open(path, "rb") as f:
+        raw = f.read()
+    n = int.from_bytes(raw[4:8], "big")
+    return torch.from_numpy(np.frombuffer(raw, np.uint8, offset=16).reshape(n, 784).astype(np.float32) / 255)
+
+
+class Batches:
+    """Dynamically binarized batches of 20 from the training images, on a fixed seed."""
+
+    def __init__(self, train, batch=20, device="cpu", seed=0):
+        self.train, self.batch, self.device = train, batch, device
+        self.g = torch.Generator().manual_seed(seed)
+
+    def __call__(self):
+        idx = torch.randint(0, self.train.shape[0], (self.batch,), generator=self.g)
+        return torch.bernoulli(self.train[idx], generator=self.g).to(self.device)
+
+
+def interleaved(fns, steps, warmup=10, sync=None, block=10):
+    """Time every callable ``steps`` times, the callables taking turns in blocks.
+
+    Each turn runs one callable ``block`` times in a row, timing every call (so caches are
+    as warm as in a training loop, where steps run back to back); the order of the turns
+    rotates every round, so slow drifts of the machine hit all callables alike.
+    Returns {name: [seconds per call]}. ``sync`` (e.g. torch.cuda.synchronize) runs before
+    every clock read.
+    """
+    names = list(fns)
+    for _ in range(warmup):
+        for name in names:
+            fns[name]()
+    if sync:
+        sync()
+    times = {name: [] for name in names}
+    block = max(1, min(block, steps))
+    for r in range(-(-steps // block)):
+        shift = r % len(names)
+        for name in names[shift:] + names[:shift]:
+            fn, out = fns[name], times[name]
+            for _ in range(min(block, steps - len(out))):
+                t = time.perf_counter()
+                fn()
+                if sync:
+                    sync()
+                out.append(time.perf_counter() - t)
+    return times
+
+
+def summary(seconds):
+    ms = sorted(s * 1e3 for s in seconds)
+    q = statistics.quantiles(ms, n=4) if len(ms) >= 4 else [ms[0], statistics.median(ms), ms[-1]]
+    return {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "n": len(ms)}
+
+
+def linear_shapes(model, k, batch):
+    """[(rows, in, out)] of every nn.Linear in the order Model.log_weights runs them."""
+    shapes = []
+
+    def walk(module, rows):
+        shapes.extend((rows, m.in_features, m.out_features) for m in module.modules()
+                      if isinstance(m, nn.Linear))
+    for depth, layer in enumerate(model.encoder):
+        walk(layer, batch if depth == 0 else k * batch)
+    for layer in model.decoder_layers:
+        walk(layer, k * batch)
+    walk(model.decoder, k * batch)
+    return shapes
+
+
+class MatmulFloor:
+    """Only the matrix multiplications of one forward (+ backward) pass, on preallocated tensors.
+
+    Forward: addmm(bias, X [rows, in], W^T) -> Y [rows, out] per linear layer. Backward,
+    per layer in reverse: grad W = G^T X and grad input = G W, except the grad input of the
+    first layer (x needs none).
+    """
+
+    def __init__(self, shapes, backward=True, device="cpu", dtype=torch.float32):
+        g = torch.Generator(device=device).manual_seed(0)
+        def r(*s):
+            return torch.randn(*s, generator=g, device=device, dtype=dtype) * 0.1
+        self.layers = [(i, r(n, a), r(b, a), r(b), torch.empty(n, b, device=device, dtype=dtype),
+                        r(n, b), torch.empty(n, a, device=device, dtype=dtype),
+                        torch.empty(b, a, device=device, dtype=dtype))
+                       for i, (n, a, b) in enumerate(shapes)]
+        self.backward = backward
+        self.flops = sum(2 * n * a * b for n, a, b in shapes) * (1 + 2 * backward) \
+            - (2 * shapes[0][0] * shapes[0][1] * shapes[0][2] if backward else 0)
+
+    def __call__(self):
+        for i, X, W, bias, Y, G, GX, GW in self.layers:
+            torch.addmm(bias, X, W.t(), out=Y)
+        if self.backward:
+            for i, X, W, bias, Y, G, GX, GW in reversed(self.layers):
+                torch.mm(G.t(), X, out=GW)
+                if i:
+                    torch.mm(G, W, out=GX)
+
+
+def git_revision():
+    try:
+        import subprocess
+        root = Path(__file__).resolve().parents[1]
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
+                             text=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except Exception:
+        return None

@@ -1,0 +1,180 @@
+"""The training steps the benchmark compares, each a callable step(x) -> loss.
+
+All start from copies of one model and use Adam(lr 1e-3, betas (0.9, 0.999), eps 1e-4).
+Every step checks the loss for finiteness after it, as ``iwae train`` does.
+"""
+import copy
+import logging
+import math
+
+import torch
+import torch.nn.functional as F
+from torch.distributions import Normal
+
+import iwae
+from iwae.step import Step, make_optimizer, make_step
+
+LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-4
+PAPER_STEPS = 3280 * 3000            # the paper's schedule: 3280 passes of 3000 batches
+
+
+def _check(loss):
+    if not torch.isfinite(loss):
+        raise FloatingPointError("non-finite loss in the benchmark")
+    return loss
+
+
+def trainer_guard():
+    """The gradient guard ``iwae train`` registers on its optimizer, if this version has one."""
+    try:
+        from iwae.train import _FiniteGuard
+        return _FiniteGuard
+    except ImportError:
+        return None
+
+
+def project(model, k, guard=True, **options):
+    """The project's step as ``iwae train`` builds it (make_optimizer + make_step, for a run
+    of the paper's length unless planned_steps is given), plus the trainer's non-finite
+    guard on the optimizer when the trainer has one."""
+    options.setdefault("planned_steps", PAPER_STEPS)
+    model = copy.deepcopy(model)
+    opt = make_optimizer(model.parameters(), LR, BETAS, EPS)
+    guard_class = trainer_guard() if guard else None
+    if guard_class is not None:
+        guard_class(opt)
+    step = make_step(model, opt, k, **options)
+
+    def run(x):
+        return _check(step(x))
+    run.step = step
+    return run
+
+
+def plain(model, k, fused=False):
+    """The loop ``iwae train`` ran before: iwae.loss; zero_grad; backward; Adam.step()."""
+    model = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=fused or None)
+
+    def run(x):
+        loss = iwae.loss(model, x, k)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return _check(loss.detach())
+    return run
+
+
+def lever(model, k, path, compile="off", flush=True):
+    """Step with one combination of the levers (always fused Adam and its direct update)."""
+    model = copy.deepcopy(model)
+    opt = make_optimizer(model.parameters(), LR, BETAS, EPS)
+    objective, _ = iwae.objective.check("iwae", "standard", k)
+    step = Step(model, opt, objective, "standard", path=path, compile=compile, flush=flush)
+
+    def run(x):
+        return _check(step(x))
+    return run
+
+
+def tutorial(model, k):
+    """The common tutorial IWAE: the encoder's outputs and x repeated k times
+    (Tensor.repeat), torch.distributions densities, binary_cross_entropy_with_logits, and
+    the softmax-weighted surrogate -sum_i w~_i log w_i with w~ detached; default Adam."""
+    model = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS)
+
+    def loss_fn(x):
+        B = x.shape[0]
+        mu, log_sigma = model.encoder[0](x)
+        mu, std = mu.repeat(k, 1), log_sigma.exp().repeat(k, 1)           # [k*B, d]
+        z = mu + std * torch.randn_like(mu)
+        log_q = Normal(mu, std).log_prob(z).sum(-1)
+        zs = [z]
+        for layer in model.encoder[1:]:
+            mu, log_sigma = layer(z)
+            std = log_sigma.exp()
+            z = mu + std * torch.randn_like(mu)
+            log_q = log_q + Normal(mu, std).log_prob(z).sum(-1)
+            zs.append(z)
+        log_p = Normal(torch.zeros_like(z), torch.ones_like(z)).log_prob(z).sum(-1)
+        h = z
+        for layer, below in zip(model.decoder_layers, reversed(zs[:-1])):
+            mu, log_sigma = layer(h)
+            log_p = log_p + Normal(mu, log_sigma.exp()).log_prob(below).sum(-1)
+            h = below
+        logits = model.decoder(h)
+        log_px = -F.binary_cross_entropy_with_logits(logits, x.repeat(k, 1), reduction="none").sum(-1)
+        log_w = (log_px + log_p - log_q).view(k, B)
+        w = torch.softmax(log_w, 0).detach()
+        return -(w * log_w).sum(0).mean()
+
+    def run(x):
+        loss = loss_fn(x)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return _check(loss.detach())
+    return run
+
+
+def pyro_available():
+    try:
+        import pyro  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+_PYRO_MODELS = [0]
+
+
+def pyro_svi(model, k):
+    """Pyro SVI with RenyiELBO(alpha=0) (the IWAE bound), k vectorised particles, the same
+    networks (registered with pyro.module) and pyro.optim.Adam with the same settings.
+    Validation is off (pyro.enable_validation(False)), Pyro's fastest setting."""
+    import pyro
+    import pyro.distributions as dist
+    from pyro.infer import SVI, RenyiELBO
+
+    pyro.enable_validation(False)
+    logging.getLogger("pyro").setLevel(logging.WARNING)     # "Guessed max_plate_nesting"
+    model = copy.deepcopy(model)
+    _PYRO_MODELS[0] += 1
+    tag = f"bench{_PYRO_MODELS[0]}"
+    L = len(model.encoder)
+    top = model.encoder[-1].net[-1].out_features // 2
+
+    def generative(x):
+        pyro.module(f"{tag}.decoder", model.decoder)
+        pyro.module(f"{tag}.decoder_layers", model.decoder_layers)
+        with pyro.plate("data", x.shape[0]):
+            zero = x.new_zeros(x.shape[0], top)
+            z = pyro.sample(f"z{L}", dist.Normal(zero, 1.0).to_event(1))
+            for j, layer in enumerate(model.decoder_layers):
+                mu, log_sigma = layer(z)
+                z = pyro.sample(f"z{L - 1 - j}", dist.Normal(mu, log_sigma.exp()).to_event(1))
+            pyro.sample("x", dist.Bernoulli(logits=model.decoder(z)).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module(f"{tag}.encoder", model.encoder)
+        with pyro.plate("data", x.shape[0]):
+            h = x
+            for i, layer in enumerate(model.encoder):
+                mu, log_sigma = layer(h)
+                h = pyro.sample(f"z{i + 1}", dist.Normal(mu, log_sigma.exp()).to_event(1))
+
+    svi = SVI(generative, guide, pyro.optim.Adam({"lr": LR, "betas": BETAS, "eps": EPS}),
+              RenyiELBO(alpha=0, num_particles=k, vectorize_particles=True))
+
+    def run(x):
+        loss = svi.step(x) / x.shape[0]          # Pyro returns the batch sum
+        if not math.isfinite(loss):
+            raise FloatingPointError("non-finite loss in the benchmark")
+        return loss
+    return run
+
+
+def floor_model(layers):
+    torch.manual_seed(0)
+    return iwae.paper_model(layers)

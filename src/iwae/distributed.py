@@ -1,0 +1,308 @@
+"""Several processes, one run: data-parallel training and evaluation under torchrun.
+
+``torchrun --nproc_per_node N -m iwae train ...`` (or ``torchrun ... $(which iwae) train``)
+starts N processes; ``init()`` reads torchrun's RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR
+and MASTER_PORT and joins them into one process group (gloo for CPU tensors; where CUDA is
+available also NCCL for CUDA tensors). Without those variables, or with WORLD_SIZE=1,
+everything here is the single-process identity and no process group is made.
+
+Training (``train.train``): ``--batch-size`` is the GLOBAL batch (default 20, the paper's);
+each of the W ranks takes a contiguous 1/W of every global batch (batch / W examples, so the
+batch must divide by W). The permutation, the binarization draws and the model's sample
+noise all come from generators seeded identically on every rank: each rank draws the whole
+global batch's binarization and eps and keeps its slice (``ShardedLoss``), so example j of a
+global batch sees the same noise whatever W is, and W ranks reach the parameters of one
+process up to float rounding. Gradients are averaged by DistributedDataParallel; every
+rank's loss is the mean over its shard, so the average over equal shards is the global
+batch mean (an epoch's shorter last batch is split as evenly as it goes and reweighted).
+Rank 0 alone writes the run directory (config, metrics, checkpoints) and prints.
+
+Evaluation (``seeded_log_likelihood``): the noise of each block of ``block`` consecutive
+examples is seeded from (seed, the block's global index), so the result does not depend on
+how the blocks are spread over ranks; each rank evaluates a contiguous run of blocks and a
+sum-all-reduce of zero-padded vectors gives every rank the full per-example vector, equal to
+the single-process one.
+"""
+import datetime
+import os
+import signal
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.overrides import TorchFunctionMode
+
+from .evaluation import log_likelihood
+from .objective import loss as iwae_loss
+
+ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+TIMEOUT = datetime.timedelta(minutes=30)      # a rank that waits longer than this gives up
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where this process stands: rank r of world_size (1: no process group)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+SINGLE = Context()
+_owned = False                                  # whether init() made the process group
+
+
+def launched(environ=None):
+    """True when torchrun (or an equivalent launcher) asks for more than one process."""
+    environ = os.environ if environ is None else environ
+    try:
+        return int(environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        raise ValueError(f"WORLD_SIZE must be an integer, got {environ['WORLD_SIZE']!r}") from None
+
+
+def world_size(environ=None):
+    """The number of processes torchrun starts (WORLD_SIZE; 1 without torchrun)."""
+    environ = os.environ if environ is None else environ
+    return int(environ.get("WORLD_SIZE", "1")) if launched(environ) else 1
+
+
+def rank(environ=None):
+    """This process's rank: the process group's, else torchrun's RANK variable, else 0."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    environ = os.environ if environ is None else environ
+    try:
+        return int(environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
+def joined():
+    """Whether this process is in a process group of several ranks."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def backend(cuda=None):
+    """gloo for CPU tensors, plus NCCL for CUDA tensors where CUDA is available."""
+    cuda = torch.cuda.is_available() if cuda is None else cuda
+    return "cpu:gloo,cuda:nccl" if cuda and dist.is_nccl_available() else "gloo"
+
+
+def init(timeout=TIMEOUT):
+    """Join the process group torchrun describes (once; later calls return the same Context)."""
+    global _owned
+    if dist.is_available() and dist.is_initialized():
+        return current()
+    if not launched():
+        return SINGLE
+    missing = [name for name in ENV_VARS if name not in os.environ]
+    if missing:
+        raise ValueError(f"WORLD_SIZE={os.environ['WORLD_SIZE']} but {', '.join(missing)} "
+                         f"{'is' if len(missing) == 1 else 'are'} not set; launch with torchrun")
+    if not dist.is_available():
+        raise ValueError("this torch build has no torch.distributed; run with one process")
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank % torch.cuda.device_count())
+    dist.init_process_group(backend(), init_method="env://", timeout=timeout)
+    _owned = True
+    return current()
+
+
+def current():
+    """The Context of this process, without joining anything."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return SINGLE
+    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def is_main():
+    """Whether this process should log, plot and write files: rank 0 (of the process group,
+    else of torchrun's RANK variable), or a single process."""
+    return rank() == 0
+
+
+def cleanup():
+    """Leave the process group if init() made it."""
+    global _owned
+    if _owned and dist.is_initialized():
+        dist.destroy_process_group()
+    _owned = False
+
+
+def barrier(ctx):
+    if ctx.distributed:
+        dist.barrier()
+
+
+def all_reduce_sum(tensor, ctx):
+    """Sum a tensor over ranks, in place; returns it (unchanged with one process)."""
+    if ctx.distributed:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def broadcast_object(obj, ctx):
+    """Rank 0's obj on every rank."""
+    if not ctx.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def split_sizes(n, world_size):
+    """n items over world_size ranks, as evenly as they go (the first n % W get one more)."""
+    base, extra = divmod(n, world_size)
+    return [base + (r < extra) for r in range(world_size)]
+
+
+def shard_range(n, ctx):
+    """(start, stop) of this rank's contiguous share of n items."""
+    sizes = split_sizes(n, ctx.world_size)
+    start = sum(sizes[:ctx.rank])
+    return start, start + sizes[ctx.rank]
+
+
+def per_rank_batch(batch_size, world_size):
+    """The per-rank batch of a global batch; ValueError unless the world size divides it."""
+    if batch_size % world_size:
+        raise ValueError(f"--batch-size {batch_size} is the global batch and must be divisible by the "
+                         f"{world_size} processes (per-rank batch = batch / processes); use a multiple "
+                         f"of {world_size} or another --nproc_per_node")
+    return batch_size // world_size
+
+
+class _SlicedNoise(TorchFunctionMode):
+    """Inside it, torch.randn((k, b, d)) for a shard of b examples draws the global batch's
+    (k, batch, d) noise from the same generator and returns this shard's slice, so every
+    rank consumes the global RNG exactly as a single process on the whole batch would."""
+
+    def __init__(self, batch, start, size):
+        super().__init__()
+        self.batch, self.start, self.size = batch, start, size
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is not torch.randn:
+            return func(*args, **kwargs)
+        shape = tuple(args[0]) if len(args) == 1 and not isinstance(args[0], int) else tuple(args)
+        if len(shape) != 3 or shape[1] != self.size:
+            raise RuntimeError(f"distributed training expects the model to draw its noise as "
+                               f"torch.randn((k, batch, d)); got torch.randn{shape}")
+        full = func((shape[0], self.batch, shape[2]), **kwargs)
+        return full[:, self.start:self.start + self.size]
+
+
+class ShardedLoss(nn.Module):
+    """The training loss of this rank's shard of a global batch, as a module for DDP.
+
+    forward(x, batch, start): x [b, D] are examples start..start+b-1 of a global batch of
+    ``batch``; the noise is sliced from the global batch's draws (see _SlicedNoise). Returns
+    the shard's loss times b * W / batch, so that DDP's average over ranks of these
+    gradients is the gradient of the global batch mean (the factor is exactly 1 for equal
+    shards). A rank with no examples (a last batch smaller than W) still draws the noise
+    and returns a zero that touches every parameter, so DDP's hooks fire everywhere.
+    """
+
+    def __init__(self, model, k, bound, estimator, m=None, beta=None, world_size=1):
+        super().__init__()
+        self.model = model
+        self.k, self.bound, self.estimator, self.m, self.beta = k, bound, estimator, m, beta
+        self.world_size = world_size
+
+    def forward(self, x, batch, start):
+        b = x.shape[0]
+        with _SlicedNoise(batch, start, b):
+            if b == 0:
+                self.model.log_weights(x, self.k)                 # the RNG draws only
+                return sum(p.sum() for p in self.model.parameters()) * 0.0
+            loss = iwae_loss(self.model, x, self.k, self.bound, self.estimator, m=self.m, beta=self.beta)
+        weight = b * self.world_size / batch
+        return loss if weight == 1 else loss * weight
+
+
+class DataParallel:
+    """A model's training loss over W ranks: DDP around ShardedLoss, plus the step's sums."""
+
+    def __init__(self, model, config, ctx):
+        from torch.nn.parallel import DistributedDataParallel
+        self.ctx = ctx
+        self.per_rank = per_rank_batch(config.batch_size, ctx.world_size)
+        module = ShardedLoss(model, config.k, config.objective, config.estimator,
+                             m=config.m, beta=config.beta, world_size=ctx.world_size)
+        device = next(model.parameters()).device
+        self.ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+
+    def loss(self, x):
+        """x: the whole global batch [B, D] (binarized); this rank's loss to backward."""
+        start, stop = shard_range(x.shape[0], self.ctx)
+        return self.ddp(x[start:stop], x.shape[0], start)
+
+    def reduce(self, loss, signals=None):
+        """The global batch's loss (detached), the same on every rank, in one all-reduce that
+        also tells ``signals`` (an AgreedSignals) whether any rank has received a signal."""
+        local = signals is not None and signals.signals.received is not None
+        both = torch.stack([loss.detach().double().reshape(()),
+                            torch.tensor(float(local), dtype=torch.float64)])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        if signals is not None and both[1] > 0 and signals.received is None:
+            signals.received = signals.signals.received or signal.SIGTERM
+        return (both[0] / self.ctx.world_size).to(loss.dtype)
+
+
+class AgreedSignals:
+    """train._Signals as the ranks agree on it: ``received`` is set on every rank after the
+    same step (DataParallel.reduce), so all ranks stop there and rank 0 saves that step."""
+
+    def __init__(self, signals):
+        self.signals, self.received = signals, None
+
+
+def block_seed(seed, index):
+    """The seed of evaluation block `index` (a 63-bit integer mixing seed and index)."""
+    state = np.random.SeedSequence([seed % 2 ** 64, index]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & (2 ** 63 - 1)
+
+
+@torch.no_grad()
+def seeded_log_likelihood(model, x, k, *, seed, block=100, max_samples=16384, with_elbo=False,
+                          ctx=SINGLE, progress=None):
+    """L_k per example of x [N, D] (float64 [N]) with the noise of block j of ``block`` examples
+    (examples j*block .. j*block+block-1) drawn after torch.manual_seed(block_seed(seed, j)).
+
+    With ctx.distributed, rank r evaluates its contiguous run of blocks and every rank gets
+    the full vector (zero-padded shares, summed: bitwise the single-process result).
+    The caller's RNG state is left as it was. progress: wraps the iterable of this
+    rank's blocks (tqdm, say). with_elbo: also the k-sample ELBO per example.
+    """
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise ValueError(f"block must be an integer >= 1, got {block!r}")
+    n = x.shape[0]
+    blocks = -(-n // block)
+    first, last = shard_range(blocks, ctx)
+    ll = torch.zeros(n, dtype=torch.float64, device=x.device)
+    elbo = torch.zeros(n, dtype=torch.float64, device=x.device)
+    mine = range(first, last)
+    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+        for j in (progress(mine) if progress else mine):
+            torch.manual_seed(block_seed(seed, j))
+            rows = slice(j * block, min((j + 1) * block, n))
+            ll[rows], elbo[rows] = log_likelihood(model, x[rows], k, batch_size=block,
+                                                  max_samples=max_samples, with_elbo=True)
+    if ctx.distributed:
+        both = torch.stack([ll, elbo])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        ll, elbo = both[0], both[1]
+    return (ll, elbo) if with_elbo else ll
