@@ -9,7 +9,7 @@ import torch
 import iwae
 from iwae.config import Config
 from iwae.schedule import PAPER_EPOCHS, learning_rate, stage
-from iwae.train import load_model, train
+from iwae.train import train
 
 
 def test_paper_schedule():

@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from . import checkpoint
 from .checkpoint import CheckpointError
 from .config import Config
 from .data import DataError
@@ -115,7 +116,7 @@ def cmd_train(args):
                               quiet=args.quiet)
         if not main:
             return
-        (out / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+        checkpoint.write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")  # atomic: reproduce reads it
         print(f"test NLL (L_{args.final_k}, {result['n_test']} test images): {result['test_nll']:.2f} nats; "
               f"active units {'+'.join(map(str, result['active_units']))}")
 

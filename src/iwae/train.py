@@ -30,8 +30,6 @@ from . import checkpoint, distributed
 from .checkpoint import CheckpointError
 from .config import Config, build_model, read_config, write_config
 from .data import DataError, load_dataset
-from .evaluation import log_likelihood
-from .objective import loss as iwae_loss
 from .schedule import learning_rate
 from .step import make_optimizer, make_step
 
