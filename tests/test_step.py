@@ -6,7 +6,6 @@ it is compared in float64 to 1e-12 relative (loss, gradients) and to 1e-10 after
 optimizer steps; it draws the same samples (the same torch.randn calls).
 """
 import copy
-import math
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ import iwae
 import iwae.evaluation as evaluation
 from iwae.densities import Bernoulli, Gaussian, bernoulli_terms, softplus_sum
 from iwae.objective import Objective
-from iwae.step import (CompiledKernels, EagerKernels, FusedAdamUpdate, ManualPlan, Step, Workspace,
+from iwae.step import (CompiledKernels, EagerKernels, FusedAdamUpdate, ManualPlan, Workspace,
                        inference_log_weights, loss_and_grad, make_optimizer, make_step,
                        manual_unsupported)
 
@@ -178,11 +177,10 @@ def test_compile_policy():
     cpu = torch.device("cpu")
     mode = lambda k, **kw: make_step(model, opt, k, **kw).compile_mode(20, cpu)
     assert mode(1) == "off" and mode(5) == "off"                 # run length unknown
-    assert mode(1, planned_steps=10 ** 7) == "step" and mode(5, planned_steps=10 ** 7) == "step"
+    assert mode(1, planned_steps=10 ** 7) == "step" and mode(50, planned_steps=10 ** 7) == "step"
     assert mode(1, planned_steps=1000) == "off"                  # a short run: no compiling
-    assert mode(50) == "kernels" and mode(50, planned_steps=10 ** 7) == "kernels"
+    assert mode(50) == "kernels" and mode(50, planned_steps=2000) == "kernels"
     assert mode(50, planned_steps=100) == "off"
-    assert mode(10, planned_steps=10 ** 7) == "off"              # between the two: eager
     os.environ["IWAE_COMPILE"] = "0"
     try:
         assert mode(50) == "off" and mode(1, planned_steps=10 ** 7) == "off"
@@ -360,8 +358,9 @@ def test_cuda_graph_step_trains_like_the_eager_step():
     for _ in range(200):
         losses.append(step(x).item())
         eager_losses.append(eager(x).item())
-    assert abs(sum(losses[-20:]) - sum(eager_losses[-20:])) / 20 < 2.0      # nats
-    assert sum(losses[-20:]) < sum(losses[:20])
+    late, eager_late = sum(losses[-20:]) / 20, sum(eager_losses[-20:]) / 20
+    assert abs(late - eager_late) < 0.05 * abs(eager_late)       # other draws, the same training
+    assert late < sum(losses[:20]) / 20
 
 
 @cuda

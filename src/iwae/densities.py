@@ -5,6 +5,7 @@ full normalising constant, so that log weights are true log densities.
 """
 import math
 import os
+import types
 import warnings
 
 import torch
@@ -112,7 +113,7 @@ class _Compiled:
     instead of once per size. Other shapes are static (one compile per distinct shape)."""
 
     def __init__(self, fn, dynamic=()):
-        self.fn, self.compiled, self.failed = fn, torch.compile(fn, dynamic=False), False
+        self.fn, self.compiled, self.failed = fn, torch.compile(own_code(fn), dynamic=False), False
         self.dynamic = dynamic
 
     def __call__(self, *args):
@@ -127,6 +128,18 @@ class _Compiled:
                 warnings.warn(f"iwae: torch.compile failed here ({type(err).__name__}: {err}); "
                               "using plain torch ops", RuntimeWarning, stacklevel=2)
         return self.fn(*args)
+
+
+def own_code(fn):
+    """fn with a code object of its own. torch.compile keeps its cache of compiled graphs
+    (at most torch._dynamo.config.recompile_limit = 8 of them) on the code object, which
+    closures made by one def share: each compiled function needs its own."""
+    own_code.count += 1
+    code = fn.__code__.replace(co_name=f"{fn.__code__.co_name}_{own_code.count}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, fn.__defaults__, fn.__closure__)
+
+
+own_code.count = 0
 
 
 def _compiled(name, fn, dynamic=()):

@@ -19,10 +19,10 @@ Paths (``Step.path``):
   the same loss and gradients up to float rounding (float64 agreement to 1e-12 in the
   tests). The Gaussian constants are added once; sum_d x_d l_d is a dot product, never an
   [N, D] temporary; the Bernoulli gradient (sigmoid(l) - x) * w / B is one pass written
-  over the logits. On the CPU (``compile``, see make_step) the two passes over the
-  [k*B, 784] logits become compiled kernels for large k*B (the decoder's bias added inside
-  them), and for small k*B, where per-op overhead dominates, the whole forward+backward is
-  compiled for long runs.
+  over the logits. On the CPU (``compile``, see make_step) the whole forward+backward is
+  compiled for long runs (for small k*B it removes the per-op overhead that dominates
+  them); otherwise, for large k*B, the two passes over the [k*B, 784] logits become
+  compiled kernels (the decoder's bias added inside them).
   Normalised importance weights below eps(dtype)^2 (float32: 1.4e-14) count as zero in the
   backward pass (``flush=True``): they cannot change a float sum of weights that is 1, and
   carried through the backward pass they become subnormal floats, which x86 CPUs process
@@ -42,17 +42,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .densities import HALF_LOG_2PI, Bernoulli, _compiled, bernoulli_terms
+from .densities import HALF_LOG_2PI, Bernoulli, _compiled, bernoulli_terms, own_code
 from .model import GaussianLayer, Model
 from .objective import check
 from .objective import loss as objective_loss
 
 PATHS = ("auto", "autograd", "manual", "cuda-graph")
 COMPILES = ("auto", "off", "kernels", "step")
-KERNEL_MIN_ROWS = 500        # k * batch from which the Bernoulli kernels are compiled (CPU)
-STEP_MAX_ROWS = 100          # k * batch up to which the whole step is compiled (CPU) ...
-STEP_MIN_STEPS = 30_000      # ... for runs of at least this many steps (10 MNIST epochs)
-KERNEL_MIN_STEPS = 1_000     # no compiling at all for runs known to be shorter
+STEP_MIN_STEPS = 30_000      # compile the whole step (CPU) for runs of this many steps (10 epochs)
+KERNEL_MIN_ROWS = 500        # else compile the Bernoulli kernels when k * batch >= this (CPU) ...
+KERNEL_MIN_STEPS = 1_000     # ... unless the run is known to be shorter than this
 
 
 def make_optimizer(params, lr, betas=(0.9, 0.999), eps=1e-4, *, capturable=False):
@@ -75,12 +74,12 @@ def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None
     objective allow it, else "autograd".
     compile (manual path, CPU): "off"; "kernels": the two Bernoulli passes as compiled
     kernels (a few seconds of compiling); "step": the whole forward+backward compiled by
-    torch.compile (C++ wrapper, 10-20 s of compiling; it saves the per-op overhead that
-    dominates small steps); "auto": "step" when k * batch <= STEP_MAX_ROWS and the run is
-    known to be long (planned_steps >= STEP_MIN_STEPS), "kernels" when k * batch >=
-    KERNEL_MIN_ROWS (unless planned_steps < KERNEL_MIN_STEPS), else "off". The environment
-    variable IWAE_COMPILE=0 turns compiling off; IWAE_COMPILE=1 treats every run as long.
-    Compiling falls back to the eager code, with a warning, where it fails.
+    torch.compile (C++ wrapper, 10-20 s of compiling; it removes the per-op overhead that
+    dominates small steps and fuses the elementwise work of large ones); "auto": "step" for
+    runs known to be long (planned_steps >= STEP_MIN_STEPS), else "kernels" when k * batch
+    >= KERNEL_MIN_ROWS (unless planned_steps < KERNEL_MIN_STEPS), else "off". The
+    environment variable IWAE_COMPILE=0 turns compiling off; IWAE_COMPILE=1 treats every run
+    as long. Compiling falls back to the eager code, with a warning, where it fails.
     planned_steps: the number of steps the run will take, if known (the trainer's epochs x
     batches). flush: zero the normalised weights below eps^2 in the manual backward pass
     (see the module docstring).
@@ -158,7 +157,7 @@ class Step:
         return loss
 
     def compile_mode(self, batch, device):
-        """"off", "kernels" or "step" for a batch of this size (see make_step)."""
+        """The compile mode, "off", "kernels" or "step", for a batch of this size (see make_step)."""
         if self.plan is None or device.type != "cpu":
             return "off"
         env = os.environ.get("IWAE_COMPILE")
@@ -168,7 +167,7 @@ class Step:
             return self.compile
         rows = self.k * batch
         planned = math.inf if env == "1" else self.planned_steps
-        if rows <= STEP_MAX_ROWS and planned is not None and planned >= STEP_MIN_STEPS:
+        if planned is not None and planned >= STEP_MIN_STEPS:
             return "step"
         if rows >= KERNEL_MIN_ROWS and (planned is None or planned >= KERNEL_MIN_STEPS):
             return "kernels"
@@ -193,7 +192,7 @@ def _compile_step(step):
         loss = manual_forward_backward(plan, x, k, objective, EagerKernels, flush=flush)
         return loss, [p.grad for p in params]
 
-    compiled = torch.compile(forward_backward, dynamic=False,
+    compiled = torch.compile(own_code(forward_backward), dynamic=False,
                              options={"fallback_random": True, "cpp_wrapper": True})
     state = {"failed": False}
 
