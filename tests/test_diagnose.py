@@ -6,6 +6,7 @@ import torch
 
 import iwae.train
 from iwae import cli
+from iwae import diagnose as diagnose_module
 from iwae.config import Config
 from iwae.diagnose import diagnose_model, parse_estimators
 from iwae.estimators import ESTIMATORS
@@ -58,6 +59,22 @@ def test_standard_encoder_snr_falls_with_k_and_dregs_does_not(perturbed):
     assert variance[1] < variance[0]
 
 
+def test_running_moments_match_torch():
+    from iwae.diagnose import _Moments, summarize
+    g = torch.randn(50, 7, dtype=torch.float64) * torch.arange(1, 8) + 3.0
+    m = _Moments(7, torch.eye(7, dtype=torch.float64)[:3])
+    for row in g:
+        m.add(row)
+    torch.testing.assert_close(m.mean, g.mean(0))
+    torch.testing.assert_close(m.var, g.var(0))
+    s = summarize(m)
+    snr = g.mean(0).abs() / g.std(0)
+    assert s["snr_mean"] == pytest.approx(snr.mean().item())
+    assert s["snr_median"] == pytest.approx(snr.median().item())
+    assert s["variance"] == pytest.approx(g.var(0).sum().item())
+    assert s["snr_norm"] == pytest.approx(g.mean(0).norm().item() / g.var(0).sum().sqrt().item())
+
+
 def test_parse_estimators_validates_configurations():
     assert [s.name for s in parse_estimators("standard,stl,dreg,rws,miwae,piwae,ciwae")] == [
         "iwae+standard", "iwae+stl", "iwae+dreg", "iwae+rws", "miwae+standard", "piwae+standard",
@@ -81,7 +98,7 @@ def fast_data(monkeypatch):
     monkeypatch.setattr(iwae.train, "load_dataset", cached)
 
 
-def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data):
+def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data, monkeypatch):
     run = tmp_path / "run"
     iwae.train.train(Config(limit_train=40, epochs=1, k=2, eval_examples=10), run, data_dir=data_dir, quiet=True)
     out = tmp_path / "diag"
@@ -122,6 +139,13 @@ def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data)
     assert _row(result, "miwae+standard", 4)["m"] == 2
     assert _row(result, "ciwae+standard", 4)["same_expectation"] == {"encoder": False, "decoder": False}
     assert _row(result, "iwae+rws", 4)["same_expectation"] == {"encoder": False, "decoder": True}
+    assert result["complete"] and result["k_done"] == [1, 2, 4]
+    # a second diagnosis with the same settings takes finished k from the file instead of redrawing
+    def no_draws(*a, **kw):
+        raise AssertionError("redrew a finished k")
+    monkeypatch.setattr(diagnose_module, "diagnose_model", no_draws)
+    again, _, _ = diagnose_module.diagnose(run, [1, 4], draws=3, examples=5, out=out, data_dir=data_dir)
+    assert again["complete"] and again["results"] == [r for r in result["results"] if r["k"] in (1, 4)]
     png = (out / "diagnose.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     import matplotlib.image

@@ -17,6 +17,7 @@ STL's IWAE encoder gradient is biased for k > 1, DReG's is not [Tucker et al. 20
 encoder follows the wake-phase q update, MIWAE/CIWAE follow other bounds.
 Nothing is stored per draw but a few projections: moments run in float64 (Welford).
 """
+import contextlib
 import json
 import math
 import time
@@ -143,9 +144,9 @@ class _Moments:
 
     def add(self, g):
         self.n += 1
-        delta = g - self.mean
-        self.mean += delta / self.n
-        self.m2 += delta * (g - self.mean)
+        delta = g - self.mean                      # Welford: m2 += delta * (g - new mean)
+        self.mean.add_(delta, alpha=1.0 / self.n)
+        self.m2.addcmul_(delta, delta, value=1.0 - 1.0 / self.n)
         self.projected.append(self.projections @ g)
 
     @property
@@ -212,6 +213,17 @@ def summarize(stats, reference=None):
     return out
 
 
+@contextlib.contextmanager
+def _flush_denormal():
+    """Subnormal floats (tiny normalised weights in the backward pass) as zero, then back to the
+    default: on x86 CPUs they are far slower, and their contribution to a gradient is nil."""
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100, seed=0,
                    progress=None):
     """Gradient diagnostics at the model's current parameters on the minibatch x [B, D].
@@ -229,7 +241,7 @@ def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, dra
     reference = Spec("iwae", "standard")
     projections = _projections([sum(p.numel() for p in ps) for _, ps in groups])
     results, skipped = [], []
-    with torch.random.fork_rng():
+    with torch.random.fork_rng(), _flush_denormal():
         for k in ks:
             started = time.perf_counter()
             ref = _draw(model, x, k, reference, None, draws, seed + REFERENCE_SEED_OFFSET, groups,
@@ -253,12 +265,15 @@ def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, dra
             results.append({"estimator": f"{REFERENCE} (reference)", "reference": True, "k": k, "m": None,
                             "seconds": round(ref_seconds, 3),
                             **{name: summarize(ref[name]) for name, _ in groups}})
-    return {"k": ks, "draws": draws, "examples": int(x.shape[0]), "seed": seed,
+    return {"k": ks, **_header(specs, draws, int(x.shape[0]), seed), "results": results, "skipped": skipped}
+
+
+def _header(specs, draws, examples, seed):
+    return {"draws": draws, "examples": examples, "seed": seed,
             "reference": f"{REFERENCE}, drawn with independent seeds (seed + {REFERENCE_SEED_OFFSET} + draw)",
             "estimators": [{"name": s.name, "objective": s.objective, "estimator": s.estimator,
                             "beta": s.beta, "m": s.m if s.m is not None else ("sqrt(k)" if s.grouped else None),
-                            "targets": s.targets()} for s in specs],
-            "results": results, "skipped": skipped}
+                            "targets": s.targets()} for s in specs]}
 
 
 def diagnose(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100, examples=20, out=None,
@@ -266,7 +281,10 @@ def diagnose(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100,
     """Diagnose a run's checkpoint on its first `examples` training images (fixed binarization).
 
     Writes diagnose.json and diagnose.png into `out` (default: the run directory);
-    returns (the result dict, the JSON path, the PNG path).
+    returns (the result dict, the JSON path, the PNG path). The JSON is rewritten after each
+    k ("k_done", "complete"), and the values of k that an earlier diagnosis with the same run,
+    epochs, draws, examples, seed and estimators already finished are taken from it, not redrawn
+    (each k's draws are seeded alike whether computed alone or together).
     """
     from .train import fixed_binarization, load_model, prepare, read_config
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
@@ -279,17 +297,53 @@ def diagnose(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100,
         p.requires_grad_(True)
     data, train_x, _, _ = prepare(config, data_dir)
     x = fixed_binarization(train_x[:examples], data.binarization)
-    result = {"run": str(run_dir), "epochs_trained": _epochs(run_dir), "training": {
-        key: getattr(config, key) for key in ("dataset", "layers", "objective", "estimator", "k", "m", "beta")}}
-    result.update(diagnose_model(model, x, ks, specs, draws=draws, seed=seed, progress=progress))
-    result["threads"] = torch.get_num_threads()
     out = Path(out) if out is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "diagnose.json", out / "diagnose.png"
-    json_path.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+    result = {"run": str(run_dir), "epochs_trained": _epochs(run_dir), "training": {
+        key: getattr(config, key) for key in ("dataset", "layers", "objective", "estimator", "k", "m", "beta")},
+        **_header(specs, draws, int(x.shape[0]), seed)}
+    done = _partial(json_path, result, specs, draws, examples, seed)   # k -> (results, skipped)
+    rows, skipped, started = [], [], time.perf_counter()
+    for k in ks:                     # one k at a time, saved as it goes: a killed diagnosis resumes
+        if k in done:
+            rows += done[k][0]
+            skipped += done[k][1]
+        else:
+            part = diagnose_model(model, x, [k], specs, draws=draws, seed=seed, progress=progress)
+            rows += part["results"]
+            skipped += part["skipped"]
+        finished = [j for j in ks if j <= k]
+        result.update({"k": ks, "k_done": finished, "complete": finished == ks, "results": rows,
+                       "skipped": skipped, "threads": torch.get_num_threads(),
+                       "seconds": round(time.perf_counter() - started, 1)})
+        _write_json(json_path, result)
     plot_snr(result, png_path, title=f"gradient SNR at {Path(run_dir).name} "
                                      f"({result['draws']} draws, {result['examples']} images)")
     return result, json_path, png_path
+
+
+def _write_json(path, result):
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")
+    tmp.replace(path)
+
+
+def _partial(path, head, specs, draws, examples, seed):
+    """The per-k results of an earlier diagnosis with the same settings in `path`, if any."""
+    try:
+        old = json.loads(path.read_text())
+        same = (old["run"] == head["run"] and old["epochs_trained"] == head["epochs_trained"]
+                and (old["draws"], old["examples"], old["seed"]) == (draws, examples, seed)
+                and [(e["name"], e["beta"], e["m"]) for e in old["estimators"]]
+                == [(s.name, s.beta, s.m if s.m is not None else ("sqrt(k)" if s.grouped else None))
+                    for s in specs])
+        if not same:
+            return {}
+        return {k: ([r for r in old["results"] if r["k"] == k], [s for s in old["skipped"] if s["k"] == k])
+                for k in old.get("k_done", old["k"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
 
 
 def _finite(value):
