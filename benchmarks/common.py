@@ -98,34 +98,48 @@ def interleaved(fns, steps, warmup=10, sync=None, block=10):
     Each turn runs one callable ``block`` times in a row, timing every call (so caches are
     as warm as in a training loop, where steps run back to back); the order of the turns
     rotates every round, so slow drifts of the machine hit all callables alike.
-    Returns {name: [seconds per call]}. ``sync`` (e.g. torch.cuda.synchronize) runs before
-    every clock read.
+    Two clocks: "wall" (time.perf_counter) and "cpu", the CPU time of this thread
+    (time.thread_time) when torch runs on one thread, else of the process: on a shared
+    machine the CPU time leaves out the time the scheduler gives to other processes.
+    Returns {name: {"wall": [seconds per call], "cpu": [...]}}. ``sync`` (e.g.
+    torch.cuda.synchronize) runs before every clock read.
     """
+    cpu_clock = time.thread_time if torch.get_num_threads() == 1 else time.process_time
     names = list(fns)
     for _ in range(warmup):
         for name in names:
             fns[name]()
     if sync:
         sync()
-    times = {name: [] for name in names}
+    times = {name: {"wall": [], "cpu": []} for name in names}
     block = max(1, min(block, steps))
     for r in range(-(-steps // block)):
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
-            fn, out = fns[name], times[name]
-            for _ in range(min(block, steps - len(out))):
-                t = time.perf_counter()
+            fn, wall, cpu = fns[name], times[name]["wall"], times[name]["cpu"]
+            for _ in range(min(block, steps - len(wall))):
+                t, c = time.perf_counter(), cpu_clock()
                 fn()
                 if sync:
                     sync()
-                out.append(time.perf_counter() - t)
+                cpu.append(cpu_clock() - c)
+                wall.append(time.perf_counter() - t)
     return times
 
 
-def summary(seconds):
-    ms = sorted(s * 1e3 for s in seconds)
-    q = statistics.quantiles(ms, n=4) if len(ms) >= 4 else [ms[0], statistics.median(ms), ms[-1]]
-    return {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "n": len(ms)}
+def summary(times):
+    """{clock: {median_ms, p25_ms, p75_ms, n}} for interleaved()'s {clock: [seconds]}."""
+    out = {}
+    for clock, seconds in times.items():
+        ms = sorted(s * 1e3 for s in seconds)
+        q = statistics.quantiles(ms, n=4) if len(ms) >= 4 else [ms[0], statistics.median(ms), ms[-1]]
+        out[clock] = {"median_ms": statistics.median(ms), "p25_ms": q[0], "p75_ms": q[2], "n": len(ms)}
+    return out
+
+
+def medians(times, clock):
+    """{name: median ms} on one clock."""
+    return {name: statistics.median(t[clock]) * 1e3 for name, t in times.items()}
 
 
 def linear_shapes(model, k, batch):

@@ -46,7 +46,7 @@ def arguments(argv=None):
     p.add_argument("--limit-train", type=int, help="the first N training images (for smoke tests)")
     p.add_argument("--limit-test", type=int, default=2000, help="test images for every evaluation (0: all)")
     p.add_argument("--final-k", type=int, default=5000, help="k of the test NLL")
-    p.add_argument("--diagnose-k", default="1,4,16,64,256,1024")
+    p.add_argument("--diagnose-k", default="1,4,16,64,256", help="perfect squares: M = K = sqrt(k) for MIWAE/PIWAE")
     p.add_argument("--draws", type=int, default=100)
     p.add_argument("--examples", type=int, default=20)
     p.add_argument("--only", help="comma-separated config names (default: all)")
@@ -160,7 +160,8 @@ def run_config(config, args, out):
 
 def run_diagnose(args, out, threads):
     source, target = out / DIAGNOSE_SOURCE, out / "diagnose"
-    if not (target / "diagnose.json").exists():
+    path = target / "diagnose.json"
+    if not (path.exists() and json.loads(path.read_text()).get("complete")):   # a partial one resumes
         print(f"[{time.strftime('%H:%M:%S')}] diagnosing {source}", flush=True)
         _run(diagnose_command(source, target, args), out / "diagnose.log", threads)
     return json.loads((target / "diagnose.json").read_text())
@@ -287,7 +288,7 @@ def write_results(rows, diagnosis, results, args, seconds):
                      f"{-r['elbo64']:.2f} | {'+'.join(map(str, r['active_units']))} | {r['seconds_per_epoch']:.1f} |")
     if diagnosis:
         lines += [
-            "", f"## Gradient diagnostics at the iwae-standard checkpoint",
+            "", "## Gradient diagnostics at the iwae-standard checkpoint",
             "",
             f"`iwae diagnose` on {diagnosis['examples']} training images (fixed binarization), "
             f"{diagnosis['draws']} draws per estimator and k. SNR = |mean| / std per parameter (mean over "

@@ -24,7 +24,8 @@ import torch
 import iwae
 import iwae.evaluation as evaluation
 
-from .common import RESULTS, MatmulFloor, data_dir, git_revision, interleaved, load_images, machine_info, summary
+from .common import (RESULTS, MatmulFloor, data_dir, git_revision, interleaved, linear_shapes,
+                     load_images, machine_info, medians)
 
 
 def arguments(argv=None):
@@ -94,17 +95,12 @@ class EvalFloor:
             for start in range(0, k, chunk):
                 c = min(chunk, k - start)
                 if (b, c) not in floors:
-                    floors[(b, c)] = MatmulFloor(_shapes(model, c, b), backward=False)
+                    floors[(b, c)] = MatmulFloor(linear_shapes(model, c, b), backward=False)
                 self.calls.append(floors[(b, c)])
 
     def __call__(self):
         for floor in self.calls:
             floor()
-
-
-def _shapes(model, k, b):
-    from .common import linear_shapes
-    return linear_shapes(model, k, b)
 
 
 def run(args, test=None):
@@ -114,8 +110,15 @@ def run(args, test=None):
     else:
         source = "MNIST test images" if test.shape[0] else "random"
     x = test[: args.images]
+    clock = "cpu" if args.threads == 1 else "wall"
     result = {"machine": machine_info(), "revision": git_revision(), "images": x.shape[0],
-              "data": source, "k": args.k, "threads": args.threads, "speed": [], "memory": []}
+              "data": source, "k": args.k, "threads": args.threads, "target_clock": clock,
+              "speed": [], "memory": []}
+    labels = {"iwae": "iwae.log_likelihood, {}-layer",
+              "before": "  levers: the evaluator before (no_grad, model.log_weights, 16384-row chunks)",
+              "cap": "  + inference_mode, chunks capped at 24 MiB of [rows, 784] floats",
+              "inference": "  + inference forward (no module calls, reused buffers, bias in the kernel)",
+              "lever_iwae": "  + the compiled Bernoulli kernel (= iwae.log_likelihood)"}
     for n_layers in [int(v) for v in args.layers.split(",")]:
         torch.manual_seed(0)
         model = iwae.paper_model(n_layers).eval()
@@ -129,22 +132,18 @@ def run(args, test=None):
         variants["iwae"]()                                     # compiles the kernel once
         first = time.perf_counter() - t
         times = interleaved(variants, args.repeats, warmup=1, block=1)
-        med = {n: summary(ts)["median_ms"] / x.shape[0] for n, ts in times.items()}
-        labels = {"iwae": f"iwae.log_likelihood, {n_layers}-layer, k={args.k}",
-                  "before": "  levers: the evaluator before (no_grad, model.log_weights, 16384-row chunks)",
-                  "cap": "  + inference_mode, chunks capped at 24 MiB of [rows, 784] floats",
-                  "inference": "  + inference forward (no nn.Module calls, reused buffers, bias in the kernel)",
-                  "iwae_lever": "  + compiled Bernoulli kernel (= iwae.log_likelihood)"}
-        for name in ("iwae", "before", "cap", "inference", "iwae_lever"):
-            if name == "iwae_lever" and "before" in med:
-                med["iwae_lever"] = med["iwae"]
-            if name in med:
-                result["speed"].append({"label": labels[name], "layers": n_layers, "variant": name,
-                                        "ms_per_image": med[name], "floor_ms_per_image": med["floor"],
-                                        "ratio": med[name] / med["floor"], "target": name == "iwae",
-                                        "first_call_s": round(first, 1) if name == "iwae" else None})
-        print(f"evaluate {n_layers}-layer k={args.k}: " + ", ".join(
-            f"{n} {v:.2f} ms/image ({v / med['floor']:.2f}x)" for n, v in med.items()), flush=True)
+        med = {c: {n: v / x.shape[0] for n, v in medians(times, c).items()} for c in ("wall", "cpu")}
+        names = ["iwae"] + ([] if args.no_levers else ["before", "cap", "inference", "lever_iwae"])
+        for name in names:
+            source_name = "iwae" if name == "lever_iwae" else name
+            result["speed"].append({
+                "label": labels[name].format(n_layers), "layers": n_layers, "variant": name,
+                "ms_per_image": {c: med[c][source_name] for c in med},
+                "floor_ms_per_image": {c: med[c]["floor"] for c in med},
+                "ratio": {c: med[c][source_name] / med[c]["floor"] for c in med},
+                "target": name == "iwae", "first_call_s": round(first, 1)})
+        print(f"evaluate {n_layers}-layer k={args.k} ({clock} clock): " + ", ".join(
+            f"{n} {v:.2f} ms/image ({v / med[clock]['floor']:.2f}x)" for n, v in med[clock].items()), flush=True)
     for k in [int(v) for v in args.memory_k.split(",")]:
         result["memory"].append(peak_memory(k, x[:5], args.threads))
         print(f"memory k={k}: peak {result['memory'][-1]['peak_mib']:.0f} MiB "

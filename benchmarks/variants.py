@@ -4,6 +4,7 @@ All start from copies of one model and use Adam(lr 1e-3, betas (0.9, 0.999), eps
 Every step checks the loss for finiteness after it, as ``iwae train`` does.
 """
 import copy
+import importlib.util
 import logging
 import math
 
@@ -119,11 +120,7 @@ def tutorial(model, k):
 
 
 def pyro_available():
-    try:
-        import pyro  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("pyro") is not None
 
 
 _PYRO_MODELS = [0]
