@@ -4,11 +4,11 @@ import subprocess
 import sys
 
 
-def reproduce(tmp_path, data_dir, table):
+def reproduce(tmp_path, data_dir, table, *extra, epochs=1):
     return subprocess.run(
-        [sys.executable, "-m", "iwae", "reproduce", "--table", str(table), "--epochs", "1",
+        [sys.executable, "-m", "iwae", "reproduce", "--table", str(table), "--epochs", str(epochs),
          "--limit-train", "40", "--limit-test", "20", "--final-k", "10", "--jobs", "2",
-         "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--data-dir", data_dir],
+         "--out", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--data-dir", data_dir, *extra],
         capture_output=True, text=True)
 
 
@@ -31,6 +31,17 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     again = reproduce(tmp_path, data_dir, 1)                  # finished runs are skipped
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
+
+    # --only runs part of the grid at another budget; the table then lists both budgets
+    out = reproduce(tmp_path, data_dir, 1, "--only", "l1-vae-k1", epochs=2)
+    assert out.returncode == 0, out.stderr
+    rows = list(csv.DictReader((tmp_path / "results" / "table1.csv").open()))
+    assert [(r["layers"], r["objective"], r["k"], r["epochs"]) for r in rows[-2:]] == [
+        ("2", "iwae", "50", "1"), ("1", "vae", "1", "2")]
+    assert len(rows) == 13 and {p: p.stat().st_mtime_ns for p in finished} == finished
+    bad = reproduce(tmp_path, data_dir, 1, "--only", "l3-vae-k1")
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1].startswith("iwae: error: --only: no run l3-vae-k1 in this table")
 
     out = reproduce(tmp_path, data_dir, 2)                    # continues the table-1 runs
     assert out.returncode == 0, out.stderr

@@ -166,6 +166,8 @@ def add_reproduce(sub):
     p.add_argument("--limit-train", type=positive_int, help="the first N training images (for tests)")
     p.add_argument("--limit-test", type=positive_int, help="evaluate on the first N test images (for tests)")
     p.add_argument("--final-k", type=positive_int, default=5000, help="k of each run's test NLL")
+    p.add_argument("--only", metavar="RUNS", help="comma-separated runs of the table, named without dataset "
+                   "and epochs (l1-iwae-k50,l1-vae-k1; table 2: l1-vae-k1-then-iwae-k50)")
 
 
 def cmd_reproduce(args):

@@ -2,12 +2,15 @@
 
 Each run lives in <out>/table<t>/<name>; a run with eval.json is finished and skipped, a run
 with a checkpoint resumes from it. Results go to results/table<t>.csv and .md (our numbers
-beside the paper's, with the budget and hardware) and a learning-curve plot.
+beside the paper's, with the budget and hardware) and a learning-curve plot; they list every
+finished run of the table under <out>, so budgets run at different times (20 epochs for the
+grid, 50 for two of its runs) share one table.
 """
 import csv
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -48,6 +51,38 @@ def grid(table, epochs):
                      objective=b, k=kb, epochs=epochs, first=(a, ka))
                 for (a, ka, b, kb) in PAPER_TABLE2]
     raise ValueError(f"table must be 1, 2 or 3, got {table}")
+
+
+def short_name(run):
+    """A run's name without its dataset and epochs: l1-iwae-k50, l1-vae-k1-then-iwae-k50."""
+    return run["name"][len(run["dataset"]) + 1:-len(f"-e{run['epochs']}")]
+
+
+def select(runs, only):
+    """The runs named in `only` (comma-separated short names), in grid order; all if None."""
+    if only is None:
+        return runs
+    names = {short_name(r): r for r in runs}
+    wanted = [n.strip() for n in only.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in names]
+    if unknown or not wanted:
+        raise ValueError(f"--only: no run {', '.join(unknown) or ''} in this table "
+                         f"(its runs: {', '.join(names)})")
+    return [r for r in runs if short_name(r) in wanted]
+
+
+def finished(table, out):
+    """(run, run_dir) for every finished run of the table under out/table<t>, any budget,
+    ordered by epochs, then as in the grid."""
+    found = []
+    for run_dir in sorted((Path(out) / f"table{table}").glob("*-e*/eval.json")):
+        run_dir = run_dir.parent
+        match = re.fullmatch(r".+-e(\d+)", run_dir.name)
+        runs = grid(table, int(match.group(1))) if match else []
+        index = next((i for i, r in enumerate(runs) if r["name"] == run_dir.name), None)
+        if index is not None:
+            found.append(((runs[index]["epochs"], index), runs[index], run_dir))
+    return [(run, run_dir) for _, run, run_dir in sorted(found, key=lambda f: f[0])]
 
 
 def hardware():
@@ -100,13 +135,14 @@ def row(run, run_dir):
     return {"dataset": run["dataset"], "layers": run["layers"], "objective": run["objective"],
             "k": run["k"], "epochs": run["epochs"], "test_nll": round(result["test_nll"], 2),
             "active_units": "+".join(map(str, result["active_units"])), "hardware": hardware(),
-            "seconds": round(sum(m["seconds"] for m in metrics))}
+            "seconds": round(sum(m["seconds"] for m in metrics)),
+            "n_test": result["n_test"], "final_k": result["k"]}
 
 
 def reproduce(args):
     out = Path(args.out) / f"table{args.table}"
     threads = args.threads
-    runs = grid(args.table, args.epochs)
+    runs = select(grid(args.table, args.epochs), args.only)
     if args.table == 2:
         sources = {(r["objective"], r["k"]): r for r in grid(1, args.epochs) if r["layers"] == 1}
         firsts = [sources[run["first"]] for run in runs]
@@ -118,9 +154,10 @@ def reproduce(args):
         jobs = [(run, out / run["name"], None) for run in runs]
     cheap_first = sorted(range(len(jobs)), key=lambda i: (jobs[i][0]["k"], jobs[i][0]["layers"]))
     with ThreadPoolExecutor(args.jobs) as pool:
-        done = list(pool.map(lambda i: announce(run_one(*jobs[i][:2], args, threads, jobs[i][2])), cheap_first))
-    rows = [r for _, r in sorted(zip(cheap_first, done))]
-    write_results(args.table, rows, jobs, Path(args.results), args)
+        list(pool.map(lambda i: announce(run_one(*jobs[i][:2], args, threads, jobs[i][2])), cheap_first))
+    table = finished(args.table, args.out)
+    rows = [row(run, run_dir) for run, run_dir in table]
+    write_results(args.table, rows, table, Path(args.results), args)
     return rows
 
 
@@ -138,27 +175,30 @@ def paper_value(table, r, run):
     return PAPER_TABLE2[(*run["first"], run["objective"], run["k"])]
 
 
-def write_results(table, rows, jobs, results_dir, args):
+def write_results(table, rows, runs, results_dir, args):
+    """results/table<t>.csv and .md from rows (one per (run, run_dir) in runs) and the curves plot."""
     from .plots import plot_runs
     results_dir.mkdir(parents=True, exist_ok=True)
     with (results_dir / f"table{table}.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, FIELDS)
+        writer = csv.DictWriter(f, FIELDS, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    budget = f"{args.epochs} epochs of the paper's schedule"
+    budget = "the epochs column, of the paper's schedule"
     if args.limit_train:
-        budget += f" on the first {args.limit_train} training images"
-    test = f"first {args.limit_test} test images" if args.limit_test else "full test set"
-    lines = [f"# Table {table}: test NLL (nats, L_{args.final_k} on the {test}), active units",
+        budget += f", on the first {args.limit_train} training images"
+    ks = "/".join(sorted({f"L_{r['final_k']}" for r in rows})) or f"L_{args.final_k}"
+    lines = [f"# Table {table}: test NLL (nats, -mean {ks} over the test images column), active units",
              "", f"Budget: {budget} (the paper trains 3280 epochs). Hardware: {rows[0]['hardware'] if rows else '-'}.",
-             "Command: `" + " ".join(["iwae", "reproduce"] + sys.argv[2:]) + "`", "",
-             "| dataset | layers | objective | k | epochs | ours NLL | ours units | paper NLL | paper units | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for r, (run, _, _) in zip(rows, jobs):
+             "Command: `" + " ".join(["iwae", "reproduce"] + sys.argv[2:]) + "` (the table lists every "
+             "finished run of this table, whatever command ran it).", "",
+             "| dataset | layers | objective | k | epochs | ours NLL | ours units | paper NLL | paper units "
+             "| test images | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r, (run, _) in zip(rows, runs):
         nll, units = paper_value(table, r, run)
         objective = r["objective"] if table != 2 else f"{run['first'][0]} k={run['first'][1]} -> {r['objective']}"
         lines.append(f"| {r['dataset']} | {r['layers']} | {objective} | {r['k']} | {r['epochs']} | "
-                     f"{r['test_nll']:.2f} | {r['active_units']} | {nll} | {units} | {r['seconds']} |")
+                     f"{r['test_nll']:.2f} | {r['active_units']} | {nll} | {units} | {r['n_test']} | {r['seconds']} |")
     (results_dir / f"table{table}.md").write_text("\n".join(lines) + "\n")
-    plot_runs([d for _, d, _ in jobs], results_dir / f"table{table}_curves.png",
-              title=f"Table {table}: held-out L_k (training k, 1000 images) by epoch")
+    plot_runs([d for _, d in runs], results_dir / f"table{table}_curves.png",
+              title=f"Table {table}: held-out L_k (training k) by epoch")
