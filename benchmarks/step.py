@@ -397,10 +397,12 @@ def cuda_main(args, layers, ks, train, source):
 def markdown(results, evaluation):
     m, s = results["machine"], results["settings"]
     c = s["target_clock"]
+    load = m.get("load_average") or [0.0]
+    shared = " (the machine was shared)" if load[0] > s["threads"] + 0.5 else ""
     lines = ["# Training-step benchmark", "",
              f"`python -m benchmarks.step` on {m['cpu']} ({m['cpu_count']} cores), "
              f"{s['threads']} torch thread(s), torch {m['torch']}, pyro {m.get('pyro')}; "
-             f"load average at the end {m.get('load_average')} (the machine was shared). "
+             f"load average at the end {m.get('load_average')}{shared}. "
              f"Data: {results['data']}. Batch 20; medians of {s['steps']} steps per variant after "
              f"{s['warmup']} warm-up steps, all variants taking turns in one process; the models were "
              f"first trained for {s['pretrain']} steps. Ratios are to the matmul floor measured alongside, "
