@@ -6,10 +6,15 @@ for the test NLL and active units; the IWAE-64 bound and the 64-sample ELBO from
 iwae.evaluation.log_likelihood(..., with_elbo=True), both on the same test images), then runs
 ``iwae diagnose`` on the IWAE-standard run's checkpoint and writes the results.
 
-Resumable: a run whose metrics hold all epochs is not retrained (one with a checkpoint resumes),
-and an evaluation or diagnosis whose JSON exists is not redone. Typical use (2 cores):
+The runs' own seconds per epoch depend on what else the machine ran meanwhile, so the training
+step of every trained configuration is also timed in one process, the configurations taking
+turns (benchmarks.common.interleaved, one thread, CPU clock of the thread), as `iwae train`
+builds it for this budget.
 
-    nice -n 10 python benchmarks/estimators.py --epochs 3 --jobs 2 --limit-test 2000
+Resumable: a run whose metrics hold all epochs is not retrained (one with a checkpoint resumes),
+and an evaluation, diagnosis or timing whose JSON exists is not redone. Typical use (2 cores):
+
+    python -m benchmarks.estimators --epochs 3 --jobs 2 --limit-test 2000
 """
 import argparse
 import json
@@ -21,7 +26,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .common import Batches, interleaved, summary
+
 K = 64
+EPOCH_STEPS = 3000        # 60,000 training images / batch 20
 CONFIGS = [  # name, objective, estimator, extra flags, in words
     ("iwae-standard", "iwae", "standard", [], "IWAE, standard reparameterised gradient"),
     ("iwae-stl", "iwae", "stl", [], "IWAE, sticking the landing"),
@@ -49,6 +57,7 @@ def arguments(argv=None):
     p.add_argument("--diagnose-k", default="1,4,16,64,256", help="perfect squares: M = K = sqrt(k) for MIWAE/PIWAE")
     p.add_argument("--draws", type=int, default=100)
     p.add_argument("--examples", type=int, default=20)
+    p.add_argument("--time-steps", type=int, default=200, help="timed steps per configuration")
     p.add_argument("--only", help="comma-separated config names (default: all)")
     return p.parse_args(argv)
 
@@ -167,6 +176,37 @@ def run_diagnose(args, out, threads):
     return json.loads((target / "diagnose.json").read_text())
 
 
+def step_times(rows, args, out):
+    """{name: {"cpu"|"wall": {median_ms, p25_ms, p75_ms, n}}}: each trained configuration's step,
+    from its checkpoint, built as `iwae train` builds it, timed taking turns in this process."""
+    path = out / "step_times.json"
+    names = [r["name"] for r in rows if "error" not in r]
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if sorted(cached["times"]) == sorted(names) and cached["steps"] == args.time_steps:
+            return cached["times"]
+    import torch
+    from iwae.step import make_optimizer, make_step
+    from iwae.train import load_model, prepare, read_config
+    print(f"[{time.strftime('%H:%M:%S')}] timing the training steps", flush=True)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    fns = {}
+    for name in names:
+        config, model = read_config(out / name), load_model(out / name).train()
+        if not fns:
+            batches = Batches(prepare(config, args.data_dir)[1], config.batch_size, seed=args.seed)
+            pool = [batches() for _ in range(50)]
+        opt = make_optimizer(model.parameters(), config.lr, config.adam_betas, config.adam_eps)
+        step = make_step(model, opt, config.k, config.objective, config.estimator, m=config.m,
+                         beta=config.beta, planned_steps=config.epochs * EPOCH_STEPS)
+        batch = iter(pool * (1 + (args.time_steps + 40) // len(pool)))
+        fns[name] = lambda step=step, batch=batch: step(next(batch))
+    times = {name: summary(t) for name, t in interleaved(fns, args.time_steps, warmup=20).items()}
+    path.write_text(json.dumps({"steps": args.time_steps, "times": times}, indent=2) + "\n")
+    return times
+
+
 def main(argv=None):
     args = arguments(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -187,6 +227,10 @@ def main(argv=None):
             diagnosis = run_diagnose(args, out, max(1, args.jobs))
         except Exception as err:
             print(f"diagnose FAILED: {err}", flush=True)
+    if any("error" not in r for r in rows):
+        for r, t in ((r, step_times(rows, args, out).get(r["name"])) for r in rows):
+            if t:
+                r["ms_per_step"] = t["cpu"]["median_ms"]
     write_results(rows, diagnosis, results, args, time.time() - timing["first_started"])
     print(f"wrote {results / 'estimators.md'}, estimators.json, estimators.png")
     return 0 if all("error" not in r for r in rows) else 1
@@ -257,7 +301,7 @@ def write_results(rows, diagnosis, results, args, seconds):
     test = f"the first {args.limit_test} test images" if args.limit_test else "the full test set (10,000 images)"
     train = f"the first {args.limit_train} training images" if args.limit_train else "the full 60,000 training images"
     data = [] if args.data_dir or not os.environ.get("IWAE_DATA_DIR") else [f"IWAE_DATA_DIR={os.environ['IWAE_DATA_DIR']}"]
-    command = " ".join([*data, "nice -n 10 python benchmarks/estimators.py", *args.argv])
+    command = " ".join([*data, "python -m benchmarks.estimators", *args.argv])
     payload = {"k": K, "epochs": args.epochs, "seed": args.seed, "jobs": args.jobs, "threads_per_run": 1,
                "limit_test": args.limit_test, "limit_train": args.limit_train, "final_k": args.final_k,
                "hardware": hardware(), "wall_seconds": round(seconds, 1), "command": command.strip(),
@@ -270,22 +314,28 @@ def write_results(rows, diagnosis, results, args, seconds):
         f"on {train}, batch 20, seed {args.seed}, every configuration the same. Evaluation on {test}, "
         f"binarized once with seed 1234: test NLL = -mean L_{args.final_k}; -L_64 and -ELBO_64 from the same "
         f"64 samples per image. Active units: 500 training images, threshold 1e-2. "
-        f"Hardware: {hardware()}, {args.jobs} runs at a time with 1 thread each, shared with other work, "
-        f"so the seconds are noisy (wall time from the driver's first start to the end: {seconds / 60:.0f} min).",
+        f"Hardware: {hardware()}, {args.jobs} runs at a time with 1 thread each (wall time from the driver's "
+        f"first start to the end: {seconds / 60:.0f} min). 's / epoch' is what each run took, with whatever else "
+        f"the machine ran meanwhile; 'ms / step' times every configuration's training step from its checkpoint, "
+        f"the configurations taking turns in one process ({args.time_steps} steps each, median CPU time of the "
+        f"thread), and 'epoch at that speed' is 3000 such steps: those two columns compare the estimators' cost.",
         "",
         f"Command: `{command.strip()}`",
         "",
         "All numbers in nats, lower is better (bounds shown as -L).",
         "",
-        f"| config | what | test NLL (L_{args.final_k}) | -L_64 (IWAE-64) | -ELBO (64 samples) | active units | s / epoch |",
-        "|---|---|---|---|---|---|---|",
+        f"| config | what | test NLL (L_{args.final_k}) | -L_64 (IWAE-64) | -ELBO (64 samples) | active units "
+        "| s / epoch | ms / step | epoch at that speed (s) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['name']} | {r['description']} | failed: {r['error'][:80]} | | | | |")
+            lines.append(f"| {r['name']} | {r['description']} | failed: {r['error'][:80]} | | | | | | |")
             continue
         lines.append(f"| {r['name']} | {r['description']} | {r['test_nll']:.2f} | {-r['iwae64']:.2f} | "
-                     f"{-r['elbo64']:.2f} | {'+'.join(map(str, r['active_units']))} | {r['seconds_per_epoch']:.1f} |")
+                     f"{-r['elbo64']:.2f} | {'+'.join(map(str, r['active_units']))} | {r['seconds_per_epoch']:.1f} | "
+                     f"{_fmt(r.get('ms_per_step'), '.2f')} | "
+                     f"{_fmt(r.get('ms_per_step') and r['ms_per_step'] * EPOCH_STEPS / 1000, '.0f')} |")
     if diagnosis:
         lines += [
             "", "## Gradient diagnostics at the iwae-standard checkpoint",
