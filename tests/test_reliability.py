@@ -442,6 +442,13 @@ def test_bad_flags_fail_in_one_line(npy, tmp_path, flags, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_k_too_large_for_memory_fails_in_one_line(npy, tmp_path):
+    rc, err = cli("train", "--out", tmp_path / "run", "--dataset", npy, *SMALL, "--k", 10 ** 11)
+    message = one_line_error(rc, err)       # the noise alone: 1e11 x 20 x 50 floats
+    assert message == "out of memory (tried to allocate 372529.0 GiB): lower --k or --batch-size", message
+    assert not (tmp_path / "run").exists()
+
+
 BAD_DATA = [
     ("flat.npy", np.random.rand(30), r"expected an array \[N, D\] or \[N, H, W\], got shape \(30,\)"),
     ("rgb.npy", np.random.rand(30, 4, 4, 3), r"expected an array \[N, D\] or \[N, H, W\], got shape \(30, 4, 4, 3\)"),

@@ -4,6 +4,7 @@ Every user error ends in one line on stderr ("iwae: error: ...") and exit status
 """
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -306,12 +307,30 @@ def main(argv=None):
         elif joined():     # torchrun: before joining, every rank meets the same error and rank 0 says it
             print(f"iwae: error (rank {rank()}): {message}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:
+        if not out_of_memory(err):
+            raise
+        if is_main():
+            print(f"iwae: error: {out_of_memory(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("iwae: interrupted", file=sys.stderr)
         return 130
     finally:
         cleanup()                                  # leave torchrun's process group, if joined
     return 0
+
+
+def out_of_memory(err):
+    """The one-line message for an allocation that failed (CPU or CUDA), else None."""
+    text = str(err)
+    if not (isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"
+            or "can't allocate memory" in text):
+        return None
+    size = re.search(r"allocate (\d+) bytes|allocate ([\d.]+ [KMGT]iB)", text)
+    need = "" if size is None else (f" (tried to allocate {int(size.group(1)) / 2 ** 30:.1f} GiB)"
+                                    if size.group(1) else f" (tried to allocate {size.group(2)})")
+    return f"out of memory{need}: lower --k or --batch-size"
 
 
 def console():
