@@ -78,3 +78,28 @@ def test_chunks_combine_to_the_logsumexp_over_all_samples():
 def test_evaluator_rejects_bad_k():
     with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
         iwae.log_likelihood(Recorder(), torch.zeros(2, 3), k=0)
+
+
+def _constant_gaussian(layer, mean, log_sigma):
+    """Make a GaussianLayer output N(mean, exp(log_sigma)^2) whatever its input."""
+    head = layer.net[-1]
+    d = head.out_features // 2
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias[:d] = mean
+        head.bias[d:] = log_sigma
+
+
+def test_unit_kl_matches_the_closed_form():
+    from iwae.evaluation import unit_kl
+    model = iwae.paper_model(layers=2)
+    _constant_gaussian(model.encoder[0], 1.0, math.log(2.0))     # q(h1 | x) = N(1, 4)
+    _constant_gaussian(model.encoder[1], 0.5, 0.0)               # q(h2 | h1) = N(0.5, 1)
+    _constant_gaussian(model.decoder_layers[0], -1.0, 0.0)       # p(h1 | h2) = N(-1, 1)
+    kl1, kl2 = unit_kl(model, torch.rand(30, 784).bernoulli())
+    # KL(N(1, 4) || N(-1, 1)) = log(1/2) + (4 + 2^2) / 2 - 1/2; KL(N(0.5, 1) || N(0, 1)) = 0.125
+    torch.testing.assert_close(kl1, torch.full((100,), 3.5 - math.log(2.0)))
+    torch.testing.assert_close(kl2, torch.full((50,), 0.125))
+    one = iwae.paper_model(layers=1)
+    _constant_gaussian(one.encoder[0], 0.0, 0.0)                 # q = the prior: nothing learnt
+    assert unit_kl(one, torch.rand(5, 784).bernoulli())[0].abs().max() < 1e-7

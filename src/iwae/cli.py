@@ -147,11 +147,12 @@ def cmd_evaluate(args):
     if not is_main():                              # under torchrun, rank 0 alone prints
         return
     if args.json:
-        print(json.dumps({k: v for k, v in result.items() if k != "unit_variances"}))
+        print(json.dumps({k: v for k, v in result.items() if k not in ("unit_variances", "unit_kl")}))
     else:
         print(f"{split} NLL (L_{result['k']}, {result[f'n_{split}']} images): {result[f'{split}_nll']:.2f} nats")
         print(f"ELBO NLL: {result['elbo_nll']:.2f} nats; KL gap L_k - ELBO: {result['kl_gap']:.2f} nats")
-        print(f"active units: {'+'.join(map(str, result['active_units']))}")
+        print(f"active units: {'+'.join(map(str, result['active_units']))} (Burda's A_u > 1e-2); "
+              f"informative units: {'+'.join(map(str, result['informative_units']))} (KL(q || prior) > 0.05 nats)")
 
 
 def add_reproduce(sub):

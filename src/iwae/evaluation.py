@@ -77,3 +77,27 @@ def active_units(model, x, threshold=1e-2):
     """
     variances = [mu.var(0, correction=0) for mu in model.encode(x)]
     return [int((v > threshold).sum()) for v in variances], variances
+
+
+@torch.no_grad()
+def unit_kl(model, x):
+    """KL(q(u | z_{l-1}) || p(u | z_{l+1})) per unit of every stochastic layer, in nats,
+    averaged over the examples x [N, D] at one sample per layer: [[d_l]].
+
+    The prior of the top layer is N(0, I); a lower layer's is the generative layer above it.
+    A unit with KL near 0 tells the decoder nothing about x that the layer above does not,
+    even where Burda's A_u counts it active: a lower-layer unit whose posterior mean follows
+    its prior's mean p(u | z_{l+1}) varies with x and passes the 1e-2 threshold.
+    Needs a Model built from GaussianLayers (encoder, decoder_layers).
+    """
+    qs, h = [], x
+    for layer in model.encoder:
+        mu, log_sigma = layer(h)                                  # [N, d_l]
+        h = mu + torch.exp(log_sigma) * torch.randn_like(mu)
+        qs.append((mu, log_sigma, h))
+    priors = [(torch.zeros_like(qs[-1][0]), torch.zeros_like(qs[-1][1]))]
+    for layer, (_, _, above) in zip(model.decoder_layers, reversed(qs[1:])):
+        priors.insert(0, layer(above))                            # p(z_l | z_{l+1})
+    return [(log_sp - log_sq + (torch.exp(2 * log_sq) + (mu_q - mu_p).square())
+             / (2 * torch.exp(2 * log_sp)) - 0.5).mean(0)
+            for (mu_q, log_sq, _), (mu_p, log_sp) in zip(qs, priors)]

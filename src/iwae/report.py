@@ -4,10 +4,11 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .evaluation import active_units
+from .evaluation import active_units, unit_kl
 from .train import EVAL_SEED, fixed_binarization, load_model, prepare, read_config
 
 ACTIVE_UNIT_EXAMPLES = 500
+INFORMATIVE_NATS = 0.05     # a unit with mean KL(q || its prior) above this carries information
 
 
 def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, seed=EVAL_SEED,
@@ -15,7 +16,8 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
 
     Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
-    elbo_nll, kl_gap. The images are binarized once with a fixed seed; the sample noise of
+    elbo_nll, kl_gap, unit_variances, unit_kl (evaluation.unit_kl, nats per unit) and
+    informative_units (units with unit_kl > INFORMATIVE_NATS, per layer). The images are binarized once with a fixed seed; the sample noise of
     each block of batch_size images is seeded from (seed, block index), so under torchrun
     the ranks share the blocks and every rank returns the single-process numbers.
     """
@@ -38,9 +40,12 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
         torch.manual_seed(seed)
         units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES], data.binarization, seed)
         counts, variances = active_units(model, units_x)
+        kl = unit_kl(model, units_x)
     if per_example is not None and ctx.is_main:
         np.save(per_example, ll.numpy())
     nll = -ll.mean().item()
     return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]), "active_units": counts,
             "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll,
-            "unit_variances": [v.tolist() for v in variances]}
+            "unit_variances": [v.tolist() for v in variances],
+            "informative_units": [int((u > INFORMATIVE_NATS).sum()) for u in kl],
+            "unit_kl": [u.tolist() for u in kl]}
