@@ -120,6 +120,20 @@ def test_active_units(tmp_path):
     assert read_png(plots.plot_active_units(variances, tmp_path / "a.png")).shape == (400, 600, 4)
 
 
+def test_plot_runs_draws_one_panel_per_layer_count_and_skips_runs_without_epochs(tmp_path):
+    from iwae.config import write_config
+    dirs = []
+    for name, layers, epochs in [("a", 1, 5), ("b", 2, 3), ("c", 1, 0), ("d", 2, 5)]:
+        run_dir = tmp_path / name
+        run_dir.mkdir()
+        write_config(Config(layers=layers), run_dir)
+        (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(epochs=epochs)))
+        dirs.append(run_dir)
+    (dirs[0] / "eval.json").write_text(json.dumps({"test_nll": 160.0}))     # a finished run: a star
+    assert read_png(plots.plot_runs(dirs, tmp_path / "r.png", "T")).shape == (500, 1200, 4)
+    assert read_png(plots.plot_runs(dirs[:1], tmp_path / "r.png", "T")).shape == (500, 600, 4)
+
+
 def test_read_metrics(tmp_path):
     lines = [json.dumps(m) for m in metrics()]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n\n" + lines[2] + "\n")

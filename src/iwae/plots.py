@@ -118,19 +118,28 @@ def plot_learning_curves(metrics, path):
 
 
 def plot_runs(run_dirs, path, title):
-    """Held-out bound (-L_k, nats) against epoch, one line per run directory that has metrics."""
-    fig = Figure(figsize=(9, 5), dpi=DPI, layout="constrained")
-    ax = fig.subplots()
-    for run_dir in run_dirs:
-        if not (Path(run_dir) / METRICS).exists():
-            continue
-        metrics = read_metrics(run_dir)
-        held = "valid" if "valid_bound" in metrics[0] else "test"
-        ax.plot([m["epoch"] for m in metrics], [-m[f"{held}_bound"] for m in metrics], "o-", ms=2,
-                label=Path(run_dir).name)
-    ax.set(xlabel="epoch", ylabel="held-out -L_k (nats)", title=title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    """Learning curves of several runs: one panel per number of stochastic layers, one line
+    per run directory with at least one epoch of metrics, the held-out bound -L_k (nats, k = the run's training
+    k) against epoch; a star at a finished run's last epoch marks its test NLL (eval.json:
+    -L_5000 on the full test set, below the curve since L_k rises with k).
+    """
+    runs = [Path(d) for d in run_dirs if (Path(d) / METRICS).exists() and read_metrics(d)]
+    layers = sorted({read_config(d).layers for d in runs}) or [1]
+    fig = Figure(figsize=(6 * len(layers), 5), dpi=DPI, layout="constrained")
+    axes = fig.subplots(1, len(layers), squeeze=False)[0]
+    for ax, n in zip(axes, layers):
+        for run_dir in (d for d in runs if read_config(d).layers == n):
+            metrics = read_metrics(run_dir)
+            held = "valid" if "valid_bound" in metrics[0] else "test"
+            line, = ax.plot([m["epoch"] for m in metrics], [-m[f"{held}_bound"] for m in metrics],
+                            "o-", ms=2, label=run_dir.name)
+            if (run_dir / "eval.json").exists():
+                nll = json.loads((run_dir / "eval.json").read_text())["test_nll"]
+                ax.plot([metrics[-1]["epoch"]], [nll], "*", ms=10, color=line.get_color())
+        ax.set(xlabel="epoch", ylabel="held-out -L_k (nats); \u2605 test NLL (-L_5000)",
+               title=f"{title}, {n} stochastic layer{'s' if n > 1 else ''}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
     return _save(fig, path)
 
 

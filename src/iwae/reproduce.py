@@ -201,4 +201,4 @@ def write_results(table, rows, runs, results_dir, args):
                      f"{r['test_nll']:.2f} | {r['active_units']} | {nll} | {units} | {r['n_test']} | {r['seconds']} |")
     (results_dir / f"table{table}.md").write_text("\n".join(lines) + "\n")
     plot_runs([d for _, d in runs], results_dir / f"table{table}_curves.png",
-              title=f"Table {table}: held-out L_k (training k) by epoch")
+              title=f"Table {table}")
