@@ -1,5 +1,6 @@
 """`iwae reproduce` end to end on a tiny budget: the grid, the results files, resumption."""
 import csv
+import json
 import subprocess
 import sys
 
@@ -31,6 +32,16 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     again = reproduce(tmp_path, data_dir, 1)                  # finished runs are skipped
     assert again.returncode == 0, again.stderr
     assert {p: p.stat().st_mtime_ns for p in finished} == finished
+
+    # an eval.json from before informative units existed gets them, recomputed identically
+    path = tmp_path / "runs" / "table1" / "mnist-l2-vae-k1-e1" / "eval.json"
+    result = json.loads(path.read_text())
+    path.write_text(json.dumps({k: v for k, v in result.items() if k not in ("informative_units", "unit_kl")}))
+    assert reproduce(tmp_path, data_dir, 1).returncode == 0
+    assert json.loads(path.read_text()) == result
+    finished[path] = path.stat().st_mtime_ns
+    units = " | ".join("+".join(map(str, result[key])) for key in ("active_units", "informative_units"))
+    assert f"| {units} | 85.33 | 16+5 |" in (tmp_path / "results" / "table1.md").read_text()
 
     # --only runs part of the grid at another budget; the table then lists both budgets
     out = reproduce(tmp_path, data_dir, 1, "--only", "l1-vae-k1", epochs=2)

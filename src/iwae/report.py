@@ -36,16 +36,29 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     bar = lambda blocks: tqdm(blocks, disable=quiet or not ctx.is_main, desc=f"L_{k}", unit="batch")
     ll, elbo = distributed.seeded_log_likelihood(model, x, k, seed=seed, block=batch_size, with_elbo=True,
                                                  ctx=ctx, progress=bar)
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES], data.binarization, seed)
-        counts, variances = active_units(model, units_x)
-        kl = unit_kl(model, units_x)
     if per_example is not None and ctx.is_main:
         np.save(per_example, ll.numpy())
     nll = -ll.mean().item()
-    return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]), "active_units": counts,
+    return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]),
             "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll,
-            "unit_variances": [v.tolist() for v in variances],
+            **units(model, train_x, data.binarization, seed)}
+
+
+def units(model, train_x, binarization, seed=EVAL_SEED):
+    """Active and informative units of a model on the first ACTIVE_UNIT_EXAMPLES training
+    images: active_units and unit_variances (Burda's A_u), informative_units and unit_kl."""
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES], binarization, seed)
+        counts, variances = active_units(model, units_x)
+        kl = unit_kl(model, units_x)
+    return {"active_units": counts, "unit_variances": [v.tolist() for v in variances],
             "informative_units": [int((u > INFORMATIVE_NATS).sum()) for u in kl],
             "unit_kl": [u.tolist() for u in kl]}
+
+
+def run_units(run_dir, data_dir=None):
+    """units() for a run directory's trained model, on the data set it was trained on."""
+    config = read_config(run_dir)
+    data, train_x, _, _ = prepare(config, data_dir)
+    return units(load_model(run_dir), train_x, data.binarization)
