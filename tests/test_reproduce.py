@@ -24,6 +24,7 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     assert all(len(r["active_units"].split("+")) == int(r["layers"]) for r in rows)
     table = (tmp_path / "results" / "table1.md").read_text()
     assert "| mnist | 2 | iwae | 50 | 1 |" in table and "| 82.9 | 26+7 |" in table
+    assert len([l for l in table.splitlines() if l.startswith(("- holds (mnist, 1 epochs)", "- **fails** (mnist, 1 epochs)"))]) == 16
     png = (tmp_path / "results" / "table1_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -59,3 +60,19 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     rows = list(csv.DictReader((tmp_path / "results" / "table2.csv").open()))
     assert [(r["objective"], r["k"]) for r in rows] == [("iwae", "50"), ("vae", "1")]
     assert "vae k=1 -> iwae" in (tmp_path / "results" / "table2.md").read_text()
+
+
+def test_orderings_compare_runs_of_equal_budget_only():
+    from iwae.reproduce import orderings
+
+    def r(layers, objective, k, nll, active="20", informative="20", epochs=20):
+        return dict(dataset="mnist", epochs=epochs, layers=layers, objective=objective, k=k, test_nll=nll,
+                    active_units=active, informative_units=informative)
+    rows = [r(1, "iwae", 1, 93.7), r(1, "iwae", 5, 92.2), r(1, "iwae", 50, 92.5, "30", "19"),
+            r(1, "vae", 50, 92.0, "20", "20"), r(2, "vae", 50, 91.0, epochs=50)]
+    assert orderings(rows) == [
+        "- **fails** (mnist, 20 epochs): 1-layer IWAE improves with k (k=1, 5, 50): 93.70 > 92.20 > 92.50",
+        "- **fails** (mnist, 20 epochs): 1-layer IWAE beats VAE at k=50: IWAE 92.50, VAE 92.00",
+        "- holds (mnist, 20 epochs): 1-layer IWAE k=50 has more active units than VAE k=50: IWAE 30, VAE 20",
+        "- **fails** (mnist, 20 epochs): 1-layer IWAE k=50 has more informative units than VAE k=50: IWAE 19, VAE 20"]
+    assert orderings(rows[-1:]) == ["(no pair of finished runs at equal budget yet)"]

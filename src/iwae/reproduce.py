@@ -208,6 +208,46 @@ def write_results(table, rows, runs, results_dir, args):
         lines.append(f"| {r['dataset']} | {r['layers']} | {objective} | {r['k']} | {r['epochs']} | "
                      f"{r['test_nll']:.2f} | {r['active_units']} | {r['informative_units']} | {nll} | {units} | "
                      f"{r['n_test']} | {r['seconds']} |")
+    if table in (1, 3):
+        lines += ["", "## The paper's orderings, between runs of equal budget", ""] + orderings(rows)
     (results_dir / f"table{table}.md").write_text("\n".join(lines) + "\n")
     plot_runs([d for _, d in runs], results_dir / f"table{table}_curves.png",
               title=f"Table {table}")
+
+
+def orderings(rows):
+    """The paper's Table-1 claims, each checked between finished runs of one dataset and one
+    budget: markdown lines "- holds/fails (budget): claim: the numbers compared"."""
+    by = {(r["dataset"], r["epochs"], r["layers"], r["objective"], r["k"]): r for r in rows}
+    units = lambda r, key: sum(map(int, r[key].split("+")))
+    lines = []
+    for dataset, epochs in sorted({(r["dataset"], r["epochs"]) for r in rows}):
+        at = lambda layers, objective, k: by.get((dataset, epochs, layers, objective, k))
+        claims = []                      # (claim, holds, the numbers)
+        for layers in (1, 2):
+            runs = [at(layers, "iwae", k) for k in (1, 5, 50)]
+            if all(runs):
+                nll = [r["test_nll"] for r in runs]
+                claims.append((f"{layers}-layer IWAE improves with k (k=1, 5, 50)", nll[0] > nll[1] > nll[2],
+                               " > ".join(f"{v:.2f}" for v in nll)))
+            for k in (5, 50):
+                vae, iwae = at(layers, "vae", k), at(layers, "iwae", k)
+                if vae and iwae:
+                    claims.append((f"{layers}-layer IWAE beats VAE at k={k}", iwae["test_nll"] < vae["test_nll"],
+                                   f"IWAE {iwae['test_nll']:.2f}, VAE {vae['test_nll']:.2f}"))
+            vae, iwae = at(layers, "vae", 50), at(layers, "iwae", 50)
+            for key, what in (("active_units", "active"), ("informative_units", "informative")):
+                if vae and iwae:
+                    claims.append((f"{layers}-layer IWAE k=50 has more {what} units than VAE k=50",
+                                   units(iwae, key) > units(vae, key), f"IWAE {iwae[key]}, VAE {vae[key]}"))
+        for objective in ("vae", "iwae"):
+            for k in (1, 5, 50):
+                one, two = at(1, objective, k), at(2, objective, k)
+                if one and two:
+                    claims.append((f"2 layers beat 1 layer, {objective.upper()} k={k}",
+                                   two["test_nll"] < one["test_nll"],
+                                   f"2 layers {two['test_nll']:.2f}, 1 layer {one['test_nll']:.2f}"))
+        lines += [f"- {'holds' if holds else '**fails**'} ({dataset}, {epochs} epochs): {claim}: {numbers}"
+                  for claim, holds, numbers in claims]
+    return lines or ["(no pair of finished runs at equal budget yet)"]
+
