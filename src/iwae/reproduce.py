@@ -198,7 +198,8 @@ def write_results(table, rows, runs, results_dir, args):
              "Command: `" + " ".join(["iwae", "reproduce"] + sys.argv[2:]) + "` (the table lists every "
              "finished run of this table, whatever command ran it).", "",
              "Units: active = Burda's A_u > 1e-2; informative = mean KL(q || prior) > 0.05 nats per unit "
-             "(on 500 training images).", "",
+             "(on 500 training images). Seconds: the run's training wall clock, with whatever else shared "
+             "the machine (`--jobs` runs at a time).", "",
              "| dataset | layers | objective | k | epochs | ours NLL | ours active units | ours informative "
              "| paper NLL | paper active units | test images | seconds |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
