@@ -155,13 +155,14 @@ def test_compiled_kernels_equal_the_eager_ones():
     assert_grads_close(grads(model), g1, 1e-12)
 
 
-def test_whole_step_compiled_equals_the_eager_step():
+@pytest.mark.parametrize("layers,k", [(1, 2), (2, 5)])
+def test_whole_step_compiled_equals_the_eager_step(layers, k):
     # one torch.compile of the whole forward+backward (10-20 s); same samples (fallback_random)
     torch.manual_seed(0)
-    model = iwae.paper_model(1).double()
+    model = iwae.paper_model(layers).double()
     x = binary(20)
-    eager = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), 2, compile="off")
-    compiled = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), 2, compile="step")
+    eager = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), k, compile="off")
+    compiled = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), k, compile="step")
     torch.manual_seed(1)
     l1 = eager.forward_backward(x)
     g1 = grads(model)
