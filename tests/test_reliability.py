@@ -428,6 +428,9 @@ BAD_FLAGS = [
     (["--objective", "ciwae", "--beta", "nan"], "ciwae needs beta in [0, 1], got nan"),
     (["--lr", "inf"], "lr and adam_eps must be finite and > 0, got inf and 0.0001"),
     (["--seed", "-1"], "seed must be in [0, 2**63 - 1), got -1"),
+    (["--adam-betas", "0.9"], "argument --adam-betas: expected two numbers B1,B2, got '0.9' (see: iwae train --help)"),
+    (["--adam-betas", "0.9,1"], "adam_betas must be two numbers in [0, 1), got (0.9, 1.0)"),
+    (["--adam-eps", "0"], "lr and adam_eps must be finite and > 0, got 0.001 and 0.0"),
     (["--layers", "3"], "argument --layers: invalid choice: 3 (choose from 1, 2) (see: iwae train --help)"),
     (["--on-nonfinite", "ignore"], "argument --on-nonfinite: invalid choice: 'ignore' (choose from 'stop', "
                                    "'skip') (see: iwae train --help)"),
@@ -440,6 +443,16 @@ def test_bad_flags_fail_in_one_line(npy, tmp_path, flags, message):
     rc, err = cli("train", "--out", tmp_path / "run", *flags)
     assert one_line_error(rc, err) == message
     assert not (tmp_path / "run").exists()
+
+
+def test_adam_settings_reach_the_optimizer(npy, tmp_path):
+    rc, err = cli("train", "--out", tmp_path / "run", "--dataset", npy, *SMALL, "--epochs", "1",
+                  "--adam-betas", "0.99,0.999", "--adam-eps", "1e-8")
+    assert rc == 0, err
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["adam_betas"] == [0.99, 0.999] and config["adam_eps"] == 1e-8
+    group = checkpoint.load(tmp_path / "run" / "checkpoint.pt")["optimizer"]["param_groups"][0]
+    assert tuple(group["betas"]) == (0.99, 0.999) and group["eps"] == 1e-8
 
 
 def test_a_k_too_large_for_memory_fails_in_one_line(npy, tmp_path):

@@ -37,6 +37,14 @@ def positive_int(text):
     return value
 
 
+def betas(text):
+    try:
+        b1, b2 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2, got {text!r}") from None
+    return (b1, b2)
+
+
 def add_train(sub):
     p = sub.add_parser("train", help="train a model (defaults: the paper's 1-layer IWAE, k=5, on MNIST)")
     d = Config()
@@ -61,6 +69,9 @@ def add_train(sub):
     p.add_argument("--scale", choices=("exp", "softplus"), default=d.scale)
     p.add_argument("--schedule", choices=("paper", "code", "constant"), default=d.schedule)
     p.add_argument("--lr", type=float, default=d.lr, help="the schedule's first learning rate")
+    p.add_argument("--adam-betas", type=betas, default=d.adam_betas, metavar="B1,B2",
+                   help="Adam's betas (default 0.9,0.999 as in the paper; Burda's code ran 0.99,0.999)")
+    p.add_argument("--adam-eps", type=float, default=d.adam_eps, help="Adam's eps (the paper's 1e-4)")
     p.add_argument("--eval-examples", type=positive_int, default=d.eval_examples,
                    help="held-out images for the per-epoch L_k")
     p.add_argument("--init-from", help="start from another run's weights")
@@ -100,7 +111,8 @@ def cmd_train(args):
                     estimator=args.estimator, k=args.k, m=args.m, beta=args.beta, epochs=args.epochs,
                     seed=args.seed, batch_size=args.batch_size, limit_train=args.limit_train,
                     validation=args.validation, likelihood=args.likelihood, scale=args.scale,
-                    schedule=args.schedule, lr=args.lr, eval_examples=args.eval_examples,
+                    schedule=args.schedule, lr=args.lr, adam_betas=args.adam_betas, adam_eps=args.adam_eps,
+                    eval_examples=args.eval_examples,
                     init_from=args.init_from, on_nonfinite=args.on_nonfinite).validate()
     if args.resume and not args.out:
         raise ValueError("--resume needs --out, the run directory to continue")
