@@ -228,9 +228,10 @@ def main(argv=None):
         except Exception as err:
             print(f"diagnose FAILED: {err}", flush=True)
     if any("error" not in r for r in rows):
-        for r, t in ((r, step_times(rows, args, out).get(r["name"])) for r in rows):
-            if t:
-                r["ms_per_step"] = t["cpu"]["median_ms"]
+        times = step_times(rows, args, out)
+        for r in rows:
+            if r["name"] in times:
+                r["ms_per_step"] = times[r["name"]]["cpu"]["median_ms"]
     write_results(rows, diagnosis, results, args, time.time() - timing["first_started"])
     print(f"wrote {results / 'estimators.md'}, estimators.json, estimators.png")
     return 0 if all("error" not in r for r in rows) else 1

@@ -119,17 +119,17 @@ def plot_learning_curves(metrics, path):
 
 def plot_runs(run_dirs, path, title):
     """Learning curves of several runs: one panel per number of stochastic layers, one line
-    per run directory with at least one epoch of metrics, the held-out bound -L_k (nats, k = the run's training
-    k) against epoch; a star at a finished run's last epoch marks its test NLL (eval.json:
-    -L_5000 on the full test set, below the curve since L_k rises with k).
+    per run directory with at least one epoch of metrics, the held-out bound -L_k (nats,
+    k = the run's training k) against epoch; a star at a finished run's last epoch marks its
+    test NLL (eval.json: -L_5000 on the full test set, below the curve since L_k rises with k).
     """
-    runs = [Path(d) for d in run_dirs if (Path(d) / METRICS).exists() and read_metrics(d)]
-    layers = sorted({read_config(d).layers for d in runs}) or [1]
+    runs = [(Path(d), read_config(d).layers, read_metrics(d)) for d in run_dirs if (Path(d) / METRICS).exists()]
+    runs = [run for run in runs if run[2]]
+    layers = sorted({n for _, n, _ in runs}) or [1]
     fig = Figure(figsize=(6 * len(layers), 5), dpi=DPI, layout="constrained")
     axes = fig.subplots(1, len(layers), squeeze=False)[0]
     for ax, n in zip(axes, layers):
-        for run_dir in (d for d in runs if read_config(d).layers == n):
-            metrics = read_metrics(run_dir)
+        for run_dir, _, metrics in (run for run in runs if run[1] == n):
             held = "valid" if "valid_bound" in metrics[0] else "test"
             line, = ax.plot([m["epoch"] for m in metrics], [-m[f"{held}_bound"] for m in metrics],
                             "o-", ms=2, label=run_dir.name)

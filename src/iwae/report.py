@@ -16,10 +16,11 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
 
     Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
-    elbo_nll, kl_gap, unit_variances, unit_kl (evaluation.unit_kl, nats per unit) and
-    informative_units (units with unit_kl > INFORMATIVE_NATS, per layer). The images are binarized once with a fixed seed; the sample noise of
-    each block of batch_size images is seeded from (seed, block index), so under torchrun
-    the ranks share the blocks and every rank returns the single-process numbers.
+    elbo_nll, kl_gap, and units(): unit_variances, unit_kl (nats per unit) and
+    informative_units (units with unit_kl > INFORMATIVE_NATS, per layer). The images are
+    binarized once with a fixed seed; the sample noise of each block of batch_size images is
+    seeded from (seed, block index), so under torchrun the ranks share the blocks and every
+    rank returns the single-process numbers.
     """
     config = read_config(run_dir)
     model = load_model(run_dir)
