@@ -198,3 +198,30 @@ def git_revision():
         return out.stdout.strip() + ("+dirty" if dirty else "")
     except Exception:
         return None
+
+
+def load_baseline(ref):
+    """The iwae package of git revision ``ref`` of this repository, imported as ``iwae_base``
+    (its src/iwae extracted by git archive into a temporary folder), so that the previous
+    main's step can be timed side by side with this one in one process."""
+    import importlib.util
+    import io
+    import subprocess
+    import sys
+    import tarfile
+    import tempfile
+    root = Path(__file__).resolve().parents[1]
+    archive = subprocess.run(["git", "archive", ref, "src/iwae"], cwd=root, capture_output=True, timeout=60)
+    if archive.returncode != 0:
+        raise ValueError(f"--baseline {ref}: {archive.stderr.decode().strip()}")
+    folder = Path(tempfile.mkdtemp(prefix="iwae-baseline-"))
+    tarfile.open(fileobj=io.BytesIO(archive.stdout)).extractall(folder, filter="data")
+    package = folder / "src" / "iwae"
+    spec = importlib.util.spec_from_file_location("iwae_base", package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["iwae_base"] = module
+    spec.loader.exec_module(module)
+    for name in ("step", "train"):
+        importlib.import_module(f"iwae_base.{name}")
+    return module

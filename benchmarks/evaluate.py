@@ -5,14 +5,12 @@
 The evaluator (iwae.log_likelihood, default settings) and the floor (only the forward
 matrix products at the evaluator's exact shapes: per chunk, the encoder at the batch's rows
 and the decoder at chunk x batch rows) run alternately in one process; medians are
-compared. Levers: the evaluator as it was (torch.no_grad, eager Bernoulli terms, chunks of
-16384 rows), the compiled Bernoulli kernel alone, the chunk cap alone. Peak memory is the
-VmHWM of a fresh process per k (5000 and 50000). Writes benchmarks/results/evaluate.json.
+compared, with the eager evaluator (compile="off") and the previous main's evaluator
+(--baseline, imported from its own source) alongside. Peak memory is the VmHWM of a fresh
+process per k (5000 and 50000). Writes benchmarks/results/evaluate.json.
 """
 import argparse
 import json
-import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -25,7 +23,7 @@ import iwae
 import iwae.evaluation as evaluation
 
 from .common import (RESULTS, MatmulFloor, data_dir, git_revision, interleaved, linear_shapes,
-                     load_images, machine_info, medians)
+                     load_baseline, load_images, machine_info, medians)
 
 
 def arguments(argv=None):
@@ -36,57 +34,17 @@ def arguments(argv=None):
     p.add_argument("--repeats", type=int, default=5, help="timed evaluations per variant")
     p.add_argument("--memory-k", default="5000,50000")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--no-levers", action="store_true")
+    p.add_argument("--baseline", default="20794ac", help="git revision of the previous main ('' to skip)")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(RESULTS))
     return p.parse_args(argv)
 
 
-def before(model, x, k=5000, *, batch_size=100, max_samples=16384):
-    """The evaluator before this work: no_grad, eager Bernoulli terms, 16384-row chunks."""
-    saved = os.environ.get("IWAE_COMPILE")
-    os.environ["IWAE_COMPILE"] = "0"
-    try:
-        with torch.no_grad():
-            out = []
-            for xb in x.split(batch_size):
-                chunk = max(1, max_samples // xb.shape[0])
-                total = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64)
-                for start in range(0, k, chunk):
-                    log_w = model.log_weights(xb, min(chunk, k - start)).double()
-                    total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
-                out.append(total - math.log(k))
-            return torch.cat(out)
-    finally:
-        _restore_env(saved)
-
-
-def _restore_env(saved):
-    if saved is None:
-        os.environ.pop("IWAE_COMPILE", None)
-    else:
-        os.environ["IWAE_COMPILE"] = saved
-
-
-def with_settings(compile, fast):
-    """log_likelihood with the compiled kernel and/or the inference forward switched off."""
-    def run(model, x, k):
-        saved_env, saved_fast = os.environ.get("IWAE_COMPILE"), evaluation._fast_log_weights
-        os.environ["IWAE_COMPILE"] = "1" if compile else "0"
-        if not fast:
-            evaluation._fast_log_weights = lambda model, x, k: None
-        try:
-            return iwae.log_likelihood(model, x, k)
-        finally:
-            evaluation._fast_log_weights = saved_fast
-            _restore_env(saved_env)
-    return run
-
-
 class EvalFloor:
     """The forward matmuls of log_likelihood(model, x, k) at its chunk shapes."""
 
-    def __init__(self, model, n_images, k, batch_size=100, max_samples=16384):
+    def __init__(self, model, n_images, k, batch_size=100, max_samples=16384, device="cpu"):
         rows = max(1, min(max_samples, evaluation.CHUNK_BYTES // (4 * 784)))
         self.calls = []
         floors = {}
@@ -95,7 +53,7 @@ class EvalFloor:
             for start in range(0, k, chunk):
                 c = min(chunk, k - start)
                 if (b, c) not in floors:
-                    floors[(b, c)] = MatmulFloor(linear_shapes(model, c, b), backward=False)
+                    floors[(b, c)] = MatmulFloor(linear_shapes(model, c, b), backward=False, device=device)
                 self.calls.append(floors[(b, c)])
 
     def __call__(self):
@@ -110,41 +68,41 @@ def run(args, test=None):
     else:
         source = "MNIST test images" if test.shape[0] else "random"
     x = test[: args.images]
-    clock = "cpu" if args.threads == 1 else "wall"
-    result = {"machine": machine_info(), "revision": git_revision(), "images": x.shape[0],
+    clock = "cpu" if args.threads == 1 and args.device == "cpu" else "wall"
+    result = {"machine": machine_info(args.device), "revision": git_revision(), "images": x.shape[0],
               "data": source, "k": args.k, "threads": args.threads, "target_clock": clock,
               "speed": [], "memory": []}
-    labels = {"iwae": "iwae.log_likelihood, {}-layer",
-              "before": "  levers: the evaluator before (no_grad, model.log_weights, 16384-row chunks)",
-              "cap": "  + inference_mode, chunks capped at 24 MiB of [rows, 784] floats",
-              "inference": "  + inference forward (no module calls, reused buffers, bias in the kernel)",
-              "lever_iwae": "  + the compiled Bernoulli kernel (= iwae.log_likelihood)"}
+    labels = {"iwae": "iwae.log_likelihood, {}-layer (compiled)", "eager": "  the same, compile=\"off\"",
+              "main": "  the previous main's iwae.log_likelihood"}
+    base = load_baseline(args.baseline) if args.baseline and args.device == "cpu" else None
+    sync = torch.cuda.synchronize if args.device == "cuda" else None
+    x = x.to(args.device)
     for n_layers in [int(v) for v in args.layers.split(",")]:
         torch.manual_seed(0)
-        model = iwae.paper_model(n_layers).eval()
+        model = iwae.paper_model(n_layers).eval().to(args.device)
         variants = {"iwae": lambda m=model: iwae.log_likelihood(m, x, args.k),
-                    "floor": EvalFloor(model, x.shape[0], args.k)}
-        if not args.no_levers:
-            variants["before"] = lambda m=model: before(m, x, args.k)
-            variants["cap"] = lambda m=model: with_settings(False, False)(m, x, args.k)
-            variants["inference"] = lambda m=model: with_settings(False, True)(m, x, args.k)
-        t = time.perf_counter()
-        variants["iwae"]()                                     # compiles the kernel once
-        first = time.perf_counter() - t
-        times = interleaved(variants, args.repeats, warmup=1, block=1)
+                    "eager": lambda m=model: iwae.log_likelihood(m, x, args.k, compile="off"),
+                    "floor": EvalFloor(model, x.shape[0], args.k, device=args.device)}
+        if base is not None:
+            twin = base.paper_model(n_layers).eval()
+            twin.load_state_dict(model.state_dict())
+            variants["main"] = lambda m=twin: base.log_likelihood(m, x, args.k)
+        first = {}
+        for name, fn in variants.items():                      # compiles once
+            t = time.perf_counter()
+            fn()
+            first[name] = round(time.perf_counter() - t, 1)
+        times = interleaved(variants, args.repeats, warmup=1, block=1, sync=sync)
         med = {c: {n: v / x.shape[0] for n, v in medians(times, c).items()} for c in ("wall", "cpu")}
-        names = ["iwae"] + ([] if args.no_levers else ["before", "cap", "inference", "lever_iwae"])
-        for name in names:
-            source_name = "iwae" if name == "lever_iwae" else name
+        for name in [n for n in variants if n != "floor"]:
             result["speed"].append({
                 "label": labels[name].format(n_layers), "layers": n_layers, "variant": name,
-                "ms_per_image": {c: med[c][source_name] for c in med},
+                "ms_per_image": {c: med[c][name] for c in med},
                 "floor_ms_per_image": {c: med[c]["floor"] for c in med},
-                "ratio": {c: med[c][source_name] / med[c]["floor"] for c in med},
-                "target": name == "iwae", "first_call_s": round(first, 1)})
+                "ratio": {c: med[c][name] / med[c]["floor"] for c in med}, "first_call_s": first[name]})
         print(f"evaluate {n_layers}-layer k={args.k} ({clock} clock): " + ", ".join(
             f"{n} {v:.2f} ms/image ({v / med[clock]['floor']:.2f}x)" for n, v in med[clock].items()), flush=True)
-    for k in [int(v) for v in args.memory_k.split(",")]:
+    for k in [int(v) for v in args.memory_k.split(",")] if args.device == "cpu" else []:
         result["memory"].append(peak_memory(k, x[:5], args.threads))
         print(f"memory k={k}: peak {result['memory'][-1]['peak_mib']:.0f} MiB "
               f"(after import {result['memory'][-1]['baseline_mib']:.0f} MiB)", flush=True)

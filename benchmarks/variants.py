@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 import iwae
-from iwae.step import Step, make_optimizer, make_step
+from iwae.optim import make_optimizer
+from iwae.step import make_step
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-4
 PAPER_STEPS = 3280 * 3000            # the paper's schedule: 3280 passes of 3000 batches
@@ -25,26 +26,19 @@ def _check(loss):
     return loss
 
 
-def trainer_guard():
-    """The gradient guard ``iwae train`` registers on its optimizer, if this version has one."""
-    try:
-        from iwae.train import _FiniteGuard
-        return _FiniteGuard
-    except ImportError:
-        return None
+def trainer_guard(opt):
+    """The non-finite check ``iwae.fit`` registers on its optimizer."""
+    from iwae.loop import _FiniteGuard
+    return _FiniteGuard(opt)
 
 
-def project(model, k, guard=True, **options):
-    """The project's step as ``iwae train`` builds it (make_optimizer + make_step, for a run
-    of the paper's length unless planned_steps is given), plus the trainer's non-finite
-    guard on the optimizer when the trainer has one."""
-    options.setdefault("planned_steps", PAPER_STEPS)
+def project(model, k, bound="iwae", estimator="standard", m=None, planned_steps=PAPER_STEPS, device="cpu"):
+    """The project's step as ``iwae train`` builds it (make_optimizer + make_step for a run
+    of the paper's length), with the trainer's non-finite guard on the optimizer."""
     model = copy.deepcopy(model)
-    opt = make_optimizer(model.parameters(), LR, BETAS, EPS)
-    guard_class = trainer_guard() if guard else None
-    if guard_class is not None:
-        guard_class(opt)
-    step = make_step(model, opt, k, **options)
+    opt = make_optimizer(model.parameters(), LR, BETAS, EPS, capturable=device == "cuda")
+    trainer_guard(opt)
+    step = make_step(model, opt, k, bound, estimator, m=m, planned_steps=planned_steps)
 
     def run(x):
         return _check(step(x))
@@ -52,29 +46,32 @@ def project(model, k, guard=True, **options):
     return run
 
 
-def plain(model, k, fused=False):
-    """The loop ``iwae train`` ran before: iwae.loss; zero_grad; backward; Adam.step()."""
-    model = copy.deepcopy(model)
-    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS, fused=fused or None)
+def baseline(model, k, package):
+    """The previous main's step, as its ``iwae train`` built it: ``package`` is that version
+    of iwae (loaded by common.load_baseline), the model a copy of this one in its classes."""
+    twin = package.paper_model(len(model.encoder))
+    twin.load_state_dict(model.state_dict())
+    opt = package.step.make_optimizer(twin.parameters(), LR, BETAS, EPS)
+    package.train._FiniteGuard(opt)
+    step = package.step.make_step(twin, opt, k, planned_steps=PAPER_STEPS)
 
     def run(x):
-        loss = iwae.loss(model, x, k)
+        return _check(step(x))
+    return run
+
+
+def plain(model, k):
+    """Plain PyTorch, as a user writes it: the bound of model.log_weights, backward,
+    torch.optim.Adam (its default implementation)."""
+    model = copy.deepcopy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS)
+
+    def run(x):
+        loss = -iwae.bounds.iwae_bound(model.log_weights(x, k)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         return _check(loss.detach())
-    return run
-
-
-def lever(model, k, path, compile="off", flush=True):
-    """Step with one combination of the levers (always fused Adam and its direct update)."""
-    model = copy.deepcopy(model)
-    opt = make_optimizer(model.parameters(), LR, BETAS, EPS)
-    objective, _ = iwae.objective.check("iwae", "standard", k)
-    step = Step(model, opt, objective, "standard", path=path, compile=compile, flush=flush)
-
-    def run(x):
-        return _check(step(x))
     return run
 
 
@@ -170,8 +167,3 @@ def pyro_svi(model, k):
             raise FloatingPointError("non-finite loss in the benchmark")
         return loss
     return run
-
-
-def floor_model(layers):
-    torch.manual_seed(0)
-    return iwae.paper_model(layers)

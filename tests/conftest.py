@@ -84,3 +84,15 @@ def data_dir():
     if not (path / "mnist").is_dir():
         pytest.fail(f"the real data files are missing: set IWAE_DATA_DIR (looked in {path})")
     return str(path)
+
+
+@pytest.fixture
+def conv_model():
+    """benchmarks/conv.py's conv_model: a user's own convolutional iwae.Model."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "conv.py"
+    spec = importlib.util.spec_from_file_location("benchmarks_conv", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.conv_model

@@ -23,7 +23,7 @@ from iwae.cli import main
 from iwae.config import read_config
 from iwae.data import load_dataset
 from iwae.reproduce import PAPER_TABLE3
-from iwae.train import CHECKPOINT, fixed_binarization, load_model
+from iwae.rundir import CHECKPOINT, fixed_binarization, load_model
 
 TINY = ["--limit-train", "40", "--epochs", "1", "--k", "2", "--final-k", "5", "--final-limit-test", "10",
         "--eval-examples", "10", "--quiet"]

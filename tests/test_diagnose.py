@@ -4,6 +4,7 @@ import json
 import pytest
 import torch
 
+import iwae.rundir
 import iwae.train
 from iwae import cli
 from iwae import diagnose as diagnose_module
@@ -88,14 +89,14 @@ def test_parse_estimators_validates_configurations():
 @pytest.fixture
 def fast_data(monkeypatch):
     """Load each data set once per test: the CLI paths below differ only in their objective."""
-    cache, load = {}, iwae.train.load_dataset
+    cache, load = {}, iwae.rundir.load_dataset
 
     def cached(name, data_dir=None, **kw):
         key = (name, str(data_dir), tuple(sorted(kw.items())))
         if key not in cache:
             cache[key] = load(name, data_dir, **kw)
         return cache[key]
-    monkeypatch.setattr(iwae.train, "load_dataset", cached)
+    monkeypatch.setattr(iwae.rundir, "load_dataset", cached)
 
 
 def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data, monkeypatch):
@@ -120,7 +121,7 @@ def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data,
     assert sorted((s["estimator"], s["k"]) for s in result["skipped"]) == [("miwae+standard", 2),
                                                                             ("piwae+standard", 2)]
     assert all("perfect square" in s["reason"] for s in result["skipped"])
-    model = iwae.train.load_model(run)
+    model = iwae.rundir.load_model(run)
     n_enc = sum(p.numel() for p in model.encoder_parameters())
     n_dec = sum(p.numel() for p in model.decoder_parameters())
     rows = [r for r in result["results"] if "same_expectation" in r]

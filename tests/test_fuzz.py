@@ -14,6 +14,7 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+import iwae.rundir
 import iwae.train
 from iwae import checkpoint
 from iwae.checkpoint import CheckpointError
@@ -50,7 +51,7 @@ def synthetic(likelihood):
 @pytest.fixture
 def quick_data(monkeypatch):
     """`--dataset synthetic` is a tiny in-memory data set; other names go to the real loader."""
-    real = iwae.train.load_dataset
+    real = iwae.rundir.load_dataset
 
     def load(name, data_dir=None, *, validation="none", likelihood="bernoulli", **kw):
         if name == "synthetic":
@@ -58,7 +59,7 @@ def quick_data(monkeypatch):
                 raise DataError(f"unknown likelihood {likelihood!r}")
             return synthetic(likelihood)
         return real(name, data_dir, validation=validation, likelihood=likelihood, **kw)
-    monkeypatch.setattr(iwae.train, "load_dataset", load)
+    monkeypatch.setattr(iwae.rundir, "load_dataset", load)
 
 
 def mostly(valid, invalid):

@@ -26,13 +26,16 @@ import pytest
 import torch
 from tqdm import tqdm
 
+import iwae.rundir
 import iwae.train
 from iwae import checkpoint
 from iwae.checkpoint import CheckpointError
 from iwae.cli import main
 from iwae.config import Config
 from iwae.data import DataError, Dataset, download_dataset, load_dataset
-from iwae.train import Interrupted, TrainingError, load_model, train
+from iwae.loop import Interrupted
+from iwae.rundir import TrainingError, load_model
+from iwae.train import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SMALL = ["--limit-train", "200", "--k", "2", "--epochs", "6", "--eval-examples", "20",
@@ -156,7 +159,7 @@ def launcher():
     that has already imported torch and iwae (a fresh `python -m iwae` spends seconds on
     imports). Returns start(argv) -> multiprocessing.Process."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["iwae.cli", "iwae.train", "iwae.report", "iwae.step", "torch._dynamo",
+    ctx.set_forkserver_preload(["iwae.cli", "iwae.train", "iwae.loop", "iwae.report", "iwae.step", "torch._dynamo",
                                 __name__])         # what `iwae train` imports, imported once
 
     def start(argv):
@@ -295,14 +298,14 @@ def nan_row(npy, monkeypatch):
     it is NaN. Returns {epoch: step} where that batch comes (batch size 20, seed 0)."""
     images = torch.from_numpy(np.load(npy)).reshape(240, 784).float().div(255).round()
     data = Dataset("nan-row", images[:216].clone(), images[216:], None, (28, 28), "fixed")
-    monkeypatch.setattr(iwae.train, "load_dataset", lambda *args, **kwargs: data)
+    monkeypatch.setattr(iwae.rundir, "load_dataset", lambda *args, **kwargs: data)
     init_model = iwae.train.init_model
 
     clean = images[7].clone()
 
-    def poisoned_after_init(config, data, train):            # the output bias sees clean data
+    def poisoned_after_init(config, data, train, device):    # the output bias sees clean data
         train[7] = clean
-        model = init_model(config, data, train)
+        model = init_model(config, data, train, device)
         train[7] = float("nan")
         return model
     monkeypatch.setattr(iwae.train, "init_model", poisoned_after_init)

@@ -14,7 +14,8 @@ from .checkpoint import CheckpointError
 from .config import Config
 from .data import DataError
 from .distributed import cleanup, is_main, joined, launched, rank
-from .train import Interrupted, TrainingError
+from .loop import Interrupted
+from .rundir import TrainingError
 
 USER_ERRORS = (ValueError, DataError, CheckpointError, TrainingError, OSError)
 
@@ -35,6 +36,31 @@ def positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
     return value
+
+
+def nonnegative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def device(text):
+    """--device: checked here, so that a missing GPU is one line before anything is loaded."""
+    from .config import parse_device
+    try:
+        parse_device(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+    return text
+
+
+def add_device(p):
+    p.add_argument("--device", type=device, default="auto",
+                   help="auto (a GPU where CUDA is available, else the CPU) | cpu | cuda | cuda:N")
 
 
 def betas(text):
@@ -75,7 +101,7 @@ def add_train(sub):
     p.add_argument("--eval-examples", type=positive_int, default=d.eval_examples,
                    help="held-out images for the per-epoch L_k")
     p.add_argument("--init-from", help="start from another run's weights")
-    p.add_argument("--final-k", type=int, default=5000,
+    p.add_argument("--final-k", type=nonnegative_int, default=5000,
                    help="k of the test NLL printed at the end (0: skip it)")
     p.add_argument("--final-limit-test", type=positive_int, help="evaluate on the first N test images")
     p.add_argument("--resume", action="store_true",
@@ -88,6 +114,10 @@ def add_train(sub):
     p.add_argument("--threads", type=positive_int, default=1,
                    help="torch threads (default 1: a batch-20 step is too small for threads to pay, "
                         "and oversubscribed cores slow it many times over; run jobs side by side instead)")
+    add_device(p)
+    p.add_argument("--compile", choices=("auto", "off", "step"), default=d.compile,
+                   help="auto: compile the whole step (torch.compile) for runs of 10+ epochs and on CUDA; "
+                        "step: always; off: never (10-30 s of compiling saved on short runs)")
 
 
 def add_evaluate(sub):
@@ -102,6 +132,7 @@ def add_evaluate(sub):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")
+    add_device(p)
 
 
 def cmd_train(args):
@@ -112,7 +143,7 @@ def cmd_train(args):
                     seed=args.seed, batch_size=args.batch_size, limit_train=args.limit_train,
                     validation=args.validation, likelihood=args.likelihood, scale=args.scale,
                     schedule=args.schedule, lr=args.lr, adam_betas=args.adam_betas, adam_eps=args.adam_eps,
-                    eval_examples=args.eval_examples,
+                    eval_examples=args.eval_examples, device=args.device, compile=args.compile,
                     init_from=args.init_from, on_nonfinite=args.on_nonfinite).validate()
     if args.resume and not args.out:
         raise ValueError("--resume needs --out, the run directory to continue")
@@ -126,7 +157,7 @@ def cmd_train(args):
         print(f"trained {out} in {time.perf_counter() - started:.0f} s")
     if args.final_k > 0:                           # every rank takes its share of the test images
         result = evaluate_run(out, k=args.final_k, limit=args.final_limit_test, data_dir=args.data_dir,
-                              quiet=args.quiet)
+                              quiet=args.quiet, device=config.device)
         if not main:
             return
         checkpoint.write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")  # atomic: reproduce reads it
@@ -155,7 +186,8 @@ def cmd_evaluate(args):
     from .report import evaluate_run
     split = "train" if args.train else "test"
     result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
-                          seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json)
+                          seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json,
+                          device=args.device)
     if not is_main():                              # under torchrun, rank 0 alone prints
         return
     if args.json:
@@ -180,6 +212,7 @@ def add_reproduce(sub):
     p.add_argument("--limit-train", type=positive_int, help="the first N training images (for tests)")
     p.add_argument("--limit-test", type=positive_int, help="evaluate on the first N test images (for tests)")
     p.add_argument("--final-k", type=positive_int, default=5000, help="k of each run's test NLL")
+    add_device(p)
     p.add_argument("--only", metavar="RUNS", help="comma-separated runs of the table, named without dataset "
                    "and epochs (l1-iwae-k50,l1-vae-k1; table 2: l1-vae-k1-then-iwae-k50)")
 
@@ -197,11 +230,12 @@ def add_sample(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="the PNG to write (default: RUN/samples.png)")
     p.add_argument("--data-dir", help="where the run's dataset lives (it gives the image shape)")
+    add_device(p)
 
 
 def cmd_sample(args):
     from .plots import sample_run
-    print(sample_run(args.run, args.out, n=args.n, seed=args.seed, data_dir=args.data_dir))
+    print(sample_run(args.run, args.out, n=args.n, seed=args.seed, data_dir=args.data_dir, device=args.device))
 
 
 def add_plot(sub):
@@ -210,11 +244,12 @@ def add_plot(sub):
     p.add_argument("--data-dir")
     p.add_argument("--limit", type=positive_int, default=500,
                    help="training images for the active units (the first N)")
+    add_device(p)
 
 
 def cmd_plot(args):
     from .plots import plot_run
-    for path in plot_run(args.run, data_dir=args.data_dir, limit=args.limit):
+    for path in plot_run(args.run, data_dir=args.data_dir, limit=args.limit, device=args.device):
         print(path)
 
 
@@ -233,6 +268,7 @@ def add_diagnose(sub):
     p.add_argument("--data-dir")
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="print only the output paths")
+    add_device(p)
 
 
 def cmd_diagnose(args):
@@ -244,7 +280,7 @@ def cmd_diagnose(args):
                                                     file=sys.stderr, flush=True))
     result, json_path, png_path = diagnose(args.run, parse_ks(args.k), specs, draws=args.draws,
                                            examples=args.examples, out=args.out, data_dir=args.data_dir,
-                                           seed=args.seed, progress=show)
+                                           seed=args.seed, progress=show, device=args.device)
     if not args.quiet:
         print(format_table(result))
     print(json_path)

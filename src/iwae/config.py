@@ -1,9 +1,15 @@
-"""A run's configuration: validated once, saved as config.json, rebuilt into a model."""
+"""A run's configuration: validated once, saved as config.json, rebuilt into a model.
+
+``TrainConfig`` holds what the training loop (``iwae.fit``) needs, for any model;
+``Config`` adds the paper network and dataset that ``iwae train`` builds from its flags.
+"""
 import dataclasses
 import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+
+import torch
 
 from .densities import Bernoulli, Gaussian
 from .model import SCALES, paper_model
@@ -11,14 +17,13 @@ from .objective import check
 from .schedule import SCHEDULES
 
 NONFINITE_POLICIES = ("stop", "skip")
+COMPILES = ("auto", "off", "step")
 
 
 @dataclass
-class Config:
-    """Everything that determines a training run (paper defaults)."""
+class TrainConfig:
+    """The training loop's settings (paper defaults)."""
 
-    dataset: str = "mnist"
-    layers: int = 1
     objective: str = "iwae"            # vae (= elbo) | iwae | miwae | ciwae | piwae
     estimator: str = "standard"        # standard | stl | dreg | rws
     k: int = 5
@@ -27,24 +32,22 @@ class Config:
     epochs: int = 10
     seed: int = 0
     batch_size: int = 20
-    limit_train: int | None = None     # use the first N training images
-    validation: str = "none"           # none: 60k/10k; paper: 59,600 train / 400 validation
-    likelihood: str = "bernoulli"      # bernoulli | gaussian (learned variance)
-    scale: str = "exp"                 # sigma = exp(head) (paper) | softplus(head)
     schedule: str = "paper"            # paper | code | constant
     lr: float = 1e-3
     adam_betas: tuple = (0.9, 0.999)
     adam_eps: float = 1e-4
     eval_examples: int = 1000          # held-out images for the per-epoch L_k
-    init_from: str | None = None       # continue from another run's final weights (Table 2)
     on_nonfinite: str = "stop"         # a NaN/Inf loss or gradient: stop | skip the batch
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    compile: str = "auto"              # auto | off | step (see iwae.step)
+    model: str | None = None           # iwae.fit: the model's class (None: the paper's nets)
+    data: str | None = None            # iwae.fit: a dataset name or "tensor [N, D]"
 
-    TYPES = {"dataset": str, "layers": int, "objective": str, "estimator": str, "k": int,
-             "m": (int, type(None)), "beta": (float, int, type(None)), "epochs": int, "seed": int,
-             "batch_size": int, "limit_train": (int, type(None)), "validation": str,
-             "likelihood": str, "scale": str, "schedule": str, "lr": (float, int),
-             "adam_betas": (tuple, list), "adam_eps": (float, int), "eval_examples": int,
-             "init_from": (str, type(None)), "on_nonfinite": str}
+    TYPES = {"objective": str, "estimator": str, "k": int, "m": (int, type(None)),
+             "beta": (float, int, type(None)), "epochs": int, "seed": int, "batch_size": int,
+             "schedule": str, "lr": (float, int), "adam_betas": (tuple, list),
+             "adam_eps": (float, int), "eval_examples": int, "on_nonfinite": str, "device": str,
+             "compile": str, "model": (str, type(None)), "data": (str, type(None))}
 
     def validate(self):
         """Raise ValueError naming the first bad setting."""
@@ -53,23 +56,11 @@ class Config:
             if isinstance(value, bool) or not isinstance(value, types):
                 raise ValueError(f"{name} has the wrong type: {value!r}")
         check(self.objective, self.estimator, self.k, self.m, self.beta)
-        positive = {"layers": self.layers, "epochs": self.epochs, "batch_size": self.batch_size,
-                    "eval_examples": self.eval_examples}
-        for name, value in positive.items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < (0 if name == "epochs" else 1):
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if self.layers not in (1, 2):
-            raise ValueError(f"layers must be 1 or 2, got {self.layers}")
+        for name in ("epochs", "batch_size", "eval_examples"):
+            if getattr(self, name) < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name} must be a positive integer, got {getattr(self, name)!r}")
         if not 0 <= self.seed < 2 ** 63 - 1:
             raise ValueError(f"seed must be in [0, 2**63 - 1), got {self.seed}")
-        if self.limit_train is not None and self.limit_train < 1:
-            raise ValueError(f"limit_train must be >= 1, got {self.limit_train}")
-        if self.validation not in ("none", "paper"):
-            raise ValueError(f"validation must be 'none' or 'paper', got {self.validation!r}")
-        if self.likelihood not in ("bernoulli", "gaussian"):
-            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
-        if self.scale not in SCALES:
-            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.adam_eps)
@@ -82,8 +73,9 @@ class Config:
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, "
                              f"got {self.on_nonfinite!r}")
-        if "\0" in self.dataset or (self.init_from is not None and "\0" in self.init_from):
-            raise ValueError("dataset and init_from must not contain NUL characters")
+        if self.compile not in COMPILES:
+            raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {self.compile!r}")
+        parse_device(self.device)
         return self
 
     def to_dict(self):
@@ -102,11 +94,76 @@ class Config:
             d["adam_betas"] = tuple(d["adam_betas"])
         return cls(**d)
 
+    def comparable(self):
+        """The settings a resumed run must share with the original: all but epochs (which
+        may grow), the policy for non-finite values, the device and the compile mode."""
+        d = self.to_dict()
+        for name in ("epochs", "on_nonfinite", "device", "compile"):
+            d.pop(name)
+        return d
 
-def build_model(config, input_dim):
-    """The paper network for a config, on the CPU, freshly initialised."""
+
+@dataclass
+class Config(TrainConfig):
+    """Everything that determines an ``iwae train`` run: the loop's settings, the paper
+    network and the dataset (paper defaults)."""
+
+    dataset: str = "mnist"
+    layers: int = 1
+    limit_train: int | None = None     # use the first N training images
+    validation: str = "none"           # none: 60k/10k; paper: 59,600 train / 400 validation
+    likelihood: str = "bernoulli"      # bernoulli | gaussian (learned variance)
+    scale: str = "exp"                 # sigma = exp(head) (paper) | softplus(head)
+    init_from: str | None = None       # continue from another run's final weights (Table 2)
+
+    TYPES = {**TrainConfig.TYPES, "dataset": str, "layers": int, "limit_train": (int, type(None)),
+             "validation": str, "likelihood": str, "scale": str, "init_from": (str, type(None))}
+
+    def validate(self):
+        super().validate()
+        if self.model is not None or self.data is not None:
+            raise ValueError("model and data are iwae.fit's; an iwae train run has dataset and layers")
+        if self.layers not in (1, 2):
+            raise ValueError(f"layers must be 1 or 2, got {self.layers}")
+        if self.limit_train is not None and self.limit_train < 1:
+            raise ValueError(f"limit_train must be >= 1, got {self.limit_train}")
+        if self.validation not in ("none", "paper"):
+            raise ValueError(f"validation must be 'none' or 'paper', got {self.validation!r}")
+        if self.likelihood not in ("bernoulli", "gaussian"):
+            raise ValueError(f"likelihood must be 'bernoulli' or 'gaussian', got {self.likelihood!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if "\0" in self.dataset or (self.init_from is not None and "\0" in self.init_from):
+            raise ValueError("dataset and init_from must not contain NUL characters")
+        return self
+
+
+def parse_device(spec):
+    """'auto' | 'cpu' | 'cuda' | 'cuda:N' | 'meta' -> torch.device, or ValueError in one line.
+
+    auto: the current CUDA device where CUDA is available, else the CPU.
+    """
+    if not isinstance(spec, str) or not (spec in ("auto", "cpu", "cuda", "meta")
+                                          or (spec.startswith("cuda:") and spec[5:].isdigit())):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {spec!r}")
+    if spec == "auto":
+        spec = "cuda" if torch.cuda.is_available() else "cpu"
+    if spec.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {spec!r}: CUDA is not available here (torch {torch.__version__}, "
+                             f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        index = int(spec[5:]) if ":" in spec else torch.cuda.current_device()
+        if index >= torch.cuda.device_count():
+            raise ValueError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA "
+                             f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+        return torch.device("cuda", index)
+    return torch.device(spec)
+
+
+def build_model(config, input_dim, device="cpu"):
+    """The paper network for a config, freshly initialised, on device."""
     likelihood = Bernoulli() if config.likelihood == "bernoulli" else Gaussian()
-    return paper_model(config.layers, input_dim, likelihood, config.scale)
+    return paper_model(config.layers, input_dim, likelihood, config.scale).to(device)
 
 
 def write_config(config, run_dir):
@@ -115,6 +172,7 @@ def write_config(config, run_dir):
 
 
 def read_config(run_dir):
+    """The run's Config (an ``iwae train`` run) or TrainConfig (an ``iwae.fit`` run)."""
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise ValueError(f"{run_dir} is not a run directory (no config.json)")
@@ -122,7 +180,8 @@ def read_config(run_dir):
         d = json.loads(path.read_text())
         if not isinstance(d, dict):
             raise ValueError("not a JSON object")
-        return Config.from_dict(d).validate()
+        cls = TrainConfig if d.get("model") is not None else Config
+        return cls.from_dict(d).validate()
     except (ValueError, TypeError, UnicodeDecodeError) as err:   # JSONDecodeError is a ValueError
         reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ValueError(f"{path} is not a valid config: {reason}") from None

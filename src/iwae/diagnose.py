@@ -17,7 +17,6 @@ STL's IWAE encoder gradient is biased for k > 1, DReG's is not [Tucker et al. 20
 encoder follows the wake-phase q update, MIWAE/CIWAE follow other bounds.
 Nothing is stored per draw but a few projections: moments run in float64 (Welford).
 """
-import contextlib
 import json
 import math
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from .compile import flushed_subnormals
 from .objective import ALIASES, check
 from .objective import loss as iwae_loss
 
@@ -143,6 +143,10 @@ class _Moments:
         self.projections, self.projected = projections, []
 
     def add(self, g):
+        """One draw g [size] (on any device: the moments move there with the first draw)."""
+        if self.n == 0:
+            self.mean, self.m2 = self.mean.to(g.device), self.m2.to(g.device)
+            self.projections = self.projections.to(g.device)
         self.n += 1
         delta = g - self.mean                      # Welford: m2 += delta * (g - new mean)
         self.mean.add_(delta, alpha=1.0 / self.n)
@@ -213,17 +217,6 @@ def summarize(stats, reference=None):
     return out
 
 
-@contextlib.contextmanager
-def _flush_denormal():
-    """Subnormal floats (tiny normalised weights in the backward pass) as zero, then back to the
-    default: on x86 CPUs they are far slower, and their contribution to a gradient is nil."""
-    torch.set_flush_denormal(True)
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)
-
-
 def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100, seed=0,
                    progress=None):
     """Gradient diagnostics at the model's current parameters on the minibatch x [B, D].
@@ -241,7 +234,7 @@ def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, dra
     reference = Spec("iwae", "standard")
     projections = _projections([sum(p.numel() for p in ps) for _, ps in groups])
     results, skipped = [], []
-    with torch.random.fork_rng(), _flush_denormal():
+    with torch.random.fork_rng(), flushed_subnormals(x.device):
         for k in ks:
             started = time.perf_counter()
             ref = _draw(model, x, k, reference, None, draws, seed + REFERENCE_SEED_OFFSET, groups,
@@ -277,7 +270,7 @@ def _header(specs, draws, examples, seed):
 
 
 def diagnose(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100, examples=20, out=None,
-             data_dir=None, seed=0, progress=None):
+             data_dir=None, seed=0, progress=None, device="cpu"):
     """Diagnose a run's checkpoint on its first `examples` training images (fixed binarization).
 
     Writes diagnose.json and diagnose.png into `out` (default: the run directory);
@@ -286,17 +279,18 @@ def diagnose(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=100,
     epochs, draws, examples, seed and estimators already finished are taken from it, not redrawn
     (each k's draws are seeded alike whether computed alone or together).
     """
-    from .train import fixed_binarization, load_model, prepare, read_config
+    from .config import read_config
+    from .rundir import fixed_binarization, load_model, prepare
     if isinstance(examples, bool) or not isinstance(examples, int) or examples < 1:
         raise ValueError(f"examples must be an integer >= 1, got {examples!r}")
     specs = _specs(estimators)
     ks = parse_ks(",".join(map(str, ks)))
     config = read_config(run_dir)
-    model = load_model(run_dir)
+    model = load_model(run_dir, device)
     for p in model.parameters():
         p.requires_grad_(True)
     data, train_x, _, _ = prepare(config, data_dir)
-    x = fixed_binarization(train_x[:examples], data.binarization)
+    x = fixed_binarization(train_x[:examples], data.binarization).to(next(model.parameters()).device)
     out = Path(out) if out is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "diagnose.json", out / "diagnose.png"

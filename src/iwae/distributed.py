@@ -6,15 +6,16 @@ and MASTER_PORT and joins them into one process group (gloo for CPU tensors; whe
 available also NCCL for CUDA tensors). Without those variables, or with WORLD_SIZE=1,
 everything here is the single-process identity and no process group is made.
 
-Training (``train.train``): ``--batch-size`` is the GLOBAL batch (default 20, the paper's);
+Training (``iwae.fit``): ``--batch-size`` is the GLOBAL batch (default 20, the paper's);
 each of the W ranks takes a contiguous 1/W of every global batch (batch / W examples, so the
 batch must divide by W). The permutation, the binarization draws and the model's sample
 noise all come from generators seeded identically on every rank: each rank draws the whole
-global batch's binarization and eps and keeps its slice (``ShardedLoss``), so example j of a
-global batch sees the same noise whatever W is, and W ranks reach the parameters of one
-process up to float rounding. Gradients are averaged by DistributedDataParallel; every
-rank's loss is the mean over its shard, so the average over equal shards is the global
-batch mean (an epoch's shorter last batch is split as evenly as it goes and reweighted).
+global batch's binarization and eps and keeps its slice (``DataParallel``), so example j of
+a global batch sees the same noise whatever W is, and W ranks reach the parameters of one
+process up to float rounding. Each rank runs the same training step as one process
+(iwae.step) on its shard, and one all-reduce averages the gradients; every rank's loss is
+the mean over its shard, so the average over equal shards is the global batch mean (an
+epoch's shorter last batch is split as evenly as it goes and reweighted).
 Rank 0 alone writes the run directory (config, metrics, checkpoints) and prints.
 
 Evaluation (``seeded_log_likelihood``): the noise of each block of ``block`` consecutive
@@ -31,11 +32,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 
 from .evaluation import log_likelihood
-from .objective import loss as iwae_loss
 
 ENV_VARS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 TIMEOUT = datetime.timedelta(minutes=30)      # a rank that waits longer than this gives up
@@ -205,57 +204,48 @@ class _SlicedNoise(TorchFunctionMode):
         return full[:, self.start:self.start + self.size]
 
 
-class ShardedLoss(nn.Module):
-    """The training loss of this rank's shard of a global batch, as a module for DDP.
+class DataParallel:
+    """A step's gradients over W ranks: each rank computes its shard of every global batch,
+    with the global batch's noise (_SlicedNoise), and one all-reduce averages the gradients.
 
-    forward(x, batch, start): x [b, D] are examples start..start+b-1 of a global batch of
-    ``batch``; the noise is sliced from the global batch's draws (see _SlicedNoise). Returns
-    the shard's loss times b * W / batch, so that DDP's average over ranks of these
-    gradients is the gradient of the global batch mean (the factor is exactly 1 for equal
+    The shard's loss and gradients are weighted by b * W / batch, so that the average over
+    ranks is the gradient of the global batch mean (the factor is exactly 1 for equal
     shards). A rank with no examples (a last batch smaller than W) still draws the noise
-    and returns a zero that touches every parameter, so DDP's hooks fire everywhere.
+    and contributes zeros. The parameters start as rank 0's (broadcast once).
     """
 
-    def __init__(self, model, k, bound, estimator, m=None, beta=None, world_size=1):
-        super().__init__()
-        self.model = model
-        self.k, self.bound, self.estimator, self.m, self.beta = k, bound, estimator, m, beta
-        self.world_size = world_size
-
-    def forward(self, x, batch, start):
-        b = x.shape[0]
-        with _SlicedNoise(batch, start, b):
-            if b == 0:
-                self.model.log_weights(x, self.k)                 # the RNG draws only
-                return sum(p.sum() for p in self.model.parameters()) * 0.0
-            loss = iwae_loss(self.model, x, self.k, self.bound, self.estimator, m=self.m, beta=self.beta)
-        weight = b * self.world_size / batch
-        return loss if weight == 1 else loss * weight
-
-
-class DataParallel:
-    """A model's training loss over W ranks: DDP around ShardedLoss, plus the step's sums."""
-
-    def __init__(self, model, config, ctx):
-        from torch.nn.parallel import DistributedDataParallel
+    def __init__(self, model, batch_size, ctx):
         self.ctx = ctx
-        self.per_rank = per_rank_batch(config.batch_size, ctx.world_size)
-        module = ShardedLoss(model, config.k, config.objective, config.estimator,
-                             m=config.m, beta=config.beta, world_size=ctx.world_size)
-        device = next(model.parameters()).device
-        self.ddp = DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
+        self.per_rank = per_rank_batch(batch_size, ctx.world_size)
+        with torch.no_grad():
+            for tensor in list(model.parameters()) + list(model.buffers()):
+                dist.broadcast(tensor, src=0)
 
-    def loss(self, x):
-        """x: the whole global batch [B, D] (binarized); this rank's loss to backward."""
-        start, stop = shard_range(x.shape[0], self.ctx)
-        return self.ddp(x[start:stop], x.shape[0], start)
+    def gradients(self, fn, model, params, x, k):
+        """fn(params, shard) -> (loss, grads) on this rank's shard of the global batch x
+        [B, D]; returns this rank's weighted loss and the gradients averaged over ranks."""
+        batch = x.shape[0]
+        start, stop = shard_range(batch, self.ctx)
+        shard = x[start:stop]
+        with _SlicedNoise(batch, start, stop - start):
+            if stop == start:
+                with torch.no_grad():
+                    model.log_weights(shard, k)                   # the RNG draws only
+                loss, grads = torch.zeros((), device=x.device), [torch.zeros_like(p) for p in params]
+            else:
+                loss, grads = fn(params, shard)
+        weight = (stop - start) * self.ctx.world_size / batch
+        flat = torch.cat([g.reshape(-1) for g in grads]) * (weight / self.ctx.world_size)
+        dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+        grads = [g.view_as(p) for g, p in zip(flat.split([p.numel() for p in params]), params)]
+        return loss * weight, grads
 
     def reduce(self, loss, signals=None):
         """The global batch's loss (detached), the same on every rank, in one all-reduce that
         also tells ``signals`` (an AgreedSignals) whether any rank has received a signal."""
         local = signals is not None and signals.signals.received is not None
         both = torch.stack([loss.detach().double().reshape(()),
-                            torch.tensor(float(local), dtype=torch.float64)])
+                            torch.tensor(float(local), dtype=torch.float64, device=loss.device)])
         dist.all_reduce(both, op=dist.ReduceOp.SUM)
         if signals is not None and both[1] > 0 and signals.received is None:
             signals.received = signals.signals.received or signal.SIGTERM

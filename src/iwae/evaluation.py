@@ -1,16 +1,16 @@
 """The L_k estimate of log p(x), for any module with ``log_weights(x, k)``."""
 import math
-import os
 
 import torch
 
-
+from .compile import compiled, flushed_subnormals
 
 CHUNK_BYTES = 24 << 20     # keep a chunk's [rows, D] float buffers below glibc's mmap limit
-COMPILE_MIN_WORK = 1 << 24  # compile the Bernoulli kernel when k * N * D reaches this (L_5000)
+COMPILE_MIN_WORK = 1 << 24  # compile log_weights when k * N * D reaches this (L_5000)
 
 
-def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False):
+def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False,
+                   compile="auto"):
     """L_k = logsumexp_i log w_i - log k per datapoint: x [N, D] -> float64 [N].
 
     Runs over x in batches of ``batch_size`` and over the k samples in chunks of at most
@@ -20,25 +20,29 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
 
     Chunks are further capped at CHUNK_BYTES of [rows, D] data (8024 rows of 784 floats):
     larger buffers are fresh mmaps from the C allocator on every chunk, whose page faults
-    cost as much as a third of the matrix products. Runs under torch.inference_mode. The
-    paper's networks (see iwae.step.model_unsupported) run iwae.step.inference_log_weights:
-    the same samples as model.log_weights, reused output buffers, and on the CPU for large
-    chunks one compiled pass for the Bernoulli term (IWAE_COMPILE=0 turns compiling off).
+    cost as much as a third of the matrix products. Runs ``model.log_weights`` under
+    torch.inference_mode with subnormals flushed (CPU); compile: "auto" compiles it
+    (torch.compile, the same samples) when k * N * D reaches COMPILE_MIN_WORK, "step"
+    always, "off" never.
     """
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
         raise ValueError(f"k must be an integer >= 1, got {k!r}")
     if batch_size < 1 or max_samples < 1:
         raise ValueError("batch_size and max_samples must be >= 1")
+    if compile not in ("auto", "off", "step"):
+        raise ValueError(f"compile must be auto, off or step, got {compile!r}")
     rows = max(1, min(max_samples, CHUNK_BYTES // max(1, x.element_size() * x[0].numel())))
-    log_weights = _fast_log_weights(model, x, k) or model.log_weights
+    log_weights = _log_weights
+    if compile == "step" or (compile == "auto" and k * x.numel() >= COMPILE_MIN_WORK):
+        log_weights = _compiled(x.device)
     out, elbo = [], []
-    with torch.inference_mode():
+    with torch.inference_mode(), flushed_subnormals(x.device):
         for xb in x.split(batch_size):
             chunk = max(1, rows // xb.shape[0])
             total = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)
             mean = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
             for start in range(0, k, chunk):
-                log_w = log_weights(xb, min(chunk, k - start)).double()           # [c, b]
+                log_w = log_weights(model, xb, min(chunk, k - start)).double()           # [c, b]
                 total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
                 mean += log_w.sum(0) / k
             out.append(total - math.log(k))
@@ -48,23 +52,18 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
     return (out, elbo) if with_elbo else out
 
 
-def _fast_log_weights(model, x, k):
-    """inference_log_weights bound to a workspace, or None where it does not apply."""
-    from .step import (CompiledKernels, EagerKernels, ManualPlan, Workspace,
-                       inference_log_weights, model_unsupported)
-    if model_unsupported(model, training=False) is not None:
-        return None
-    p = next(model.parameters())
-    if x.dtype != p.dtype or x.device != p.device:
-        return None
-    plan, ws = ManualPlan(model), Workspace()
-    env = os.environ.get("IWAE_COMPILE", "")
-    compiled = env == "1" or (env != "0" and p.device.type == "cpu" and k * x.numel() >= COMPILE_MIN_WORK)
-    kernels = CompiledKernels if compiled else EagerKernels
+def _log_weights(model, x, k):
+    return model.log_weights(x, k)
 
-    def log_weights(xb, c):
-        return inference_log_weights(plan, xb, c, ws, kernels)
-    return log_weights
+
+_compiled_log_weights = {}
+
+
+def _compiled(device):
+    """_log_weights compiled for a device type (the model is an argument: one cache for all)."""
+    if device.type not in _compiled_log_weights:
+        _compiled_log_weights[device.type] = compiled(_log_weights, device)
+    return _compiled_log_weights[device.type]
 
 
 @torch.no_grad()

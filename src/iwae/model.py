@@ -8,14 +8,12 @@ and its single product is ``log_weights(x, k)``: the [k, batch] tensor of
 at k samples z_i ~ q(z | x), every stochastic layer included [Burda et al. 2016, eq. 8].
 Bounds and gradient estimators are functions of that tensor alone.
 """
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .densities import Bernoulli, normal_log_prob, standard_normal_log_prob
+from .densities import HALF_LOG_2PI, Bernoulli, normal_log_prob, standard_normal_log_prob
 from .nets import glorot_, mlp
 
 SCALES = ("exp", "softplus")
@@ -96,26 +94,23 @@ class Model(nn.Module):
         yield from self.decoder_layers.parameters()
         yield from self.decoder.parameters()
 
-    def log_weights(self, x, k, *, stop_q=False, stop_z=False):
-        """log w [k, B] for x [B, D] at k samples per datapoint.
+    def log_weights(self, x, k, *, stop_q=False, stop_z=False, zs=None):
+        """log w [k, B] for x [B, D] at k samples per datapoint:
+        log w = log_joint(x, z) - log q(z | x).
 
         x broadcasts against the samples: neither x nor the first layer's outputs are
         copied k times.
         stop_q: log q(z | x) is evaluated with q's parameters stopped while z keeps its
             path gradient (STL, Roeder et al. 2017; DReG, Tucker et al. 2019).
         stop_z: the samples carry no gradient (score-function / wake-sleep updates).
+        zs: evaluate at these samples ([[k, B, d_l]], bottom layer first, as ``sample_q``
+            returns them) instead of drawing new ones; k is then their first dimension.
         """
-        if k < 1:
-            raise ValueError(f"k must be >= 1, got {k}")
-        log_q = 0.0
-        zs = []
-        h = x                                                   # [B, D], then [k, B, d]
-        for depth, layer in enumerate(self.encoder):
-            mu, log_sigma = layer(h)                            # [B, d] or [k, B, d]
-            eps = torch.randn((k,) + mu.shape[-2:], dtype=mu.dtype, device=mu.device)
-            z = mu + torch.exp(log_sigma) * eps                 # [k, B, d]
-            if stop_z:
-                z = z.detach()
+        if zs is None and (isinstance(k, bool) or not isinstance(k, int) or k < 1):
+            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+        log_q, drawn = 0.0, []
+        for depth, (layer, h, mu, log_sigma, eps, z) in enumerate(self._posterior(x, k, zs, stop_z)):
+            if stop_z or (zs is not None and not stop_q):
                 log_q = log_q + normal_log_prob(z, mu, log_sigma)
             elif stop_q:
                 if depth == 0:      # x carries no gradient: stopping the outputs stops phi
@@ -126,16 +121,39 @@ class Model(nn.Module):
                 log_q = log_q + normal_log_prob(z, mu_q, log_sigma_q)
             else:                   # (z - mu) / sigma = eps exactly: no need to recompute it
                 log_q = log_q - (0.5 * eps.square() + log_sigma).sum(-1) \
-                    - 0.5 * math.log(2 * math.pi) * z.shape[-1]
-            zs.append(z)
+                    - HALF_LOG_2PI * z.shape[-1]
+            drawn.append(z)
+        return self.log_joint(x, drawn) - log_q
+
+    def sample_q(self, x, k):
+        """k reparameterised draws z ~ q(z | x) of every layer: [[k, B, d_l]], bottom first."""
+        return [z for *_, z in self._posterior(x, k)]
+
+    def _posterior(self, x, k, zs=None, stop_z=False):
+        """Per q layer, bottom first: (layer, its input h, mu, log sigma, eps, z), with
+        z = mu + sigma * eps drawn (eps [k, B, d]) or, with zs, given (eps None)."""
+        h = x                                                   # [B, D], then [k, B, d]
+        for depth, layer in enumerate(self.encoder):
+            mu, log_sigma = layer(h)                            # [B, d] or [k, B, d]
+            if zs is None:
+                eps = torch.randn((k,) + mu.shape[-2:], dtype=mu.dtype, device=mu.device)
+                z = mu + torch.exp(log_sigma) * eps             # [k, B, d]
+                z = z.detach() if stop_z else z
+            else:
+                eps, z = None, zs[depth]
+            yield layer, h, mu, log_sigma, eps, z
             h = z
-        log_p = standard_normal_log_prob(zs[-1])                 # [k, B]
+
+    def log_joint(self, x, zs):
+        """log p(x, z) [k, B] at samples zs [[k, B, d_l]] (bottom first): the prior
+        N(0, I) on the top layer, the generative layers below it, the likelihood of x."""
+        h = zs[-1]
+        log_p = standard_normal_log_prob(h)                     # [k, B]
         for layer, below in zip(self.decoder_layers, reversed(zs[:-1])):
             mu, log_sigma = layer(h)
             log_p = log_p + normal_log_prob(below, mu, log_sigma)
             h = below
-        log_p = log_p + self.likelihood.log_prob(x, self._decode(h))
-        return log_p - log_q
+        return log_p + self.likelihood.log_prob(x, self._decode(h))
 
     def _decode(self, z):
         """z_1 [..., d_1] -> likelihood parameters [..., D * params_per_dim]."""

@@ -1,10 +1,15 @@
-"""The training loss: a bound's value with a chosen gradient estimator's gradient.
+"""The training objective: a bound's value with a chosen gradient estimator's gradient.
 
-``loss(model, x, k, bound, estimator)`` returns a scalar whose value is always
--mean_b bound(log w)_b, whatever the estimator, and whose gradient is the estimator's
-(the stop-gradient surrogate trick), so logged numbers never depend on the estimator.
+Every estimator (``iwae.estimators``) maps the model, as a pure function of its parameters
+(``Functional``), to ``(loss, gradients)``: the loss is always -mean_b bound(log w)_b,
+whatever the estimator, so logged numbers never depend on it, and the gradients are the
+estimator's. The training step compiles exactly that function (``iwae.step``);
+``loss(model, x, ...)`` wraps it as a scalar whose ``backward()`` leaves those gradients in
+``p.grad``, for a plain PyTorch loop.
 """
 import torch
+import torch.nn as nn
+from torch.func import functional_call, grad_and_value
 
 from . import bounds
 from .estimators import ESTIMATORS
@@ -53,16 +58,86 @@ class Objective:
             return bounds.ciwae_bound(log_w, self.beta)
         return bounds.iwae_bound(log_w)                          # iwae, piwae
 
-    def decoder_surrogate(self, log_w):
-        """The scalar whose gradient the decoder follows."""
+    def surrogate(self, log_w, group="decoder"):
+        """The scalar whose gradient a parameter group follows: -mean(bound), except that
+        PIWAE's encoder follows the MIWAE bound."""
+        if group == "encoder" and self.name == "piwae":
+            return -bounds.miwae_bound(log_w, self.m).mean()
         return -self.value(log_w).mean()
 
-    def surrogate(self, log_w):
-        """The scalar to differentiate, or per-group scalars for PIWAE."""
-        if self.name == "piwae":
-            return {"encoder": -bounds.miwae_bound(log_w, self.m).mean(),
-                    "decoder": -bounds.iwae_bound(log_w).mean()}
-        return -self.value(log_w).mean()
+    def cotangent(self, log_w, group="decoder"):
+        """(d surrogate / d log w [k, B], the surrogate's value) at log_w, held constant."""
+        return grad_and_value(self.surrogate)(log_w.detach(), group)
+
+    def group_weights(self, log_w):
+        """w~ normalised within each of the encoder's groups of samples: [k, B] (softmax
+        over all k samples for one group)."""
+        k, batch = log_w.shape
+        groups = log_w.detach().reshape(self.encoder_groups, k // self.encoder_groups, batch)
+        return torch.softmax(groups, dim=1).reshape(k, batch)
+
+
+class _Methods(nn.Module):
+    """Calls a method of the wrapped model by name, so that functional_call reaches it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, method, *args, **kwargs):
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+class Functional:
+    """A model's methods as pure functions of its trainable parameters.
+
+    ``log_weights(params, x, k, **options)`` runs ``model.log_weights`` with the tensors
+    ``params`` (in the order of ``parameters()``) in place of the parameters
+    (torch.func.functional_call): the model's own code, differentiated by torch.func and
+    compiled by torch.compile, never a copy of it.
+    """
+
+    def __init__(self, model):
+        if not callable(getattr(model, "log_weights", None)):
+            raise ValueError(f"{type(model).__name__} has no log_weights(x, k) method; iwae trains "
+                             "modules that map a batch to log importance weights [k, batch]")
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = tuple(n for n, _ in named)
+        index = {id(p): i for i, (_, p) in enumerate(named)}
+        self._slots, owners = [], set()    # every (module, attribute) holding a parameter, once
+        for name, p in model.named_parameters(remove_duplicate=False):
+            prefix, _, attr = name.rpartition(".")
+            owner = (id(model.get_submodule(prefix)), attr)
+            if id(p) in index and owner not in owners:
+                owners.add(owner)
+                self._slots.append((f"model.{name}", index[id(p)]))
+        self._module = _Methods(model)
+        self.splits = callable(getattr(model, "sample_q", None))
+        groups = getattr(model, "encoder_parameters", None)
+        encoder = {id(p) for p in groups()} if callable(groups) else None
+        self.encoder_mask = None if encoder is None else tuple(id(p) in encoder for _, p in named)
+
+    def parameters(self):
+        """The trainable parameters, in the order of every params tuple."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def call(self, method, params, *args, **kwargs):
+        weights = {name: params[i] for name, i in self._slots}
+        # every (module, attribute) swapped once, tie_weights=False: a parameter shared by two
+        # modules is swapped in both; a module reached by two paths only once (swapped twice,
+        # torch 2.13 leaves it holding the swapped-in tensor afterwards)
+        return functional_call(self._module, weights, (method, *args), kwargs, tie_weights=False)
+
+    def log_weights(self, params, x, k, **options):
+        return self.call("log_weights", params, x, k, **options)
+
+    def by_group(self, encoder, decoder, estimator):
+        """Per parameter: the encoder's gradient for q's parameters, the decoder's otherwise."""
+        if self.encoder_mask is None:
+            raise ValueError(f"{estimator} treats q's and p's parameters differently: the model needs "
+                             "encoder_parameters() (and decoder_parameters()), as iwae.Model has")
+        return tuple(e if enc else d for e, d, enc in zip(encoder, decoder, self.encoder_mask))
 
 
 def check(bound, estimator, k, m=None, beta=None):
@@ -78,34 +153,19 @@ def check(bound, estimator, k, m=None, beta=None):
 
 
 def loss(model, x, k, bound="iwae", estimator="standard", *, m=None, beta=None):
-    """-mean(bound) over the batch x [B, D], with the estimator's gradient.
+    """-mean(bound) over the batch x [B, D], whose backward() gives the estimator's gradient.
 
     model: anything with ``log_weights(x, k, stop_q=, stop_z=)``; estimators that treat
     q and p differently (dreg, rws, and the piwae bound) also need
-    ``encoder_parameters()`` and ``decoder_parameters()``.
+    ``encoder_parameters()`` and ``decoder_parameters()``. The gradients are computed
+    here, by the estimator, and attached to the returned scalar (its value is exactly the
+    loss): ``loss.backward()`` then puts them in p.grad.
     """
     objective, est = check(bound, estimator, k, m, beta)
-    log_w = model.log_weights(x, k, **est.log_weight_options)   # [k, B]
-    surrogate = est.surrogates(log_w, objective)
-    if not isinstance(surrogate, dict):
-        return surrogate                                         # its value is -mean(bound)
-    value = -objective.value(log_w).mean().detach()
-    if not torch.is_grad_enabled() or not log_w.requires_grad:
-        return value
-    return value + _inject(model, surrogate)
-
-
-def _inject(model, surrogates):
-    """A zero-valued scalar whose gradient is each group's surrogate gradient.
-
-    The DReG reference code differentiates one surrogate per parameter group; here each
-    group's gradient g is computed once and re-attached as sum(p * g) - sum(p * g).detach().
-    """
-    groups = [(list(model.encoder_parameters()), surrogates["encoder"]),
-              (list(model.decoder_parameters()), surrogates["decoder"])]
-    total = 0.0
-    for i, (params, surrogate) in enumerate(groups):
-        params = [p for p in params if p.requires_grad]
-        grads = torch.autograd.grad(surrogate, params, retain_graph=i == 0, allow_unused=True)
-        total = total + sum((p * g).sum() for p, g in zip(params, grads) if g is not None)
-    return total - total.detach()
+    f = Functional(model)
+    params = f.parameters()
+    if not torch.is_grad_enabled() or not params:
+        return objective.surrogate(model.log_weights(x, k))
+    value, grads = est.gradients(f, tuple(p.detach() for p in params), x, objective)
+    attached = sum((p * g).sum() for p, g in zip(params, grads))
+    return value + (attached - attached.detach())

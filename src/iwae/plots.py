@@ -19,7 +19,7 @@ from .config import read_config
 from .data import load_dataset
 from .evaluation import active_units
 from .report import ACTIVE_UNIT_EXAMPLES
-from .train import EVAL_SEED, METRICS, fixed_binarization, load_model, prepare
+from .rundir import EVAL_SEED, METRICS, fixed_binarization, load_model, prepare
 
 DPI = 100
 GAP = 2                 # pixels between and around the tiles of a grid
@@ -181,19 +181,19 @@ def read_metrics(run_dir):
     return records
 
 
-def sample_run(run_dir, path=None, *, n=100, seed=0, data_dir=None):
+def sample_run(run_dir, path=None, *, n=100, seed=0, data_dir=None, device="cpu"):
     """plot_samples for a trained run, into path (default run_dir/samples.png).
 
     The image shape is that of the run's dataset, which is therefore loaded.
     """
     config = read_config(run_dir)
-    model = load_model(run_dir)
+    model = load_model(run_dir, device)
     data = load_dataset(config.dataset, data_dir, validation=config.validation,
                         likelihood=config.likelihood)
     return plot_samples(model, data.image_shape, path or Path(run_dir) / "samples.png", n, seed)
 
 
-def plot_run(run_dir, *, data_dir=None, limit=ACTIVE_UNIT_EXAMPLES):
+def plot_run(run_dir, *, data_dir=None, limit=ACTIVE_UNIT_EXAMPLES, device="cpu"):
     """learning_curves.png, reconstructions.png and active_units.png in run_dir; their paths.
 
     Reconstructions: the first 10 test images; active units: the first ``limit`` training
@@ -201,12 +201,13 @@ def plot_run(run_dir, *, data_dir=None, limit=ACTIVE_UNIT_EXAMPLES):
     """
     run_dir = Path(run_dir)
     config = read_config(run_dir)
-    model = load_model(run_dir)
+    model = load_model(run_dir, device)
+    device = next(model.parameters()).device
     data, train_x, _, _ = prepare(config, data_dir)
-    test_x = fixed_binarization(data.test[:10], data.binarization)
+    test_x = fixed_binarization(data.test[:10], data.binarization).to(device)
     with torch.random.fork_rng():
         torch.manual_seed(EVAL_SEED)
-        _, variances = active_units(model, fixed_binarization(train_x[:limit], data.binarization))
+        _, variances = active_units(model, fixed_binarization(train_x[:limit], data.binarization).to(device))
     return [plot_learning_curves(read_metrics(run_dir), run_dir / "learning_curves.png"),
             plot_reconstructions(model, test_x, data.image_shape, run_dir / "reconstructions.png"),
             plot_active_units(variances, run_dir / "active_units.png")]

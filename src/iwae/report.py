@@ -5,14 +5,15 @@ from tqdm import tqdm
 
 from . import distributed
 from .evaluation import active_units, unit_kl
-from .train import EVAL_SEED, fixed_binarization, load_model, prepare, read_config
+from .config import read_config
+from .rundir import EVAL_SEED, fixed_binarization, load_model, prepare
 
 ACTIVE_UNIT_EXAMPLES = 500
 INFORMATIVE_NATS = 0.05     # a unit with mean KL(q || its prior) above this carries information
 
 
 def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, seed=EVAL_SEED,
-                 per_example=None, quiet=True, batch_size=100):
+                 per_example=None, quiet=True, batch_size=100, device="cpu"):
     """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
 
     Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
@@ -20,11 +21,14 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     informative_units (units with unit_kl > INFORMATIVE_NATS, per layer). The images are
     binarized once with a fixed seed; the sample noise of each block of batch_size images is
     seeded from (seed, block index), so under torchrun the ranks share the blocks and every
-    rank returns the single-process numbers.
+    rank returns the single-process numbers. device: where the model runs ('auto', 'cpu',
+    'cuda', 'cuda:N'); the numbers are computed in float32 there and accumulated in float64.
     """
     config = read_config(run_dir)
-    model = load_model(run_dir)
+    model = load_model(run_dir, device)
+    device = next(model.parameters()).device
     data, train_x, _, _ = prepare(config, data_dir)
+    train_x = train_x.to(device)
     if split not in ("test", "train"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     x = data.test if split == "test" else train_x
@@ -32,13 +36,13 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         x = x[:limit]
-    x = fixed_binarization(x, data.binarization, seed)
+    x = fixed_binarization(x, data.binarization, seed).to(device)
     ctx = distributed.init()                       # under torchrun: join the process group (once)
     bar = lambda blocks: tqdm(blocks, disable=quiet or not ctx.is_main, desc=f"L_{k}", unit="batch")
     ll, elbo = distributed.seeded_log_likelihood(model, x, k, seed=seed, block=batch_size, with_elbo=True,
                                                  ctx=ctx, progress=bar)
     if per_example is not None and ctx.is_main:
-        np.save(per_example, ll.numpy())
+        np.save(per_example, ll.cpu().numpy())
     nll = -ll.mean().item()
     return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]),
             "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll,
@@ -50,7 +54,7 @@ def units(model, train_x, binarization, seed=EVAL_SEED):
     images: active_units and unit_variances (Burda's A_u), informative_units and unit_kl."""
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES], binarization, seed)
+        units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES].cpu(), binarization, seed).to(train_x.device)
         counts, variances = active_units(model, units_x)
         kl = unit_kl(model, units_x)
     return {"active_units": counts, "unit_variances": [v.tolist() for v in variances],
@@ -58,8 +62,9 @@ def units(model, train_x, binarization, seed=EVAL_SEED):
             "unit_kl": [u.tolist() for u in kl]}
 
 
-def run_units(run_dir, data_dir=None):
+def run_units(run_dir, data_dir=None, device="cpu"):
     """units() for a run directory's trained model, on the data set it was trained on."""
     config = read_config(run_dir)
     data, train_x, _, _ = prepare(config, data_dir)
-    return units(load_model(run_dir), train_x, data.binarization)
+    model = load_model(run_dir, device)
+    return units(model, train_x.to(next(model.parameters()).device), data.binarization)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from .train import TrainingError
+from .rundir import TrainingError
 
 # [Burda et al. 2016, Table 1] MNIST rows: (layers, objective, k) -> (test NLL, active units)
 PAPER_TABLE1 = {
@@ -104,7 +104,8 @@ def train_command(run, run_dir, args, threads, init_from=None):
     cmd = [sys.executable, "-m", "iwae", "train", "--out", str(run_dir), "--threads", str(threads),
            "--dataset", run["dataset"],
            "--layers", str(run["layers"]), "--objective", run["objective"], "--k", str(run["k"]),
-           "--epochs", str(run["epochs"]), "--seed", str(args.seed), "--final-k", str(args.final_k), "--quiet"]
+           "--epochs", str(run["epochs"]), "--seed", str(args.seed), "--final-k", str(args.final_k), "--quiet",
+           "--device", args.device]
     if init_from:
         cmd += ["--init-from", str(init_from), "--schedule", "constant", "--lr", "1e-4"]
     for flag, value in (("--data-dir", args.data_dir), ("--limit-train", args.limit_train),

@@ -1,9 +1,9 @@
-"""Gradient estimators: each turns one tensor of log weights into surrogate losses.
+"""Gradient estimators: each turns the model's log weights into (loss, gradients).
 
-An estimator has ``log_weight_options`` (how the model must compute log w) and
-``surrogates(log_w, objective)``, which returns either one scalar whose gradient is the
-estimator's for every parameter, or a dict {"encoder": s_phi, "decoder": s_theta} when
-q's parameters phi and p's parameters theta take different gradients.
+An estimator module has ``SUPPORTS`` (the bounds it applies to) and
+``gradients(f, params, x, objective)``: f is the model as a pure function of its parameters
+(``iwae.objective.Functional``), params a tuple of tensors; it returns the loss
+-mean(bound) and one gradient per parameter. The math of each is in its docstring.
 """
 from . import dreg, rws, standard, stl
 

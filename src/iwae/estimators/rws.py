@@ -4,14 +4,19 @@ With samples that carry no gradient and w~ = softmax(log w) held constant:
     decoder: ascend sum_i w~_i d/dtheta log p(x, z_i)  (the IWAE gradient for theta)
     encoder: ascend sum_i w~_i d/dphi   log q(z_i | x) (the wake-phase q update, which
              fits q to the self-normalised posterior estimate, minimising KL(p(z|x) || q))
-Since log w = log p - log q, both come from one weighted sum of log w with opposite signs.
+Since log w = log p - log q and the samples are fixed, one backward pass of
+-sum_i w~_i log w_i gives the decoder's gradient and the encoder's with its sign flipped.
 """
 import torch
+from torch.func import vjp
 
 SUPPORTS = ("iwae",)
-log_weight_options = {"stop_z": True}
 
 
-def surrogates(log_w, objective):
-    weighted = (torch.softmax(log_w.detach(), 0) * log_w).sum(0).mean()  # sum_i w~_i log w_i
-    return {"encoder": weighted, "decoder": -weighted}
+def gradients(f, params, x, objective):
+    log_w, pullback = vjp(lambda p: f.log_weights(p, x, objective.k, stop_z=True), params)
+    w = torch.softmax(log_w.detach(), 0)                          # [k, B]
+    (grads,) = pullback(w / -log_w.shape[1])                      # of -mean_b sum_i w~_i log w_i
+    encoder = tuple(-g for g in grads)
+    value = -objective.value(log_w.detach()).mean()
+    return value, f.by_group(encoder, grads, "rws")

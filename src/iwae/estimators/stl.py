@@ -5,10 +5,10 @@ the score term sum_i w~_i d/dphi log q(z_i|x)|_z, whose expectation is zero for 
 for k > 1 the resulting IWAE encoder gradient is biased (Tucker et al. 2019, sec. 3), which
 DReG corrects. When q equals the exact posterior, the encoder gradient is zero per sample.
 """
+from .pullback import pull_back
 
 SUPPORTS = ("elbo", "iwae", "miwae", "ciwae", "piwae")
-log_weight_options = {"stop_q": True}
 
 
-def surrogates(log_w, objective):
-    return objective.surrogate(log_w)
+def gradients(f, params, x, objective):
+    return pull_back(f, params, x, objective, "stl", stop_q=True)

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The CUDA path in a few minutes, on a machine with one GPU and a CUDA build of torch:
+#   bash benchmarks/gpu.sh [DATA_DIR]          (DATA_DIR: default $IWAE_DATA_DIR, else ../shared/data)
+# 1. the CUDA tests (graph-captured and compiled steps against the eager one, devices);
+# 2. the step benchmark on CUDA: both nets, k = 1, 5, 50 (benchmarks/results/step_cuda.*);
+# 3. one epoch of `iwae train --device cuda` (the paper's 1-layer IWAE, k=5) and L_5000 on the
+#    first 1,000 test images.
+# Everything it prints goes to ${OUT:-benchmarks/results}/gpu.log as well.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA="${1:-${IWAE_DATA_DIR:-$(cd .. && pwd)/shared/data}}"
+LOG_DIR="${OUT:-benchmarks/results}"
+mkdir -p "$LOG_DIR"
+export PYTHONPATH="$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 IWAE_DATA_DIR="$DATA"
+python3 - <<'PY'
+import torch
+assert torch.cuda.is_available(), f"gpu.sh needs CUDA (torch {torch.__version__}, CUDA build {torch.version.cuda})"
+print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(0)}")
+PY
+{
+  echo "== CUDA tests"
+  start=$SECONDS
+  python3 -m pytest -q -p no:cacheprovider tests/test_step.py tests/test_device.py -k "cuda" -rs
+  echo "tests: $((SECONDS - start)) s"
+  echo "== step benchmark on CUDA"
+  start=$SECONDS
+  python3 -m benchmarks.step --device cuda --steps 100 --pretrain 50 --no-eval --out "$LOG_DIR"
+  echo "benchmark: $((SECONDS - start)) s"
+  echo "== 1 epoch of iwae train --device cuda, then L_5000 on 1,000 test images"
+  start=$SECONDS
+  rm -rf /tmp/iwae-gpu-run
+  python3 -m iwae train --device cuda --epochs 1 --out /tmp/iwae-gpu-run --final-limit-test 1000 --quiet
+  echo "train + evaluate: $((SECONDS - start)) s"
+} 2>&1 | tee "$LOG_DIR/gpu.log"

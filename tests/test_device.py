@@ -1,0 +1,115 @@
+"""Device handling without a GPU: every public entry point runs on the `meta` device, where a
+tensor created on the CPU by mistake fails (meta and CPU tensors do not mix); --device
+errors are one line."""
+import pytest
+import torch
+
+import iwae
+from iwae import diagnose
+from iwae.cli import main
+from iwae.config import parse_device
+from iwae.evaluation import unit_kl
+from iwae.optim import make_optimizer
+from iwae.step import make_step
+
+META = torch.device("meta")
+CONFIGS = [("iwae", "standard", {}), ("elbo", "standard", {}), ("miwae", "standard", {"m": 2}),
+           ("ciwae", "standard", {"beta": 0.5}), ("piwae", "standard", {"m": 2}), ("iwae", "stl", {}),
+           ("iwae", "dreg", {}), ("piwae", "dreg", {"m": 2}), ("iwae", "rws", {})]
+
+
+@pytest.fixture(params=[1, 2], ids=["1-layer", "2-layer"])
+def meta_model(request):
+    return iwae.paper_model(request.param).to(META)
+
+
+def x_meta(n=3):
+    return torch.empty(n, 784, device=META)
+
+
+def test_log_weights_on_meta(meta_model):
+    log_w = meta_model.log_weights(x_meta(), 4)
+    assert log_w.device == META and log_w.shape == (4, 3)
+    zs = meta_model.sample_q(x_meta(), 2)
+    assert all(z.device == META for z in zs)
+    assert meta_model.log_weights(x_meta(), 2, zs=zs, stop_q=True).device == META
+
+
+@pytest.mark.parametrize("bound,estimator,kw", CONFIGS)
+def test_loss_and_gradients_on_meta(meta_model, bound, estimator, kw):
+    loss = iwae.loss(meta_model, x_meta(), 4, bound, estimator, **kw)
+    loss.backward()
+    assert loss.device == META
+    assert all(p.grad is not None and p.grad.device == META for p in meta_model.parameters())
+
+
+@pytest.mark.parametrize("estimator", ["standard", "dreg"])
+def test_a_training_step_on_meta(meta_model, estimator):
+    step = make_step(meta_model, make_optimizer(meta_model.parameters(), 1e-3), 3, estimator=estimator,
+                     compile="off")
+    assert step(x_meta()).device == META
+    assert all(p.device == META for p in meta_model.parameters())
+
+
+def test_log_likelihood_on_meta(meta_model):
+    ll, elbo = iwae.log_likelihood(meta_model, x_meta(), 10, max_samples=8, with_elbo=True, compile="off")
+    assert ll.device == META and elbo.device == META and ll.shape == (3,)
+
+
+def test_sampling_reconstruction_and_units_on_meta(meta_model):
+    assert meta_model.sample(5).device == META
+    assert meta_model.reconstruct(x_meta()).device == META
+    assert all(mu.device == META for mu in meta_model.encode(x_meta()))     # active units' means
+    assert all(u.device == META for u in unit_kl(meta_model, x_meta()))
+
+
+def test_diagnose_draws_on_meta(meta_model):
+    groups = [("encoder", list(meta_model.encoder_parameters())),
+              ("decoder", list(meta_model.decoder_parameters()))]
+    projections = diagnose._projections([sum(p.numel() for p in ps) for _, ps in groups])
+    spec = diagnose.parse_estimators("dreg")[0]
+    stats = diagnose._draw(meta_model, x_meta(), 4, spec, None, 2, 0, groups, projections)
+    assert all(s.mean.device == META and s.n == 2 for s in stats.values())
+
+
+@pytest.mark.parametrize("spec,message", [
+    ("tpu", "device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    ("cuda:x", "device must be auto, cpu, cuda or cuda:N, got 'cuda:x'"),
+])
+def test_bad_device_names(spec, message):
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        parse_device(spec)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal without CUDA")
+@pytest.mark.parametrize("spec", ["cuda", "cuda:7"])
+def test_cuda_without_cuda_is_refused(spec):
+    with pytest.raises(ValueError, match=f"^device '{spec}': CUDA is not available here"):
+        parse_device(spec)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_a_cuda_device_that_does_not_exist_is_refused():
+    n = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=f"this machine has {n} CUDA device"):
+        parse_device(f"cuda:{n}")
+
+
+def test_auto_is_the_cpu_without_cuda():
+    assert parse_device("auto") == (torch.device("cuda", torch.cuda.current_device())
+                                    if torch.cuda.is_available() else torch.device("cpu"))
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate RUN", "sample RUN", "plot RUN", "diagnose RUN",
+                                     "reproduce --table 1 --epochs 1"])
+@pytest.mark.parametrize("spec,message", [
+    ("tpu", "argument --device: device must be auto, cpu, cuda or cuda:N, got 'tpu'"),
+    pytest.param("cuda:7", "argument --device: device 'cuda:7': CUDA is not available here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="without CUDA")),
+])
+def test_every_command_refuses_a_bad_device_in_one_line(command, spec, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(command.replace("RUN", str(tmp_path)).split() + ["--device", spec])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert err.startswith(f"iwae: error: {message}")
