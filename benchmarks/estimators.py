@@ -115,7 +115,8 @@ def bounds64(run_dir, args):
     """The IWAE-64 bound and the 64-sample ELBO on the evaluation's test images (fixed seed)."""
     import torch
     from iwae.evaluation import log_likelihood
-    from iwae.train import EVAL_SEED, fixed_binarization, load_model, prepare, read_config
+    from iwae.config import read_config
+    from iwae.rundir import EVAL_SEED, fixed_binarization, load_model, prepare
     config = read_config(run_dir)
     model = load_model(run_dir)
     data, _, _, _ = prepare(config, args.data_dir)
@@ -186,8 +187,10 @@ def step_times(rows, args, out):
         if sorted(cached["times"]) == sorted(names) and cached["steps"] == args.time_steps:
             return cached["times"]
     import torch
-    from iwae.step import make_optimizer, make_step
-    from iwae.train import load_model, prepare, read_config
+    from iwae.config import read_config
+    from iwae.optim import make_optimizer
+    from iwae.rundir import load_model, prepare
+    from iwae.step import make_step
     print(f"[{time.strftime('%H:%M:%S')}] timing the training steps", flush=True)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)

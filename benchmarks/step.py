@@ -57,6 +57,8 @@ def arguments(argv=None):
     p.add_argument("--pretrain", type=int, default=200, help="shared training steps before timing")
     p.add_argument("--baseline", default=BASELINE, help="git revision of the previous main ('' to skip)")
     p.add_argument("--no-estimators", action="store_true", help="only iwae, main, plain and the floor")
+    p.add_argument("--bounds", action="store_true",
+                   help="also the MIWAE(8, k/8) and CIWAE(0.5) bounds (k a multiple of 8)")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-conv", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation benchmark")
@@ -168,6 +170,9 @@ def paper_row(n_layers, k, train, args, base, pyro, clock):
         for estimator in ("stl", "dreg", "rws"):
             fns[estimator] = V.project(model, k, estimator=estimator, device=args.device)
         fns["piwae"] = V.project(model, k, bound="piwae", m=m, device=args.device)
+    if args.bounds and k % 8 == 0:
+        fns["miwae"] = V.project(model, k, bound="miwae", m=8, device=args.device)
+        fns["ciwae"] = V.project(model, k, bound="ciwae", beta=0.5, device=args.device)
     if args.device == "cpu":
         fns["tutorial"] = V.tutorial(model, k)
     if pyro:

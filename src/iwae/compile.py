@@ -61,9 +61,22 @@ def compiled(fn, device, *, dynamic=False):
     return run
 
 
-def compiled_step(gradients, device):
-    """A step's (params, x) -> (loss, gradients), compiled once per batch shape."""
-    return compiled(gradients, device)
+def compiled_step(gradients, device, model):
+    """A step's (params, x) -> (loss, gradients): one compiled function per batch (shape,
+    dtype, device), grad mode and model.training, each of which only ever sees that batch
+    and the step's own parameter tensors, so that after its first call its guards are
+    skipped (torch.compiler.set_stance(skip_guard_eval_unsafe=True)): checking the 13
+    input tensors and the modules costs 0.1-0.3 ms a call, a tenth of a k=1 step."""
+    by_batch = {}
+
+    def run(params, x):
+        key = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled(), model.training)
+        if key not in by_batch:
+            by_batch[key] = compiled(gradients, device)
+            return by_batch[key](params, x)                     # compiles, guards checked
+        with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
+            return by_batch[key](params, x)
+    return run
 
 
 class CudaGraphStep:
@@ -98,7 +111,7 @@ class CudaGraphStep:
 
     def _forward_backward(self, x):
         params = self.inner.params
-        loss, grads = self.inner.gradients(tuple(p.detach() for p in params), x)
+        loss, grads = self.inner.gradients(self.inner.values, x)
         for p, g in zip(params, grads):
             p.grad.copy_(g)
         return loss

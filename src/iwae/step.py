@@ -68,11 +68,14 @@ class Step:
         self.k, self.compile, self.parallel = objective.k, compile, parallel
         self.functional = Functional(model)
         self.params = self.functional.parameters()
+        # detached aliases of the parameters, made once: they share storage, so they follow
+        # the optimizer's in-place updates (and a checkpoint's load_state_dict)
+        self.values = tuple(p.detach() for p in self.params)
         self.device = _device(model)
         self.update = AdamUpdate(optimizer)
         self.gradients = self.eager_gradients
         if compile == "step" and parallel is None:
-            self.gradients = compiled_step(self.eager_gradients, self.device)
+            self.gradients = compiled_step(self.eager_gradients, self.device, model)
 
     def eager_gradients(self, params, x):
         """(loss, gradients) at the parameter values params: the function a step computes."""
@@ -81,11 +84,10 @@ class Step:
     def forward_backward(self, x):
         """The loss (detached) at x, with this step's gradient in every p.grad (replaced, like
         zero_grad(set_to_none=True) then backward; NaN ones when the loss is not finite)."""
-        params = tuple(p.detach() for p in self.params)
         if self.parallel is not None:
-            loss, grads = self.parallel.gradients(self.eager_gradients, self.model, params, x, self.k)
+            loss, grads = self.parallel.gradients(self.eager_gradients, self.model, self.values, x, self.k)
         else:
-            loss, grads = self.gradients(params, x)
+            loss, grads = self.gradients(self.values, x)
         for p, g in zip(self.params, grads):
             p.grad = g
         return loss
