@@ -166,7 +166,7 @@ def paper_row(n_layers, k, train, args, base, pyro, clock):
     if base is not None:
         fns["main"] = V.baseline(model, k, base)
     if not args.no_estimators:
-        m = 5 if k % 5 == 0 and k > 5 else 1
+        m = next((d for d in (8, 5) if k % d == 0 and k > d), 1)        # PIWAE's groups
         for estimator in ("stl", "dreg", "rws"):
             fns[estimator] = V.project(model, k, estimator=estimator, device=args.device)
         fns["piwae"] = V.project(model, k, bound="piwae", m=m, device=args.device)

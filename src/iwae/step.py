@@ -25,10 +25,10 @@ slower, which made the first epochs of a run several times slower. The loss may 
 import torch
 
 from .compile import CudaGraphStep, compiled_step, flushed_subnormals
+from .config import COMPILES
 from .objective import Functional, check
 from .optim import AdamUpdate
 
-COMPILES = ("auto", "off", "step")
 STEP_MIN_STEPS = 30_000      # compile the whole step for runs of this many steps (10 epochs)
 
 
