@@ -72,7 +72,8 @@ def same_parameters(a, b):
 
 def metrics(run):
     lines = (Path(run) / "metrics.jsonl").read_text().splitlines()
-    return [{k: v for k, v in json.loads(line).items() if k != "seconds"} for line in lines]
+    return [{k: v for k, v in json.loads(line).items() if k not in ("seconds", "steps_per_second")}
+            for line in lines]
 
 
 @pytest.fixture(scope="module")

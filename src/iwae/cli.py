@@ -111,6 +111,10 @@ def add_train(sub):
                    help="torch threads (default 1: a batch-20 step is too small for threads to pay, "
                         "and oversubscribed cores slow it many times over; run jobs side by side instead)")
     add_device(p)
+    p.add_argument("--tensorboard", type=positive_int, nargs="?", const=100, default=d.tensorboard, metavar="N",
+                   help="write TensorBoard events into RUN/tensorboard: the running bound every N steps "
+                        "(default 100), per epoch the bounds, lr, steps/s, effective sample size, "
+                        "active units and image grids (pip install \"iwae[tensorboard]\")")
     p.add_argument("--compile", choices=("auto", "off", "step"), default=d.compile,
                    help="auto: compile the whole step (torch.compile) for runs of 10+ epochs and on CUDA; "
                         "step: always; off: never (10-30 s of compiling saved on short runs)")
@@ -140,6 +144,7 @@ def cmd_train(args):
                     validation=args.validation, likelihood=args.likelihood, scale=args.scale,
                     schedule=args.schedule, lr=args.lr, adam_betas=args.adam_betas, adam_eps=args.adam_eps,
                     eval_examples=args.eval_examples, device=args.device, compile=args.compile,
+                    tensorboard=args.tensorboard,
                     init_from=args.init_from, on_nonfinite=args.on_nonfinite).validate()
     if args.resume and not args.out:
         raise ValueError("--resume needs --out, the run directory to continue")

@@ -40,6 +40,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"         # a NaN/Inf loss or gradient: stop | skip the batch
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     compile: str = "auto"              # auto | off | step (see iwae.step)
+    tensorboard: int = 0               # TensorBoard events, the running bound every N steps (0: none)
     model: str | None = None           # iwae.fit: the model's class (None: the paper's nets)
     data: str | None = None            # iwae.fit: a dataset name or "tensor [N, D]"
 
@@ -47,7 +48,7 @@ class TrainConfig:
              "beta": (float, int, type(None)), "epochs": int, "seed": int, "batch_size": int,
              "schedule": str, "lr": (float, int), "adam_betas": (tuple, list),
              "adam_eps": (float, int), "eval_examples": int, "on_nonfinite": str, "device": str,
-             "compile": str, "model": (str, type(None)), "data": (str, type(None))}
+             "compile": str, "tensorboard": int, "model": (str, type(None)), "data": (str, type(None))}
 
     def validate(self):
         """Raise ValueError naming the first bad setting."""
@@ -73,6 +74,8 @@ class TrainConfig:
         if self.on_nonfinite not in NONFINITE_POLICIES:
             raise ValueError(f"on_nonfinite must be one of {', '.join(NONFINITE_POLICIES)}, "
                              f"got {self.on_nonfinite!r}")
+        if self.tensorboard < 0:
+            raise ValueError(f"tensorboard must be >= 0 (steps between running-bound events), got {self.tensorboard}")
         if self.compile not in COMPILES:
             raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {self.compile!r}")
         parse_device(self.device)
@@ -96,9 +99,10 @@ class TrainConfig:
 
     def comparable(self):
         """The settings a resumed run must share with the original: all but epochs (which
-        may grow), the policy for non-finite values, the device and the compile mode."""
+        may grow), the policy for non-finite values, the device, the compile mode and
+        TensorBoard."""
         d = self.to_dict()
-        for name in ("epochs", "on_nonfinite", "device", "compile"):
+        for name in ("epochs", "on_nonfinite", "device", "compile", "tensorboard"):
             d.pop(name)
         return d
 

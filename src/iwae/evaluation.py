@@ -100,3 +100,10 @@ def unit_kl(model, x):
     return [(log_sp - log_sq + (torch.exp(2 * log_sq) + (mu_q - mu_p).square())
              / (2 * torch.exp(2 * log_sp)) - 0.5).mean(0)
             for (mu_q, log_sq, _), (mu_p, log_sp) in zip(qs, priors)]
+
+
+def effective_sample_size(log_w):
+    """Kish's effective sample size of the normalised weights, 1 / sum_i w~_i^2 with
+    w~ = softmax(log w) over the k samples of each datapoint: [k, B] -> [B], in [1, k]
+    (k when all weights are equal, 1 when one sample carries all of it)."""
+    return 1.0 / torch.softmax(log_w, 0).square().sum(0)

@@ -29,12 +29,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import checkpoint, distributed, rundir, torch_private
+from . import checkpoint, distributed, rundir, torch_private, tracking
 from .checkpoint import CheckpointError
 from .config import TrainConfig, parse_device, read_config, write_config
 from .data import load_dataset
 from .densities import Bernoulli
 from .optim import make_optimizer
+from .report import ACTIVE_UNIT_EXAMPLES
 from .rundir import CHECKPOINT, METRICS, TrainingError
 from .schedule import learning_rate
 from .step import make_step
@@ -43,7 +44,8 @@ from .step import make_step
 def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs=10, m=None,
         beta=None, batch_size=20, lr=1e-3, schedule="paper", adam_betas=(0.9, 0.999),
         adam_eps=1e-4, seed=0, eval_data=None, eval_examples=1000, device="auto",
-        compile="auto", on_nonfinite="stop", resume=False, quiet=False, data_dir=None):
+        compile="auto", on_nonfinite="stop", tensorboard=0, image_shape=None, resume=False,
+        quiet=False, data_dir=None):
     """Train ``model`` on ``data`` into the run directory ``out``; returns the model (on device).
 
     data: a float tensor [N, D] (values in [0, 1] for a Bernoulli likelihood: grey levels are
@@ -54,7 +56,9 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
     held-out bound. The optimizer is Adam(lr, adam_betas, adam_eps) on the schedule
     ("paper": lr * 10^(-i/7) for 3^i epochs; "constant"); seed seeds the training noise and
     the data order. device: "auto" | "cpu" | "cuda" | "cuda:N" (the model and data are moved
-    there). compile: "auto" | "off" | "step" (iwae.step). resume=True continues the run in
+    there). compile: "auto" | "off" | "step" (iwae.step). tensorboard: N > 0 writes
+    TensorBoard events into out/tensorboard, the running bound every N steps (iwae.tracking;
+    image_shape (H, W) for the image grids, default square images). resume=True continues the run in
     ``out`` up to ``epochs``: the model must be built as the run's was. Raises ValueError
     naming the problem for bad arguments.
     """
@@ -63,8 +67,10 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
                          epochs=epochs, seed=seed, batch_size=batch_size, schedule=schedule, lr=lr,
                          adam_betas=tuple(adam_betas) if isinstance(adam_betas, (list, tuple)) else adam_betas,
                          adam_eps=adam_eps, eval_examples=eval_examples, on_nonfinite=on_nonfinite,
-                         device=device, compile=compile, model=name,
+                         device=device, compile=compile, tensorboard=tensorboard, model=name,
                          data=data if isinstance(data, str) else None).validate()
+    if tensorboard:
+        tracking.require_tensorboard()         # one line before anything is loaded or trained
     if not callable(getattr(model, "log_weights", None)):
         raise ValueError(f"iwae.fit trains modules with a log_weights(x, k) method; {name} has none")
     if not isinstance(model, torch.nn.Module) or not any(p.requires_grad for p in model.parameters()):
@@ -90,7 +96,8 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
     model.to(dev)
     _check_model_takes(model, train_x[:1].to(dev), name)
     return run(model, config, train_x, held_x, binarization, Path(out), resume=resume, quiet=quiet,
-               init=lambda: torch.manual_seed(seed), split=split)
+               init=lambda: torch.manual_seed(seed), split=split,
+               image_shape=image_shape or tracking.image_shape_of(train_x.shape[1]))
 
 
 def check_data(data, what, bernoulli):
@@ -128,7 +135,7 @@ def _check_model_takes(model, x, name):
 
 
 def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, quiet=False,
-        init=None, data_dir=None, input_dim=None, split="test"):
+        init=None, data_dir=None, input_dim=None, split="test", image_shape=None):
     """The training loop behind ``fit`` and ``iwae train``: config (a TrainConfig) into
     run_dir. Epoch e trains at the schedule's lr(e). init() runs before training on a new
     run (it seeds the noise).
@@ -163,6 +170,7 @@ def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, 
     device = next(model.parameters()).device
     train_x = train_x.to(device, next(model.parameters()).dtype)
     held_x = None if held_x is None else held_x.to(device, train_x.dtype)
+    units_x = rundir.fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES].cpu(), binarization).to(device)
     if state is None and init is not None:
         init()
     ctx = distributed.init()                   # under torchrun: join the process group (once)
@@ -193,12 +201,15 @@ def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, 
     save, write_metrics = (checkpoint.save, rundir.write_metrics) if ctx.is_main else (_nothing, _nothing)
     saved_any = state is not None
     guard = _FiniteGuard(opt)
+    board = None
     dims = {"input_dim": input_dim if input_dim is not None else train_x.shape[1]}
     try:
         if ctx.is_main:
             checkpoint.remove_stale_temporaries(run_dir, (CHECKPOINT, METRICS, "config.json"))
             write_config(config, run_dir)
         write_metrics(metrics_path, history)
+        if config.tensorboard and ctx.is_main:     # events past the checkpoint's step are purged
+            board = tracking.TensorBoard(run_dir, config.tensorboard, steps + 1, image_shape)
         first = position["batch"] if position else 0
         bar = tqdm(total=batches * config.epochs, initial=batches * start + first,
                    disable=quiet or not ctx.is_main, desc=run_dir.name, unit="step", dynamic_ncols=True)
@@ -244,6 +255,8 @@ def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, 
                                               "skipped": skipped, "seconds": spent}), ckpt_path)
                         saved_any = True
                         raise Interrupted(epoch + 1, b + 1, run_dir, data_dir, signals.received, config.model is None)
+                    if board is not None and (b + 1) % board.every == 0:
+                        board.running(steps, -total.item() / max(b + 1 - skipped, 1))
                     if b % 100 == 99:
                         bar.set_postfix(epoch=epoch + 1, bound=f"{-total.item() / max(b + 1 - skipped, 1):.2f}")
                         bar.update(b + 1 - shown)
@@ -256,12 +269,16 @@ def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, 
                 if held_x is not None:
                     record[f"{split}_bound"] = rundir.evaluate_bound(model, held_x, config.k, ctx=ctx).mean().item()
                     record["eval_k"] = config.k
-                record.update({"seconds": round(seconds, 3), "skipped_steps": skipped})
+                record.update({"seconds": round(seconds, 3), "steps_per_second": round(batches / seconds, 2),
+                               "skipped_steps": skipped})
+                record.update(tracking.diagnostics(model, config.k, held_x, units_x, rundir.EVAL_SEED))
                 history.append(record)
                 save(_state(model, opt, data_rng, start=epoch + 1, steps=steps, history=history,
                             dims=dims, config=config, fingerprint=fingerprint, position=None), ckpt_path)
                 saved_any = True
                 write_metrics(metrics_path, history)
+                if board is not None:
+                    board.epoch(record, model, held_x, rundir.EVAL_SEED)
                 if signals.received:
                     raise Interrupted(epoch + 1, batches, run_dir, data_dir, signals.received, config.model is None)
         bar.close()
@@ -274,6 +291,8 @@ def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, 
         raise
     finally:
         guard.remove()
+        if board is not None:
+            board.close()
         if lock is not None:
             os.close(lock)
     distributed.barrier(ctx)                   # rank 0's files are complete for every rank

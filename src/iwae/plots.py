@@ -27,15 +27,9 @@ GAP_VALUE = 0.5         # their grey level
 TITLE_PX = 24           # height of the band above a grid that holds its title
 
 
-def image_grid(images, image_shape, path, nrow=10, title=None, scale=1):
-    """Tile images [N, H*W] (values in [0, 1]) into one grey PNG, nrow images per row.
-
-    The grid is (rows * (H + 2) + 2) * scale pixels high and (min(nrow, N) * (W + 2) + 2) * scale
-    wide, rows = ceil(N / nrow); image i sits in row i // nrow, column i % nrow. scale: an
-    integer enlargement (each pixel a square). A title adds a band of TITLE_PX * scale pixels
-    on top; the PNG is as wide as the grid, or as the title where that is wider (the grid then
-    centred on white).
-    """
+def grid_array(images, image_shape, nrow=10):
+    """images [N, H*W] (values in [0, 1]) tiled nrow to a row, as uint8 grey levels
+    [rows * (H + 2) + 2, min(nrow, N) * (W + 2) + 2]: image i in row i // nrow, column i % nrow."""
     images = torch.as_tensor(images).detach().cpu().float().numpy()
     h, w = image_shape
     if images.ndim != 2 or images.shape[0] == 0 or images.shape[1] != h * w:
@@ -47,7 +41,19 @@ def image_grid(images, image_shape, path, nrow=10, title=None, scale=1):
     for i, image in enumerate(images.reshape(-1, h, w)):
         top, left = GAP + (i // cols) * (h + GAP), GAP + (i % cols) * (w + GAP)
         grid[top:top + h, left:left + w] = image
-    grey = np.rint(np.clip(grid, 0, 1) * 255).astype(np.uint8).repeat(scale, 0).repeat(scale, 1)
+    return np.rint(np.clip(grid, 0, 1) * 255).astype(np.uint8)
+
+
+def image_grid(images, image_shape, path, nrow=10, title=None, scale=1):
+    """Tile images [N, H*W] (values in [0, 1]) into one grey PNG, nrow images per row.
+
+    The grid is (rows * (H + 2) + 2) * scale pixels high and (min(nrow, N) * (W + 2) + 2) * scale
+    wide, rows = ceil(N / nrow); image i sits in row i // nrow, column i % nrow. scale: an
+    integer enlargement (each pixel a square). A title adds a band of TITLE_PX * scale pixels
+    on top; the PNG is as wide as the grid, or as the title where that is wider (the grid then
+    centred on white).
+    """
+    grey = grid_array(images, image_shape, nrow).repeat(scale, 0).repeat(scale, 1)
     fig = Figure(dpi=DPI)
     height, width = grey.shape
     if title:

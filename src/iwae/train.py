@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, loop
+from . import checkpoint, loop, tracking
 from .config import build_model, parse_device
 from .rundir import CHECKPOINT, prepare
 
@@ -25,10 +25,13 @@ def init_model(config, data, train, device="cpu"):
 def train(config, run_dir, *, resume=False, data_dir=None, quiet=False):
     """Train config (a Config) into run_dir; returns the model. See iwae.fit.run."""
     config.validate()
+    if config.tensorboard:
+        tracking.require_tensorboard()         # one line before anything is loaded or trained
     device = parse_device(config.device)
     data, train_x, held_x, split = prepare(config, data_dir)
     fresh = not (resume and (Path(run_dir) / CHECKPOINT).exists())
     model = init_model(config if fresh else dataclasses.replace(config, init_from=None),
                        data, train_x, device)          # a resumed run needs no --init-from source
     return loop.run(model, config, train_x, held_x, data.binarization, Path(run_dir), resume=resume,
-                   quiet=quiet, data_dir=data_dir, input_dim=data.dim, split=split)
+                   quiet=quiet, data_dir=data_dir, input_dim=data.dim, split=split,
+                    image_shape=data.image_shape)
