@@ -44,6 +44,10 @@ class Bernoulli:
         """The Bernoulli means sigmoid(logits) (grey-level images)."""
         return torch.sigmoid(logits)
 
+    def sample(self, logits):
+        """x ~ p(x | z): binary images [..., D]."""
+        return torch.bernoulli(torch.sigmoid(logits))
+
     def config(self):
         return {"name": "bernoulli"}
 
@@ -73,6 +77,11 @@ class Gaussian:
 
     def mean(self, params):
         return self._split(params)[0]
+
+    def sample(self, params):
+        """x ~ N(mu, sigma^2): [..., D]."""
+        mu, log_sigma = self._split(params)
+        return mu + torch.exp(log_sigma) * torch.randn_like(mu)
 
     def config(self):
         return {"name": "gaussian", "scale": self.scale}

@@ -145,15 +145,38 @@ class Model(nn.Module):
             h = z
 
     def log_joint(self, x, zs):
-        """log p(x, z) [k, B] at samples zs [[k, B, d_l]] (bottom first): the prior
-        N(0, I) on the top layer, the generative layers below it, the likelihood of x."""
+        """log p(x, z) = log p(z) + log p(x | z_1): [k, B] at samples zs [[k, B, d_l]]."""
+        return self.log_prior(zs) + self.log_likelihood(x, zs)
+
+    def log_prior(self, zs):
+        """log p(z) [k, B]: N(0, I) on the top layer, the generative layers below it."""
         h = zs[-1]
         log_p = standard_normal_log_prob(h)                     # [k, B]
         for layer, below in zip(self.decoder_layers, reversed(zs[:-1])):
             mu, log_sigma = layer(h)
             log_p = log_p + normal_log_prob(below, mu, log_sigma)
             h = below
-        return log_p + self.likelihood.log_prob(x, self._decode(h))
+        return log_p
+
+    def log_likelihood(self, x, zs):
+        """log p(x | z_1) [k, B] for x [B, D] at samples zs (bottom first)."""
+        return self.likelihood.log_prob(x, self._decode(zs[0]))
+
+    def log_q(self, x, zs):
+        """log q(z | x) [k, B] at samples zs [[k, B, d_l]] (bottom first)."""
+        return sum(normal_log_prob(z, mu, log_sigma) for _, _, mu, log_sigma, _, z in self._posterior(x, None, zs))
+
+    def sample_prior(self, n):
+        """n draws z ~ p(z) of every layer: [[n, d_l]], bottom first."""
+        top = self.decoder_layers[0] if len(self.decoder_layers) else self.decoder
+        like = next(self.parameters())
+        h = torch.randn(n, _in_features(top), dtype=like.dtype, device=like.device)   # z_L ~ N(0, I)
+        zs = [h]
+        for layer in self.decoder_layers:
+            mu, log_sigma = layer(h)
+            h = mu + torch.exp(log_sigma) * torch.randn_like(mu)
+            zs.insert(0, h)
+        return zs
 
     def _decode(self, z):
         """z_1 [..., d_1] -> likelihood parameters [..., D * params_per_dim]."""
@@ -173,12 +196,7 @@ class Model(nn.Module):
     @torch.no_grad()
     def sample(self, n):
         """n draws of the likelihood's mean under the prior: [n, D]."""
-        top = self.decoder_layers[0] if len(self.decoder_layers) else self.decoder
-        h = torch.randn(n, _in_features(top), device=_device(self))     # z_L ~ N(0, I)
-        for layer in self.decoder_layers:
-            mu, log_sigma = layer(h)
-            h = mu + torch.exp(log_sigma) * torch.randn_like(mu)
-        return self.likelihood.mean(self._decode(h))
+        return self.likelihood.mean(self._decode(self.sample_prior(n)[0]))
 
     @torch.no_grad()
     def reconstruct(self, x):
@@ -196,10 +214,6 @@ class Model(nn.Module):
         p = torch.as_tensor(pixel_mean, dtype=last.bias.dtype).clamp(clip, 1 - clip)
         with torch.no_grad():
             last.bias.copy_(torch.logit(p))
-
-
-def _device(module):
-    return next(module.parameters()).device
 
 
 def _in_features(module):

@@ -1,0 +1,128 @@
+"""AIS and BDMC (iwae.ais) against the linear-Gaussian model's closed-form log p(x) and exact
+posterior, HMC's invariance, and AIS against L_5000 on a trained net."""
+import math
+
+import pytest
+import torch
+
+import iwae
+from iwae.ais import Path, ais, bdmc, hmc, inverse_temperatures
+
+
+def test_schedules_run_from_zero_to_one():
+    for kind in ("linear", "sigmoid"):
+        b = inverse_temperatures(10, kind)
+        assert b[0] == 0 and b[-1] == 1 and bool((b[1:] > b[:-1]).all()) and b.dtype == torch.float64
+    sig = inverse_temperatures(100, "sigmoid")
+    assert sig[1] < 0.01 and 1 - sig[-2] < 0.01                     # denser at both ends
+
+
+@pytest.mark.parametrize("init", ["q", "prior"])
+def test_ais_matches_the_exact_log_likelihood(lg, init):
+    # q perturbed away from the posterior; default schedule. Tolerance: 3 standard errors of
+    # each example's estimate (from its 8 chains' weights) plus 0.01 nats; observed max error
+    # ~0.1 nats at 200 steps; L_5000 is no tighter than AIS on average
+    model = lg.model(mean_shift=0.8, log_sigma_shift=0.4)
+    x = lg.data(12)
+    exact = lg.log_px(x)
+    est, chains = ais(model, x, init=init, with_chains=True)
+    w = torch.exp(chains - chains.max(0).values)
+    se = w.std(0) / (w.mean(0) * math.sqrt(chains.shape[0]))       # delta method
+    assert bool(((est - exact).abs() <= 3 * se + 0.01).all()), (est - exact, se)
+    assert (est - exact).abs().mean() < 0.1                          # observed 0.04
+
+
+def test_bdmc_brackets_the_exact_log_likelihood_and_its_gap_shrinks(lg):
+    model = lg.model(mean_shift=0.8, log_sigma_shift=0.4)
+    short, long = bdmc(model, 16, steps=10, chains=4), bdmc(model, 16, steps=200, chains=4)
+    for r in (short, long):
+        exact = lg.log_px(r["x"])
+        lower, upper = r["lower"] - exact, r["upper"] - exact
+        # stochastic bounds: their means must not cross log p(x) by more than 3 standard errors
+        assert lower.mean() <= 3 * lower.std() / 4 and upper.mean() >= -3 * upper.std() / 4
+    assert torch.equal(short["x"], long["x"])                          # the same simulated data
+    assert long["gap"] < short["gap"] / 5 and long["gap"] >= -0.01
+
+
+def test_hmc_leaves_the_posterior_invariant(lg):
+    # the exact posterior of the linear-Gaussian model: N(mu(x), diag(post_var)); 4000 chains
+    # started there, 20 transitions at b = 1; moments within 4 standard errors
+    model = lg.model()
+    x = lg.data(2)
+    path = Path(model, x, "q")
+    torch.manual_seed(0)
+    zs = [z.detach() for z in model.sample_q(x, 4000)]                 # exact: q is the posterior
+    mean0 = zs[0].mean(0)
+    eps = torch.full((4000, 2), 0.3, dtype=torch.float64)
+    accepted = []
+    for _ in range(20):
+        zs, a = hmc(path, zs, 1.0, eps, 5)
+        accepted.append(a.double().mean())
+    z = zs[0]
+    sd = lg.post_var.sqrt()
+    assert bool(((z.mean(0) - mean0).abs() <= 4 * sd / math.sqrt(4000)).all())
+    ratio = z.var(0) / lg.post_var
+    assert bool(((ratio - 1).abs() < 4 * math.sqrt(2 / 4000)).all()), ratio
+    assert 0.5 < torch.stack(accepted).mean() <= 1
+
+
+def test_ais_beats_l5000_on_a_trained_net(data_dir):
+    from iwae.data import load_dataset
+    data = load_dataset("mnist", data_dir)
+    torch.manual_seed(0)
+    model = iwae.paper_model(1)
+    model.set_output_bias(data.train[:2000].mean(0))
+    step = iwae.step.make_step(model, iwae.optim.make_optimizer(model.parameters(), 1e-3), 5, compile="off")
+    g = torch.Generator().manual_seed(0)
+    for i in range(300):
+        step(torch.bernoulli(data.train[(i * 20) % 2000:(i * 20) % 2000 + 20], generator=g))
+    x = torch.bernoulli(data.test[:10], generator=g)
+    torch.manual_seed(1)
+    l5000 = iwae.log_likelihood(model, x, 5000)
+    est = ais(model, x, steps=100, chains=4)
+    diff = est - l5000
+    # paired over the 10 images: AIS not below L_5000, i.e. the mean difference above -2
+    # standard errors (a one-sided false alarm rate of 2.3% were they equally tight);
+    # observed +0.94 nats (t = 2.7)
+    assert diff.mean() > -2 * diff.std() / math.sqrt(10), diff
+    assert diff.mean() > 0
+
+
+def test_ais_is_seeded_and_leaves_the_callers_rng_alone(lg):
+    model = lg.model(mean_shift=0.5)
+    x = lg.data(3)
+    torch.manual_seed(5)
+    before = torch.random.get_rng_state()
+    a = ais(model, x, steps=5, chains=2, seed=3)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    assert torch.equal(a, ais(model, x, steps=5, chains=2, seed=3))
+    assert not torch.equal(a, ais(model, x, steps=5, chains=2, seed=4))
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"steps": 0}, r"^steps must be an integer >= 1, got 0$"),
+    ({"chains": 0}, r"^chains must be an integer >= 1, got 0$"),
+    ({"leapfrog": -1}, r"^leapfrog must be an integer >= 1, got -1$"),
+    ({"init": "uniform"}, r"^init must be one of q, prior, got 'uniform'$"),
+    ({"schedule": "cosine"}, r"^schedule must be one of sigmoid, linear, got 'cosine'$"),
+])
+def test_bad_settings_are_one_line(lg, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ais(lg.model(), lg.data(2), **kwargs)
+
+
+def test_bad_data_and_models_are_one_line(lg, fixed_log_weights):
+    with pytest.raises(ValueError, match=r"^x holds NaN or infinite values$"):
+        ais(lg.model(), torch.full((2, 4), float("nan"), dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"^AIS needs the model's log_joint, log_prior, log_likelihood, log_q, "
+                                         r"sample_q, sample_prior \(iwae.Model has them\); FixedLogWeights lacks them$"):
+        ais(fixed_log_weights(torch.zeros(2, 3)), torch.zeros(3, 4))
+
+    class NoSampling(iwae.Gaussian):
+        sample = None
+    model = lg.model()
+    model.likelihood = NoSampling(scale=lg.s)
+    with pytest.raises(ValueError, match=r"^BDMC simulates data from the model, and its likelihood NoSampling "
+                                         r"cannot be sampled$"):
+        bdmc(model, 4)
