@@ -126,3 +126,47 @@ def test_bad_data_and_models_are_one_line(lg, fixed_log_weights):
     with pytest.raises(ValueError, match=r"^BDMC simulates data from the model, and its likelihood NoSampling "
                                          r"cannot be sampled$"):
         bdmc(model, 4)
+
+
+def test_the_optimized_q_is_the_exact_posterior_and_its_approximation_gap_vanishes(lg):
+    # the posterior is diagonal: q* must find its mean and variance from an encoder that is off
+    from iwae.gaps import fit_local_posterior, inference_gaps
+    model = lg.model(mean_shift=0.5, log_sigma_shift=0.3)
+    x = lg.data(6)
+    local = fit_local_posterior(model, x, steps=800, k=100, lr=2e-2)
+    exact = lg.model()
+    with torch.no_grad():
+        mu, log_sigma = exact.encoder[0](x)
+    torch.testing.assert_close(local.means[0].detach(), mu, atol=0.05, rtol=0)
+    torch.testing.assert_close(local.log_sigmas[0].detach(), log_sigma, atol=0.1, rtol=0)
+    gaps = inference_gaps(model, x, q_steps=800, q_k=100, ais_steps=200, chains=8, k=2000)["mean"]
+    assert abs(gaps["approximation_gap"]) < 0.05                         # q* is exact here
+    assert gaps["amortization_gap"] > 1.0                                # the shifted encoder: 1.8
+    log_px = lg.log_px(x).mean().item()
+    # L_2000 is a lower bound in expectation only: one draw may pass log p(x) by its noise
+    assert gaps["elbo_q"] < gaps["l5000_q"] < log_px + 0.1 and abs(gaps["ais"] - log_px) < 0.15
+
+
+def test_cli_evaluate_with_ais_and_bdmc_and_gaps(data_dir, tmp_path, capsys):
+    import json
+    from iwae.cli import main
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--limit-train", "40", "--epochs", "1", "--k", "2",
+                 "--eval-examples", "10", "--final-k", "0", "--quiet", "--device", "cpu", "--data-dir", data_dir]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--method", "ais", "--steps", "5", "--chains", "2", "--limit-test", "3",
+                 "--json", "--data-dir", data_dir]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "ais" and out["n_test"] == 3 and math.isfinite(out["test_nll"])
+    assert main(["evaluate", str(run), "--method", "bdmc", "--steps", "5", "--chains", "2", "--limit-test", "3",
+                 "--json", "--data-dir", data_dir]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_simulated"] == 3 and out["upper_nll"] <= out["lower_nll"] + 5
+    assert main(["gaps", str(run), "--examples", "2", "--q-steps", "3", "--ais-steps", "3", "--chains", "2",
+                 "--data-dir", data_dir]) == 0
+    assert (run / "gaps.json").exists() and (run / "gaps.png").exists()
+    for flag, value, message in (("--steps", "0", "argument --steps: must be >= 1, got 0"),
+                                 ("--chains", "-1", "argument --chains: must be >= 1, got -1")):
+        with pytest.raises(SystemExit) as exit_:
+            main(["evaluate", str(run), "--method", "ais", flag, value])
+        assert exit_.value.code == 2 and capsys.readouterr().err.startswith(f"iwae: error: {message}")

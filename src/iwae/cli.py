@@ -133,6 +133,12 @@ def add_evaluate(sub):
     p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true")
     add_device(p)
+    p.add_argument("--method", choices=("iwae", "ais", "bdmc"), default="iwae",
+                   help="iwae: L_k (default); ais: annealed importance sampling with HMC, a tighter "
+                        "stochastic lower bound; bdmc: forward and reverse AIS on --limit-test (default 100) "
+                        "images simulated from the model, which bracket log p(x)")
+    p.add_argument("--steps", type=positive_int, default=500, help="AIS: intermediate distributions")
+    p.add_argument("--chains", type=positive_int, default=8, help="AIS: chains per image")
 
 
 def cmd_train(args):
@@ -184,8 +190,25 @@ def resume_config(args, config):
 
 
 def cmd_evaluate(args):
-    from .report import evaluate_run
+    from .report import evaluate_ais, evaluate_run
     split = "train" if args.train else "test"
+    if args.method != "iwae":
+        if launched():
+            raise ValueError(f"--method {args.method} runs in one process (run it without torchrun)")
+        result = evaluate_ais(args.run, method=args.method, steps=args.steps, chains=args.chains,
+                              limit=args.limit_test, split=split, data_dir=args.data_dir, seed=args.seed,
+                              quiet=args.quiet or args.json, device=args.device)
+        if args.json:
+            print(json.dumps(result))
+        elif args.method == "ais":
+            print(f"{split} NLL (AIS, {args.steps} steps x {args.chains} chains, {result[f'n_{split}']} images): "
+                  f"{result[f'{split}_nll']:.2f} nats (standard error {result['standard_error'] or 0:.2f}); "
+                  f"{result['seconds']:.0f} s")
+        else:
+            print(f"BDMC on {result['n_simulated']} simulated images ({args.steps} steps x {args.chains} chains): "
+                  f"NLL between {result['upper_nll']:.2f} and {result['lower_nll']:.2f} nats, gap "
+                  f"{result['gap']:.2f}; {result['seconds']:.0f} s")
+        return
     result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
                           seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json,
                           device=args.device)
@@ -288,6 +311,32 @@ def cmd_diagnose(args):
     print(png_path)
 
 
+def add_gaps(sub):
+    p = sub.add_parser("gaps", help="the approximation and amortization gaps of a run's q (AIS, optimized q*)")
+    p.add_argument("run", help="run directory")
+    p.add_argument("--examples", type=positive_int, default=100, help="the first N test images")
+    p.add_argument("--q-steps", type=positive_int, default=500, help="Adam steps fitting each image's q*")
+    p.add_argument("--ais-steps", type=positive_int, default=500)
+    p.add_argument("--chains", type=positive_int, default=8)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="folder for gaps.json and gaps.png (default: RUN)")
+    p.add_argument("--data-dir")
+    add_device(p)
+
+
+def cmd_gaps(args):
+    from .gaps import gaps_run
+    result, json_path, png_path = gaps_run(args.run, examples=args.examples, q_steps=args.q_steps,
+                                           ais_steps=args.ais_steps, chains=args.chains, out=args.out,
+                                           data_dir=args.data_dir, seed=args.seed, device=args.device)
+    m = result["mean"]
+    print(f"{result['n']} test images, nats: ELBO[q] {m['elbo_q']:.2f}, ELBO[q*] {m['elbo_q_star']:.2f}, "
+          f"L_5000[q] {m['l5000_q']:.2f}, L_5000[q*] {m['l5000_q_star']:.2f}, AIS {m['ais']:.2f}; "
+          f"approximation gap {m['approximation_gap']:.2f}, amortization gap {m['amortization_gap']:.2f}")
+    print(json_path)
+    print(png_path)
+
+
 def add_datasets(sub):
     p = sub.add_parser("datasets", help="the named datasets, and whether their files are found (and where)")
     p.add_argument("--data-dir", help="where dataset files live (default: $IWAE_DATA_DIR, else ~/.cache/iwae)")
@@ -326,13 +375,14 @@ def parser():
     add_sample(sub)
     add_plot(sub)
     add_diagnose(sub)
+    add_gaps(sub)
     add_datasets(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce,
             "sample": cmd_sample, "plot": cmd_plot,
-            "diagnose": cmd_diagnose, "datasets": cmd_datasets}
+            "diagnose": cmd_diagnose, "gaps": cmd_gaps, "datasets": cmd_datasets}
 
 
 def main(argv=None):
