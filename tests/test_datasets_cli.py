@@ -265,3 +265,5 @@ def test_reproduce_table_3_on_a_tiny_budget(tmp_path, data_dir):
         prefix = f"| binarized-mnist | {layers} | {objective} | {k} | 1 | "
         line = next(line for line in table.splitlines() if line.startswith(prefix))
         assert line.split("|")[9].strip() == str(nll)        # the paper's NLL column
+        assert math.isfinite(float(line.split("|")[13]))      # train - test L_k (overfitting)
+    assert all(math.isfinite(float(r["train_minus_test"])) for r in rows)
