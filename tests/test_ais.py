@@ -170,3 +170,24 @@ def test_cli_evaluate_with_ais_and_bdmc_and_gaps(data_dir, tmp_path, capsys):
         with pytest.raises(SystemExit) as exit_:
             main(["evaluate", str(run), "--method", "ais", flag, value])
         assert exit_.value.code == 2 and capsys.readouterr().err.startswith(f"iwae: error: {message}")
+
+
+def test_the_evaluation_driver_end_to_end_on_a_tiny_budget(data_dir, tmp_path):
+    # benchmarks/evaluation.py: trains the three Table-1 models (40 images, 1 epoch), evaluates
+    # each part once, and resumes without redoing finished parts
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "benchmarks.evaluation", "--epochs", "1", "--limit-train", "40", "--images", "3",
+           "--simulated", "2", "--gap-images", "2", "--steps", "2", "--chains", "2", "--k", "10", "--threads", "1",
+           "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--data-dir", data_dir]
+    done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    table = (tmp_path / "results" / "evaluation.md").read_text().splitlines()
+    rows = [line for line in table if line.startswith("| 1-layer") or line.startswith("| 2-layer")]
+    assert len(rows) == 3 and all(math.isfinite(float(c)) for r in rows for c in r.split("|")[2:-1])
+    ais = tmp_path / "runs" / "evaluation" / "l1-vae-k1" / "ais2.json"
+    stamp = ais.stat().st_mtime_ns
+    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and ais.stat().st_mtime_ns == stamp and "training" not in again.stdout
