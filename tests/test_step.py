@@ -281,6 +281,20 @@ def test_evaluation_chunks_are_capped_for_wide_data():
     assert max(model.sizes) * 784 * 4 <= evaluation.CHUNK_BYTES
 
 
+def test_an_optimizer_step_without_its_hooks_still_steps():
+    from iwae import torch_private
+    model = iwae.paper_model(1)
+    opt = make_optimizer(model.parameters(), 1e-3)
+    calls = []
+    opt.register_step_pre_hook(lambda o, a, k: calls.append("pre"))
+    opt.register_step_post_hook(lambda o, a, k: calls.append("post"))
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    before = [p.detach().clone() for p in model.parameters()]
+    torch_private.step_without_hooks(opt)
+    assert calls == [] and not any(torch.equal(p, q) for p, q in zip(model.parameters(), before))
+
+
 # ----------------------------------------------------------------------------- CUDA
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -325,6 +339,23 @@ def test_cuda_graph_step_follows_learning_rate_changes_and_new_shapes():
     assert all(torch.equal(p, q) for p, q in zip(model.parameters(), before))
     step(x[:7])
     assert step.graphs == 2
+
+
+@cuda
+def test_cuda_graph_step_keeps_the_trainers_non_finite_check():
+    from iwae.loop import _FiniteGuard
+    torch.manual_seed(0)
+    model = iwae.paper_model(1).cuda()
+    opt = make_optimizer(model.parameters(), 1e-3, capturable=True)
+    guard = _FiniteGuard(opt)                             # registered first, as iwae.fit does
+    step = make_step(model, opt, 5)
+    x = binary(20, torch.float32).cuda()
+    assert torch.isfinite(step(x)) and not guard.tripped()
+    with torch.no_grad():
+        model.decoder[0].weight[0, 0] = float("nan")
+    before = [p.detach().clone() for p in model.parameters()]
+    assert not torch.isfinite(step(x)) and guard.tripped()
+    assert all(torch.equal(p, q) or torch.isnan(q).any() for p, q in zip(model.parameters(), before))
 
 
 @cuda

@@ -90,7 +90,7 @@ class CudaGraphStep:
     is captured anew. The warm-up passes a capture needs run on copies of the parameters'
     values and the optimizer's state, which are put back, so capturing does not change the
     model; it does consume random numbers. The optimizer's step hooks (the trainer's
-    non-finite check) run on the host after each replay.
+    non-finite check) are not captured: they run on the host around each replay.
     """
 
     def __init__(self, model, optimizer, objective, estimator, *, compiled=True):
@@ -132,7 +132,7 @@ class CudaGraphStep:
         with torch.cuda.stream(side):                          # warm-up: compiling, allocations
             for _ in range(3):
                 self._forward_backward(self._x)
-                self.optimizer.step()
+                torch_private.step_without_hooks(self.optimizer)
         torch.cuda.current_stream(device).wait_stream(side)
         with torch.no_grad():                                  # undo the warm-up's updates
             for p, v in zip(params, saved_params):
@@ -146,7 +146,7 @@ class CudaGraphStep:
             self._loss = self._forward_backward(self._x)
         self._opt_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._opt_graph):
-            self.optimizer.step()
+            torch_private.step_without_hooks(self.optimizer)
         self._shape = tuple(x.shape)
         self.graphs += 1
 

@@ -31,3 +31,10 @@ def grad_norms(grads):
     """One fused norm per tensor: the non-finite check of every step in one kernel
     (torch.nn.utils.get_total_norm would add a stack, a norm and a host sync per call)."""
     return torch._foreach_norm(grads)
+
+
+def step_without_hooks(optimizer):
+    """optimizer.step() without its step hooks (Optimizer.profile_hook_step's wrapped
+    function): a CUDA graph must not capture the host-side non-finite check, which syncs;
+    CudaGraphStep runs the hooks itself around each replay."""
+    type(optimizer).step.__wrapped__(optimizer)
