@@ -117,13 +117,12 @@ def prepared_model(n_layers, train, pretrain, device="cpu"):
     torch.manual_seed(0)
     model = iwae.paper_model(n_layers)
     model.set_output_bias(train.mean(0))
-    model.to(device)
-    if pretrain:
+    if pretrain:                                       # on the CPU, then moved: the same start anywhere
         step = make_step(model, make_optimizer(model.parameters(), V.LR, V.BETAS, V.EPS), 5, compile="off")
-        batches = Batches(train, device=device, seed=1)
+        batches = Batches(train, seed=1)
         for _ in range(pretrain):
             step(batches())
-    return model
+    return model.to(device)
 
 
 def _feeder(fns, xs):
