@@ -8,13 +8,13 @@ from torch.optim import optimizer as _optimizer
 
 
 def global_optimizer_hooks():
-    """Whether any global optimizer step hook is registered: FusedAdamUpdate skips
+    """Whether any global optimizer step hook is registered: AdamUpdate skips
     Optimizer.step, so it must not run when such hooks expect to be called."""
     return bool(_optimizer._global_optimizer_pre_hooks or _optimizer._global_optimizer_post_hooks)
 
 
 def step_hooks(optimizer):
-    """An optimizer's own (pre, post) step hooks: FusedAdamUpdate runs them itself
+    """An optimizer's own (pre, post) step hooks: AdamUpdate and CudaGraphStep run them
     (torch has no public accessor for registered hooks)."""
     return optimizer._optimizer_step_pre_hooks.values(), optimizer._optimizer_step_post_hooks.values()
 
