@@ -155,3 +155,14 @@ def test_negative_final_k_is_refused(capsys):
     assert exit_.value.code == 2
     assert capsys.readouterr().err == ("iwae: error: argument --final-k: must be >= 0, got -5 "
                                        "(see: iwae train --help)\n")
+
+
+def test_batch_norm_with_running_statistics_is_refused_in_one_line(tmp_path):
+    encoder = nn.Sequential(nn.Linear(784, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 4))
+    model = iwae.Model(iwae.GaussianLayer(encoder), nn.Sequential(nn.Linear(2, 784)))
+    with pytest.raises(ValueError, match=r"^Model.encoder.0.net.1 is a BatchNorm1d that updates running statistics "
+                                         r"as it runs, which iwae's torch.func gradients cannot do; build it with "
+                                         r"track_running_stats=False, or use nn.GroupNorm or nn.LayerNorm$"):
+        iwae.fit(model, torch.rand(20, 784), out=tmp_path / "run", **SMALL)
+    encoder[1] = nn.BatchNorm1d(16, track_running_stats=False)           # batch statistics only: fine
+    iwae.fit(model, torch.rand(20, 784), out=tmp_path / "run", **{**SMALL, "epochs": 1})

@@ -94,7 +94,7 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
         held_x = rundir.fixed_binarization(held_x, binarization)
     dev = parse_device(config.device)
     model.to(dev)
-    _check_model_takes(model, train_x[:1].to(dev), name)
+    _check_model_takes(model, train_x[:2].to(dev), name)
     return run(model, config, train_x, held_x, binarization, Path(out), resume=resume, quiet=quiet,
                init=lambda: torch.manual_seed(seed), split=split,
                image_shape=image_shape or tracking.image_shape_of(train_x.shape[1]))
@@ -122,16 +122,21 @@ def _binary(x):
 
 
 def _check_model_takes(model, x, name):
-    """One log_weights call on one example, so that a shape mismatch is one clear line."""
+    """One log_weights call on two examples, so that a shape mismatch is one clear line (in eval
+    mode, so that no module updates running statistics or needs a batch)."""
+    training = model.training
     try:
         with torch.no_grad(), torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            model.eval()
             log_w = model.log_weights(x.to(next(model.parameters()).dtype), 1)
     except (RuntimeError, ValueError) as err:
         reason = " ".join(str(err).split())[:200]
         raise ValueError(f"{name}.log_weights does not take data of shape [N, {x.shape[1]}]: {reason}") from None
-    if tuple(log_w.shape) != (1, 1):
-        raise ValueError(f"{name}.log_weights(x, k) must return [k, batch]; for one example and k=1 "
-                         f"it returned shape {list(log_w.shape)}")
+    finally:
+        model.train(training)
+    if tuple(log_w.shape) != (1, x.shape[0]):
+        raise ValueError(f"{name}.log_weights(x, k) must return [k, batch]; for {x.shape[0]} example(s) and "
+                         f"k=1 it returned shape {list(log_w.shape)}")
 
 
 def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, quiet=False,

@@ -15,6 +15,8 @@ from . import bounds
 from .estimators import ESTIMATORS
 
 BOUNDS = ("elbo", "iwae", "miwae", "ciwae", "piwae")
+RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                 nn.InstanceNorm2d, nn.InstanceNorm3d)     # modules that write buffers in forward
 ALIASES = {"vae": "elbo"}
 
 
@@ -101,6 +103,11 @@ class Functional:
         if not callable(getattr(model, "log_weights", None)):
             raise ValueError(f"{type(model).__name__} has no log_weights(x, k) method; iwae trains "
                              "modules that map a batch to log importance weights [k, batch]")
+        for name, module in model.named_modules():
+            if isinstance(module, RUNNING_STATS) and module.track_running_stats and module.training:
+                raise ValueError(f"{type(model).__name__}.{name} is a {type(module).__name__} that updates "
+                                 "running statistics as it runs, which iwae's torch.func gradients cannot do; "
+                                 "build it with track_running_stats=False, or use nn.GroupNorm or nn.LayerNorm")
         self.model = model
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = tuple(n for n, _ in named)
