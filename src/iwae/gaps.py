@@ -93,8 +93,7 @@ def inference_gaps(model, x, *, q_steps=500, q_k=10, ais_steps=500, chains=8, k=
     started = time.perf_counter()
     local = fit_local_posterior(model, x, steps=q_steps, k=q_k, seed=seed)
     torch.manual_seed(seed + 1)
-    with torch.no_grad():
-        l_star, elbo_star = log_likelihood(local, x, k, batch_size=x.shape[0], with_elbo=True, compile="off")
+    l_star, elbo_star = log_likelihood(local, x, k, batch_size=x.shape[0], with_elbo=True, compile="off")
     seconds["q_star"] = time.perf_counter() - started
     started = time.perf_counter()
     log_p = ais(model, x, steps=ais_steps, chains=chains, seed=seed + 2)
