@@ -4,8 +4,11 @@ For the 1-layer VAE k=1, the 1-layer IWAE k=50 and the 2-layer IWAE k=5 of Table
 --epochs (trained by ``iwae reproduce --table 1 --only ...`` into --runs where missing), on the
 first --images test images: the 5000-sample ELBO and L_5000, AIS at the default schedule and at
 4x its steps (convergence), BDMC on --simulated images drawn from the model, and the inference
-gaps of ``iwae gaps`` on the first --gap-images, with the seconds each took. Every part is
-saved as it finishes (<runs>/evaluation/<model>/<part>.json) and not redone. Typical use:
+gaps of ``iwae gaps`` on the first --gap-images, with the seconds each took; and AIS's cost per
+image as chains grow (the first model). Every part, and every CHUNK images of an AIS or BDMC
+run, is saved as it finishes (<runs>/evaluation/<model>/...) and not redone, so the driver
+can be stopped and resumed; the 4x-steps runs go last. --only evaluates some models (to run
+two processes side by side); the results are written once all three are done. Typical use:
 
     nice -n 19 python -m benchmarks.evaluation --epochs 20 --threads 2
 """
@@ -16,8 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
+CHUNK = 100                     # images per saved piece of an AIS or BDMC run (each seeded apart)
+SPEED_CHAINS = (1, 2, 4, 8, 16, 32)
+SPEED_IMAGES, SPEED_STEPS = 50, 50
 MODELS = [("l1-vae-k1", "1-layer VAE, k=1"), ("l1-iwae-k50", "1-layer IWAE, k=50"),
           ("l2-iwae-k5", "2-layer IWAE, k=5")]
 
@@ -32,10 +39,15 @@ def arguments(argv=None):
     p.add_argument("--gap-images", type=int, default=100)
     p.add_argument("--steps", type=int, default=500, help="AIS's default schedule (also run at 4x)")
     p.add_argument("--chains", type=int, default=8)
+    p.add_argument("--bdmc-chains", type=int, default=1,
+                   help="chains per simulated image in each direction (one: the gap bounds single-chain AIS)")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--limit-train", type=int, help="train on the first N images (smoke tests)")
+    p.add_argument("--only", help="comma-separated models to evaluate (no results written)")
+    p.add_argument("--speed-chains", default=",".join(map(str, SPEED_CHAINS)),
+                   help="chains at which AIS's cost is timed (comma-separated; empty: none)")
     return p.parse_args(argv)
 
 
@@ -43,8 +55,8 @@ def run_dir(args, name):
     return Path(args.runs) / "table1" / f"mnist-{name}-e{args.epochs}"
 
 
-def train_missing(args):
-    missing = [name for name, _ in MODELS if not (run_dir(args, name) / "eval.json").exists()]
+def train_missing(args, names):
+    missing = [name for name in names if not (run_dir(args, name) / "eval.json").exists()]
     if not missing:
         return
     cmd = [sys.executable, "-m", "iwae", "reproduce", "--table", "1", "--epochs", str(args.epochs),
@@ -71,50 +83,140 @@ def part(path, compute):
     return json.loads(path.read_text())
 
 
-def evaluate_model(args, name):
+def chunked(path, n, compute):
+    """compute(j, start, stop) -> {key: [values]} for each CHUNK of range(n), each saved in
+    path/<j>.json once; the chunks' lists joined, and their seconds summed."""
+    pieces = [part(path / f"{j}.json", lambda j=j, a=a: compute(j, a, min(a + CHUNK, n)))
+              for j, a in enumerate(range(0, n, CHUNK))]
+    joined = {key: torch.tensor([v for p in pieces for v in p[key]], dtype=torch.float64)
+              for key in pieces[0] if key != "seconds"}
+    return joined, round(sum(p["seconds"] for p in pieces), 1)
+
+
+def ais_nll(args, out, model, x, steps):
+    from iwae.ais import ais
+    from iwae.distributed import block_seed
+    from iwae.rundir import EVAL_SEED
+    runs, seconds = chunked(out / f"ais{steps}", len(x), lambda j, a, b: {"log_p": ais(
+        model, x[a:b], steps=steps, chains=args.chains, seed=block_seed(EVAL_SEED, j)).tolist()})
+    log_p = runs["log_p"]
+    return {"test_nll": -log_p.mean().item(), "standard_error": (log_p.std() / len(log_p) ** 0.5).item(),
+            "n_test": len(log_p), "steps": steps, "chains": args.chains, "seconds": seconds}, log_p
+
+
+def bdmc_gap(args, out, model):
+    from iwae.ais import bdmc
+    from iwae.distributed import block_seed
+    from iwae.rundir import EVAL_SEED
+
+    def compute(j, a, b):
+        r = bdmc(model, b - a, steps=args.steps, chains=args.bdmc_chains, seed=block_seed(EVAL_SEED + 1, j))
+        return {"lower": r["lower"].tolist(), "upper": r["upper"].tolist()}
+    runs, seconds = chunked(out / "bdmc", args.simulated, compute)
+    gap = runs["upper"] - runs["lower"]
+    return {"n_simulated": len(gap), "lower_nll": -runs["lower"].mean().item(), "upper_nll": -runs["upper"].mean().item(),
+            "gap": gap.mean().item(), "gap_standard_error": (gap.std() / len(gap) ** 0.5).item(),
+            "steps": args.steps, "chains": args.bdmc_chains, "seconds": seconds}
+
+
+def speed(args, model, x):
+    """Seconds per image and AIS step (compiled transition, after compiling) by chains."""
+    from iwae.ais import ais
+    rows = []
+    for chains in [int(c) for c in args.speed_chains.split(",") if c]:
+        started = time.perf_counter()
+        ais(model, x[:SPEED_IMAGES], steps=1, chains=chains, compile="step")
+        compiling = time.perf_counter() - started
+        started = time.perf_counter()
+        ais(model, x[:SPEED_IMAGES], steps=SPEED_STEPS, chains=chains, compile="step")
+        per = (time.perf_counter() - started) / (SPEED_IMAGES * SPEED_STEPS)
+        rows.append({"chains": chains, "ms_per_image_step": round(1e3 * per, 4), "compile_seconds": round(compiling, 1)})
+    return {"images": SPEED_IMAGES, "steps": SPEED_STEPS, "threads": torch.get_num_threads(), "rows": rows}
+
+
+def evaluate_model(args, name, last):
+    """The parts of one model; last=False: all but the 4x-steps AIS, last=True: that as well."""
     from iwae.gaps import gaps_run
-    from iwae.report import evaluate_ais, evaluate_run
+    from iwae.report import _load, evaluate_run
+    from iwae.rundir import EVAL_SEED
     run, out = run_dir(args, name), Path(args.runs) / "evaluation" / name
-    common = {"limit": args.images, "data_dir": args.data_dir}
-    lk = part(out / "l5000.json", lambda: {k: v for k, v in evaluate_run(run, k=args.k, **common).items()
-                                            if k not in ("unit_variances", "unit_kl")})
-    ais = {s: part(out / f"ais{s}.json", lambda s=s: evaluate_ais(run, steps=s, chains=args.chains, **common))
-           for s in (args.steps, 4 * args.steps)}
-    bdmc = part(out / "bdmc.json", lambda: evaluate_ais(run, method="bdmc", steps=args.steps, chains=args.chains,
-                                                         limit=args.simulated, data_dir=args.data_dir))
+    model, _, _, x = _load(run, "test", args.images, args.data_dir, EVAL_SEED, "cpu")
+    per_example = out / "l5000.npy"
+    out.mkdir(parents=True, exist_ok=True)
+    lk = part(out / "l5000.json", lambda: {k: v for k, v in evaluate_run(
+        run, k=args.k, limit=args.images, data_dir=args.data_dir, per_example=per_example).items()
+        if k not in ("unit_variances", "unit_kl")})
+    ais = {args.steps: ais_nll(args, out, model, x, args.steps)}
+    bdmc = part(out / "bdmc.json", lambda: bdmc_gap(args, out, model))
     gaps = part(out / "gaps.json", lambda: gaps_run(run, examples=args.gap_images, ais_steps=args.steps,
                                                      chains=args.chains, out=out, data_dir=args.data_dir)[0])
-    return {"name": name, "l5000": lk, "ais": {str(s): v for s, v in ais.items()}, "bdmc": bdmc, "gaps": gaps}
+    timing = None
+    if name == MODELS[0][0] and args.speed_chains:
+        timing = part(out / "speed.json", lambda: speed(args, model, x))
+    if not last:
+        return None
+    ais[4 * args.steps] = ais_nll(args, out, model, x, 4 * args.steps)
+    l5000 = torch.from_numpy(np.load(per_example))
+    paired = {s: log_p - l5000 for s, (_, log_p) in ais.items()}
+    return {"name": name, "l5000": lk, "ais": {str(s): v for s, (v, _) in ais.items()}, "bdmc": bdmc, "gaps": gaps,
+            "ais_minus_l5000": {str(s): {"mean": d.mean().item(), "standard_error": (d.std() / len(d) ** 0.5).item()}
+                                for s, d in paired.items()},
+            "speed": timing}
 
 
 def markdown(rows, args):
     s, s4 = str(args.steps), str(4 * args.steps)
     lines = ["# How far is L_5000 from log p(x)?", "",
-             f"`python -m benchmarks.evaluation --epochs {args.epochs}`: Table-1 models trained {args.epochs} "
-             f"epochs; NLLs in nats on the first {args.images} MNIST test images (fixed binarization, seed "
-             f"1234); AIS: {args.chains} chains, 10 leapfrog steps, sigmoid schedule, from q; BDMC on "
-             f"{args.simulated} images simulated from each model; gaps on the first {args.gap_images} test "
-             f"images (q*: 500 Adam steps per image).", "",
-             f"| model | -ELBO | -L_{args.k} | AIS NLL ({s} steps) | AIS NLL ({s4} steps) | L_{args.k} - AIS "
-             f"| BDMC gap | approximation gap | amortization gap |",
+             f"`python -m benchmarks.evaluation --epochs {args.epochs}`: Table-1 models (dynamic binarization) "
+             f"trained {args.epochs} epochs; NLLs in nats on the first {args.images} MNIST test images "
+             f"(binarized once, seed 1234); ± one standard error over images. AIS: {args.chains} chains, 10 "
+             f"leapfrog steps, sigmoid schedule, from q. AIS - L_{args.k}: paired per image. BDMC: "
+             f"{args.bdmc_chains} chain(s) each way at {args.steps} steps on {args.simulated} images simulated "
+             f"from each model (upper - lower bound). Gaps on the first {args.gap_images} test images (q*: "
+             f"500 Adam steps per image, AIS at {args.steps} steps): approximation = AIS - L[q*], amortization "
+             f"= L[q*] - L[q], both ELBOs from 5000 samples.", "",
+             f"| model | -ELBO | -L_{args.k} | AIS NLL, {s} steps | AIS NLL, {s4} steps | AIS - L_{args.k}, "
+             f"{s} / {s4} steps | BDMC gap | approximation gap | amortization gap |",
              "|---|---|---|---|---|---|---|---|---|"]
+    pm = lambda d, key="mean": f"{d[key]:.2f} ± {d['standard_error']:.2f}"
     for r, (_, words) in zip(rows, MODELS):
-        lk, a, a4, g = r["l5000"], r["ais"][s], r["ais"][s4], r["gaps"]["mean"]
-        lines.append(f"| {words} | {lk['elbo_nll']:.2f} | {lk['test_nll']:.2f} | {a['test_nll']:.2f} | "
-                     f"{a4['test_nll']:.2f} | {a4['test_nll'] - lk['test_nll']:.2f} | {r['bdmc']['gap']:.2f} | "
+        lk, a, a4, g, d = r["l5000"], r["ais"][s], r["ais"][s4], r["gaps"]["mean"], r["ais_minus_l5000"]
+        lines.append(f"| {words} | {lk['elbo_nll']:.2f} | {lk['test_nll']:.2f} | {pm(a, 'test_nll')} | "
+                     f"{pm(a4, 'test_nll')} | {d[s]['mean']:.2f} / {pm(d[s4])} | "
+                     f"{r['bdmc']['gap']:.3f} ± {r['bdmc']['gap_standard_error']:.3f} | "
                      f"{g['approximation_gap']:.2f} | {g['amortization_gap']:.2f} |")
-    lines += ["", "Seconds: " + "; ".join(
+    lines += ["", "Seconds (one process, " + f"{args.threads} thread(s)): " + "; ".join(
         f"{words}: L_{args.k} {r['l5000']['seconds']}, AIS {r['ais'][s]['seconds']} / {r['ais'][s4]['seconds']}, "
         f"BDMC {r['bdmc']['seconds']}, gaps {sum(r['gaps']['seconds'].values()):.1f}"
         for r, (_, words) in zip(rows, MODELS)) + ".", ""]
+    timing = rows[0]["speed"]
+    if timing:
+        lines += [f"AIS cost by chains ({MODELS[0][1]}, {timing['images']} images x {timing['steps']} steps, "
+                  f"compiled transition, {timing['threads']} thread(s)): milliseconds per image and AIS step "
+                  "(x steps = the cost of one image), and seconds to compile each shape.", "",
+                  "| chains | ms / image / step | s / image at 500 steps | compile (s) |", "|---|---|---|---|"]
+        lines += [f"| {t['chains']} | {t['ms_per_image_step']:.3f} | {t['ms_per_image_step'] * 500 / 1e3:.3f} s | "
+                  f"{t['compile_seconds']} |" for t in timing["rows"]]
+        lines.append("")
     return "\n".join(lines)
 
 
 def main(argv=None):
     args = arguments(argv)
     torch.set_num_threads(args.threads)
-    train_missing(args)
-    rows = [evaluate_model(args, name) for name, _ in MODELS]
+    names = [name for name, _ in MODELS]
+    chosen = args.only.split(",") if args.only else names
+    unknown = sorted(set(chosen) - set(names))
+    if unknown:
+        raise SystemExit(f"benchmarks.evaluation: error: --only: unknown model(s) {', '.join(unknown)}; "
+                         f"choose from {', '.join(names)}")
+    train_missing(args, chosen)
+    for name in chosen:
+        evaluate_model(args, name, last=False)
+    rows = [evaluate_model(args, name, last=True) for name in chosen]
+    if args.only:
+        print(f"evaluated {', '.join(chosen)}")
+        return 0
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     (results / "evaluation.json").write_text(json.dumps(rows, indent=2) + "\n")
