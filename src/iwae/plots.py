@@ -20,6 +20,7 @@ from .data import load_dataset
 from .evaluation import active_units
 from .report import ACTIVE_UNIT_EXAMPLES
 from .rundir import EVAL_SEED, METRICS, fixed_binarization, load_model, prepare
+from .schedule import STAGE_ENDS
 
 DPI = 100
 GAP = 2                 # pixels between and around the tiles of a grid
@@ -128,6 +129,8 @@ def plot_runs(run_dirs, path, title):
     per run directory with at least one epoch of metrics, the held-out bound -L_k (nats,
     k = the run's training k) against epoch; a star at a finished run's last epoch marks its
     test NLL (eval.json: -L_5000 on the full test set, below the curve since L_k rises with k).
+    The epoch axis is logarithmic, with dotted lines where the paper's schedule lowers the
+    learning rate (after epochs 1, 4, 13, 40, 121, 364, ...), so that each stage is visible.
     """
     runs = [(Path(d), read_config(d).layers, read_metrics(d)) for d in run_dirs if (Path(d) / METRICS).exists()]
     runs = [run for run in runs if run[2]]
@@ -142,7 +145,11 @@ def plot_runs(run_dirs, path, title):
             if (run_dir / "eval.json").exists():
                 nll = json.loads((run_dir / "eval.json").read_text())["test_nll"]
                 ax.plot([metrics[-1]["epoch"]], [nll], "*", ms=10, color=line.get_color())
-        ax.set(xlabel="epoch", ylabel="held-out -L_k (nats); \u2605 test NLL (-L_5000)",
+        last = max((m["epoch"] for run in runs if run[1] == n for m in run[2]), default=1)
+        for end in (e for e in STAGE_ENDS if e < last):
+            ax.axvline(end, color="0.6", ls=":", lw=0.8)
+        ax.set(xlabel="epoch (log scale; dotted: the schedule's stages)", xscale="log",
+               ylabel="held-out -L_k (nats); \u2605 test NLL (-L_5000)",
                title=f"{title}, {n} stochastic layer{'s' if n > 1 else ''}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)

@@ -6,17 +6,16 @@ code  [yburda/iwae]: the same stages at 1e-4 * round(10^(1 - i/7), 1), i.e.
     1.0e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1.0e-4.
 constant: lr0 every epoch (Table 2's fine-tuning runs at 1e-4).
 """
+import bisect
+
 SCHEDULES = ("paper", "code", "constant")
-PAPER_EPOCHS = sum(3 ** i for i in range(8))                    # 3280
+STAGE_ENDS = tuple(sum(3 ** j for j in range(i + 1)) for i in range(8))   # 1, 4, 13, 40, 121, 364, 1093, 3280
+PAPER_EPOCHS = STAGE_ENDS[-1]
 
 
 def stage(epoch):
     """The schedule stage i of a 0-based epoch (0 for epoch 0, 1 for epochs 1-3, ...)."""
-    i, end = 0, 1
-    while epoch >= end and i < 7:
-        i += 1
-        end += 3 ** i
-    return i
+    return min(7, bisect.bisect_right(STAGE_ENDS, epoch))
 
 
 def learning_rate(epoch, schedule="paper", lr0=1e-3):
