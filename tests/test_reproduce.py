@@ -76,3 +76,25 @@ def test_orderings_compare_runs_of_equal_budget_only():
         "- holds (mnist, 20 epochs): 1-layer IWAE k=50 has more active units than VAE k=50: IWAE 30, VAE 20",
         "- **fails** (mnist, 20 epochs): 1-layer IWAE k=50 has more informative units than VAE k=50: IWAE 19, VAE 20"]
     assert orderings(rows[-1:]) == ["(no pair of finished runs at equal budget yet)"]
+
+
+def test_the_grid_cost_is_steps_times_the_measured_step(data_dir, tmp_path, capsys):
+    # benchmarks/grid_cost.py on a step benchmark whose every step takes 1 ms at 1 layer and
+    # 2 ms at 2, and L_5000 at 10 / 20 ms per image: Table 1 = 12 runs x 3280 epochs x 3000
+    # steps, half of them at 2 ms; Table 3 the same with 2500 steps an epoch
+    from benchmarks import grid_cost
+    step = {"revision": "r", "machine": {"device": "cpu", "cpu": "c", "torch_threads": 1},
+            "rows": [{"layers": n, "k": k, "median_ms": {"cpu": {"iwae": float(n)}}} for n in (1, 2) for k in (1, 5, 50)]}
+    evaluate = {"speed": [{"layers": n, "variant": "iwae", "ms_per_image": {"cpu": 10.0 * n}} for n in (1, 2)]
+                + [{"layers": 1, "variant": "eager", "ms_per_image": {"cpu": 1e9}}]}
+    (tmp_path / "s.json").write_text(json.dumps(step))
+    (tmp_path / "e.json").write_text(json.dumps(evaluate))
+    assert grid_cost.main(["--step", str(tmp_path / "s.json"), "--evaluate", str(tmp_path / "e.json"),
+                           "--data-dir", data_dir]) == 0
+    rows = [line.split("|")[1:-1] for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    train1 = 3280 * 3000 * 6 * (1 + 2) / 3.6e6
+    train3 = 3280 * 2500 * 6 * (1 + 2) / 3.6e6
+    evaluation = 10_000 * 6 * (10 + 20) / 3.6e6
+    assert [[c.strip() for c in r] for r in rows] == [
+        ["1", "12", f"{3280 * 3000 * 12:,}", f"{train1:.0f}", f"{evaluation:.1f}", f"{train1 + evaluation:.0f}"],
+        ["3", "12", f"{3280 * 2500 * 12:,}", f"{train3:.0f}", f"{evaluation:.1f}", f"{train3 + evaluation:.0f}"]]

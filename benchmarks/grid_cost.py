@@ -1,0 +1,72 @@
+"""What the paper's full grids cost: Tables 1 and 3 at 3280 epochs, from measured times.
+
+Multiplies the steps each run of ``iwae reproduce --table 1|3`` takes (epochs x training
+images / batch 20) by the milliseconds per step that ``python -m benchmarks.step`` measured for
+its net and k (the standard step: VAE and IWAE cost the same), and adds its final L_5000 on the
+10,000 test images at the milliseconds per image of ``python -m benchmarks.evaluate``. Both
+JSON files name the machine they were measured on; a GPU's come from benchmarks/gpu.sh
+(step_cuda.json; its evaluation time from gpu.log is not read here, so --evaluate may be left
+out, and the evaluation is then not counted).
+
+    python -m benchmarks.grid_cost [--step benchmarks/results/step.json] [--evaluate ...json]
+"""
+import argparse
+import json
+import sys
+
+from iwae.data import load_dataset
+from iwae.reproduce import grid
+from iwae.schedule import PAPER_EPOCHS
+
+BATCH = 20
+TEST_IMAGES = 10_000
+
+
+def arguments(argv=None):
+    p = argparse.ArgumentParser(prog="python -m benchmarks.grid_cost", description=__doc__.splitlines()[0])
+    p.add_argument("--step", default="benchmarks/results/step.json", help="a step benchmark's JSON")
+    p.add_argument("--evaluate", default="benchmarks/results/evaluate.json",
+                   help="an evaluation benchmark's JSON ('' to leave evaluation out)")
+    p.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
+    p.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="which of the benchmark's clocks")
+    p.add_argument("--data-dir")
+    return p.parse_args(argv)
+
+
+def step_ms(path, clock):
+    """(layers, k) -> ms per training step of iwae's standard step, and the machine."""
+    bench = json.loads(open(path).read())
+    return {(r["layers"], r["k"]): r["median_ms"][clock]["iwae"] for r in bench["rows"]}, bench
+
+
+def evaluation_ms(path, clock):
+    """layers -> ms per test image of L_5000 (iwae's compiled path), or {} without a file."""
+    if not path:
+        return {}
+    bench = json.loads(open(path).read())
+    return {s["layers"]: s["ms_per_image"][clock] for s in bench["speed"] if s["variant"] == "iwae"}
+
+
+def main(argv=None):
+    args = arguments(argv)
+    per_step, bench = step_ms(args.step, args.clock)
+    per_image = evaluation_ms(args.evaluate, args.clock)
+    machine = bench["machine"]
+    print(f"# The full grids at {args.epochs} epochs, from {args.step} (revision {bench['revision']}, "
+          f"{machine['device']}, {machine['cpu']}, {machine['torch_threads']} torch thread(s), {args.clock} clock)")
+    print("\n| table | runs | training steps | training (core-hours) | L_5000 (core-hours) | total (core-hours) |")
+    print("|---|---|---|---|---|---|")
+    for table in (1, 3):
+        runs = grid(table, args.epochs)
+        steps = {}
+        for dataset in {r["dataset"] for r in runs}:
+            steps[dataset] = args.epochs * -(-load_dataset(dataset, args.data_dir).train.shape[0] // BATCH)
+        train = sum(steps[r["dataset"]] * per_step[(r["layers"], r["k"])] for r in runs) / 3.6e6
+        evaluate = sum(TEST_IMAGES * per_image[r["layers"]] for r in runs) / 3.6e6 if per_image else 0.0
+        print(f"| {table} | {len(runs)} | {sum(steps[r['dataset']] for r in runs):,} | {train:.0f} | "
+              f"{evaluate:.1f} | {train + evaluate:.0f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
