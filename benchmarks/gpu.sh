@@ -6,7 +6,9 @@
 #    matmul floor (benchmarks/results/step_cuda.*; the estimators and the conv net left out to
 #    keep the script within 8 minutes);
 # 3. one epoch of `iwae train --device cuda` (the paper's 1-layer IWAE, k=5) and L_5000 on the
-#    first 1,000 test images.
+#    first 1,000 test images;
+# 4. AIS (default schedule: 500 steps x 8 chains, compiled) of that model on the same 1,000 images;
+# 5. what the paper's full grids (Tables 1 and 3, 3280 epochs) cost at the measured step times.
 # Everything it prints goes to ${OUT:-benchmarks/results}/gpu.log as well.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,4 +35,10 @@ PY
   rm -rf /tmp/iwae-gpu-run
   python3 -m iwae train --device cuda --epochs 1 --out /tmp/iwae-gpu-run --final-limit-test 1000 --quiet
   echo "train + evaluate: $((SECONDS - start)) s"
+  echo "== AIS on CUDA, 1,000 test images"
+  start=$SECONDS
+  python3 -m iwae evaluate /tmp/iwae-gpu-run --method ais --limit-test 1000 --device cuda --quiet
+  echo "AIS: $((SECONDS - start)) s"
+  echo "== the full grids at the CUDA step times"
+  python3 -m benchmarks.grid_cost --step "$LOG_DIR/step_cuda.json" --evaluate ''
 } 2>&1 | tee "$LOG_DIR/gpu.log"

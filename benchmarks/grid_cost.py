@@ -28,32 +28,33 @@ def arguments(argv=None):
     p.add_argument("--evaluate", default="benchmarks/results/evaluate.json",
                    help="an evaluation benchmark's JSON ('' to leave evaluation out)")
     p.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
-    p.add_argument("--clock", default="cpu", choices=("cpu", "wall"), help="which of the benchmark's clocks")
     p.add_argument("--data-dir")
     return p.parse_args(argv)
 
 
-def step_ms(path, clock):
-    """(layers, k) -> ms per training step of iwae's standard step, and the machine."""
+def step_ms(path):
+    """(layers, k) -> ms per training step of iwae's standard step on the row's clock (the
+    torch thread's CPU time for one thread, else wall time), and the benchmark."""
     bench = json.loads(open(path).read())
-    return {(r["layers"], r["k"]): r["median_ms"][clock]["iwae"] for r in bench["rows"]}, bench
+    return {(r["layers"], r["k"]): r["median_ms"][r["clock"]]["iwae"] for r in bench["rows"]}, bench
 
 
-def evaluation_ms(path, clock):
+def evaluation_ms(path):
     """layers -> ms per test image of L_5000 (iwae's compiled path), or {} without a file."""
     if not path:
         return {}
     bench = json.loads(open(path).read())
+    clock = bench.get("target_clock", "wall")
     return {s["layers"]: s["ms_per_image"][clock] for s in bench["speed"] if s["variant"] == "iwae"}
 
 
 def main(argv=None):
     args = arguments(argv)
-    per_step, bench = step_ms(args.step, args.clock)
-    per_image = evaluation_ms(args.evaluate, args.clock)
+    per_step, bench = step_ms(args.step)
+    per_image = evaluation_ms(args.evaluate)
     machine = bench["machine"]
     print(f"# The full grids at {args.epochs} epochs, from {args.step} (revision {bench['revision']}, "
-          f"{machine['device']}, {machine['cpu']}, {machine['torch_threads']} torch thread(s), {args.clock} clock)")
+          f"{machine.get('device')}, {machine.get('cpu')}, {machine.get('torch_threads')} torch thread(s))")
     print("\n| table | runs | training steps | training (core-hours) | L_5000 (core-hours) | total (core-hours) |")
     print("|---|---|---|---|---|---|")
     for table in (1, 3):

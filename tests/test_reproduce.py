@@ -84,8 +84,9 @@ def test_the_grid_cost_is_steps_times_the_measured_step(data_dir, tmp_path, caps
     # steps, half of them at 2 ms; Table 3 the same with 2500 steps an epoch
     from benchmarks import grid_cost
     step = {"revision": "r", "machine": {"device": "cpu", "cpu": "c", "torch_threads": 1},
-            "rows": [{"layers": n, "k": k, "median_ms": {"cpu": {"iwae": float(n)}}} for n in (1, 2) for k in (1, 5, 50)]}
-    evaluate = {"speed": [{"layers": n, "variant": "iwae", "ms_per_image": {"cpu": 10.0 * n}} for n in (1, 2)]
+            "rows": [{"layers": n, "k": k, "clock": "cpu", "median_ms": {"cpu": {"iwae": float(n)}, "wall": {"iwae": 9.0}}}
+                     for n in (1, 2) for k in (1, 5, 50)]}
+    evaluate = {"target_clock": "cpu", "speed": [{"layers": n, "variant": "iwae", "ms_per_image": {"cpu": 10.0 * n}} for n in (1, 2)]
                 + [{"layers": 1, "variant": "eager", "ms_per_image": {"cpu": 1e9}}]}
     (tmp_path / "s.json").write_text(json.dumps(step))
     (tmp_path / "e.json").write_text(json.dumps(evaluate))
