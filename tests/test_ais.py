@@ -192,15 +192,17 @@ def test_the_evaluation_driver_end_to_end_on_a_tiny_budget(data_dir, tmp_path):
     from pathlib import Path
     root = Path(__file__).resolve().parents[1]
     cmd = [sys.executable, "-m", "benchmarks.evaluation", "--epochs", "1", "--limit-train", "40", "--images", "3",
-           "--simulated", "2", "--gap-images", "2", "--steps", "2", "--chains", "2", "--k", "10", "--threads", "1",
-           "--speed-chains", "2", "--runs", str(tmp_path / "runs"), "--results", str(tmp_path / "results"), "--data-dir", data_dir]
+           "--images-4x", "2", "--simulated", "2", "--gap-images", "2", "--steps", "2", "--chains", "2", "--k", "10",
+           "--threads", "1", "--speed-chains", "2", "--runs", str(tmp_path / "runs"), "--results",
+           str(tmp_path / "results"), "--data-dir", data_dir]
     done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
     table = (tmp_path / "results" / "evaluation.md").read_text().splitlines()
     rows = [line for line in table if line.startswith("| 1-layer") or line.startswith("| 2-layer")]
     numbers = [float(n) for r in rows for c in r.split("|")[2:-1] for n in c.replace("±", "/").split("/")]
-    assert len(rows) == 3 and len(numbers) == 3 * 13 and all(math.isfinite(n) for n in numbers)
+    assert len(rows) == 3 and len(numbers) == 3 * 14 and all(math.isfinite(n) for n in numbers)
     assert "| 2 |" in "\n".join(table)                                   # the cost by chains
+    assert "AIS NLL, 8 steps (first 2 images)" in table[4]
     ais = tmp_path / "runs" / "evaluation" / "l1-vae-k1" / "ais8" / "0.json"                 # the 4x steps
     stamp = ais.stat().st_mtime_ns
     again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
