@@ -121,18 +121,22 @@ def bdmc_gap(args, out, model):
 
 
 def speed(args, model, x):
-    """Seconds per image and AIS step (compiled transition, after compiling) by chains."""
+    """Milliseconds per image and AIS step by chains (compiled transition, after compiling),
+    and at --chains the eager transition's, timed in turn in this process."""
     from iwae.ais import ais
+
+    def per_image_step(chains, compile):
+        started = time.perf_counter()
+        ais(model, x[:SPEED_IMAGES], steps=SPEED_STEPS, chains=chains, compile=compile)
+        return round(1e3 * (time.perf_counter() - started) / (min(SPEED_IMAGES, len(x)) * SPEED_STEPS), 4)
     rows = []
     for chains in [int(c) for c in args.speed_chains.split(",") if c]:
         started = time.perf_counter()
         ais(model, x[:SPEED_IMAGES], steps=1, chains=chains, compile="step")
-        compiling = time.perf_counter() - started
-        started = time.perf_counter()
-        ais(model, x[:SPEED_IMAGES], steps=SPEED_STEPS, chains=chains, compile="step")
-        per = (time.perf_counter() - started) / (SPEED_IMAGES * SPEED_STEPS)
-        rows.append({"chains": chains, "ms_per_image_step": round(1e3 * per, 4), "compile_seconds": round(compiling, 1)})
-    return {"images": SPEED_IMAGES, "steps": SPEED_STEPS, "threads": torch.get_num_threads(), "rows": rows}
+        compiling = round(time.perf_counter() - started, 1)
+        rows.append({"chains": chains, "ms_per_image_step": per_image_step(chains, "step"), "compile_seconds": compiling})
+    return {"images": min(SPEED_IMAGES, len(x)), "steps": SPEED_STEPS, "threads": torch.get_num_threads(),
+            "rows": rows, "eager": {"chains": args.chains, "ms_per_image_step": per_image_step(args.chains, "off")}}
 
 
 def evaluate_model(args, name, last):
@@ -204,6 +208,9 @@ def markdown(rows, args):
                   "| chains | ms / image / step | s / image at 500 steps | compile (s) |", "|---|---|---|---|"]
         lines += [f"| {t['chains']} | {t['ms_per_image_step']:.3f} | {t['ms_per_image_step'] * 500 / 1e3:.3f} | "
                   f"{t['compile_seconds']} |" for t in timing["rows"]]
+        eager = timing["eager"]
+        lines += ["", f"The eager transition (compile=\"off\") at {eager['chains']} chains: "
+                  f"{eager['ms_per_image_step']:.3f} ms per image and step."]
         lines.append("")
     return "\n".join(lines)
 
