@@ -15,7 +15,7 @@ import json
 import sys
 
 from iwae.data import load_dataset
-from iwae.reproduce import grid
+from iwae.reproduce import grid, select
 from iwae.schedule import PAPER_EPOCHS
 
 BATCH = 20
@@ -28,6 +28,8 @@ def arguments(argv=None):
     p.add_argument("--evaluate", default="benchmarks/results/evaluate.json",
                    help="an evaluation benchmark's JSON ('' to leave evaluation out)")
     p.add_argument("--epochs", type=int, default=PAPER_EPOCHS)
+    p.add_argument("--tables", default="1,3", help="comma-separated tables (1, 3)")
+    p.add_argument("--only", help="the runs of iwae reproduce --only (e.g. l1-vae-k1,l2-iwae-k5)")
     p.add_argument("--data-dir")
     return p.parse_args(argv)
 
@@ -57,8 +59,8 @@ def main(argv=None):
           f"{machine.get('device')}, {machine.get('cpu')}, {machine.get('torch_threads')} torch thread(s))")
     print("\n| table | runs | training steps | training (core-hours) | L_5000 (core-hours) | total (core-hours) |")
     print("|---|---|---|---|---|---|")
-    for table in (1, 3):
-        runs = grid(table, args.epochs)
+    for table in (int(t) for t in args.tables.split(",")):
+        runs = select(grid(table, args.epochs), args.only)
         steps = {}
         for dataset in {r["dataset"] for r in runs}:
             steps[dataset] = args.epochs * -(-load_dataset(dataset, args.data_dir).train.shape[0] // BATCH)
