@@ -95,7 +95,7 @@ def chunked(path, n, compute):
 
 
 def ais_nll(args, out, model, x, steps):
-    from iwae.ais import ais
+    from iwae.annealing import ais
     from iwae.distributed import block_seed
     from iwae.rundir import EVAL_SEED
     runs, seconds = chunked(out / f"ais{steps}", len(x), lambda j, a, b: {"log_p": ais(
@@ -106,7 +106,7 @@ def ais_nll(args, out, model, x, steps):
 
 
 def bdmc_gap(args, out, model):
-    from iwae.ais import bdmc
+    from iwae.annealing import bdmc
     from iwae.distributed import block_seed
     from iwae.rundir import EVAL_SEED
 
@@ -123,7 +123,7 @@ def bdmc_gap(args, out, model):
 def speed(args, model, x):
     """Milliseconds per image and AIS step by chains (compiled transition, after compiling),
     and at --chains the eager transition's, timed in turn in this process."""
-    from iwae.ais import ais
+    from iwae.annealing import ais
 
     def per_image_step(chains, compile):
         started = time.perf_counter()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import iwae
-from iwae.ais import ais, bdmc, hmc, inverse_temperatures
+from iwae.annealing import ais, bdmc, hmc, inverse_temperatures
 
 
 def test_schedules_run_from_zero_to_one():

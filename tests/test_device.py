@@ -56,6 +56,17 @@ def test_log_likelihood_on_meta(meta_model):
     assert ll.device == META and elbo.device == META and ll.shape == (3,)
 
 
+def test_ais_bdmc_and_the_local_posterior_on_meta(meta_model):
+    from iwae.gaps import fit_local_posterior
+    log_p, chains = iwae.ais(meta_model, x_meta(), steps=2, chains=2, leapfrog=2, with_chains=True)
+    assert log_p.device == META and chains.device == META and chains.shape == (2, 3)
+    assert iwae.ais(meta_model, x_meta(), steps=2, chains=2, leapfrog=2, init="prior").device == META
+    r = iwae.bdmc(meta_model, 3, steps=2, chains=2, leapfrog=2)
+    assert r["x"].device == r["lower"].device == r["upper"].device == META
+    local = fit_local_posterior(meta_model, x_meta(), steps=2, k=2)
+    assert all(m.device == META for m in local.means)
+
+
 def test_sampling_reconstruction_and_units_on_meta(meta_model):
     assert meta_model.sample(5).device == META
     assert meta_model.reconstruct(x_meta()).device == META

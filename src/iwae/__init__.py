@@ -5,6 +5,7 @@ Bounds (``iwae.bounds``) and gradient estimators (``iwae.estimators``) are funct
 ``iwae.fit`` trains any module that has it.
 """
 from . import bounds
+from .annealing import ais, bdmc
 from .densities import Bernoulli, Gaussian
 from .evaluation import log_likelihood
 from .loop import fit
@@ -13,6 +14,6 @@ from .nets import mlp
 from .objective import loss
 from .rundir import load_model
 
-__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Model", "bounds", "fit", "log_likelihood",
+__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Model", "ais", "bdmc", "bounds", "fit", "log_likelihood",
            "load_model", "loss", "mlp", "paper_gaussian_layer", "paper_model"]
 __version__ = "0.1.0"

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from .ais import ais
+from .annealing import ais
 from .densities import normal_log_prob
 from .evaluation import log_likelihood
 

@@ -7,7 +7,7 @@ import torch
 from tqdm import tqdm
 
 from . import distributed
-from .ais import ais, bdmc
+from .annealing import ais, bdmc
 from .evaluation import active_units, unit_kl
 from .config import read_config
 from .rundir import EVAL_SEED, fixed_binarization, load_model, prepare
@@ -75,7 +75,7 @@ def evaluate_ais(run_dir, *, method="ais", steps=500, chains=8, leapfrog=10, ini
         result = bdmc(model, limit or BDMC_EXAMPLES, seed=seed, progress=not quiet, **settings)
         return {"method": "bdmc", "n_simulated": int(result["x"].shape[0]),
                 "lower_nll": -result["lower"].mean().item(), "upper_nll": -result["upper"].mean().item(),
-                "gap": result["gap"], **settings, "seconds": round(time.perf_counter() - started, 1)}
+                "gap": result["gap"].item(), **settings, "seconds": round(time.perf_counter() - started, 1)}
     raise ValueError(f"method must be iwae, ais or bdmc, got {method!r}")
 
 

@@ -173,7 +173,7 @@ def bdmc(model, n, *, steps=500, chains=8, leapfrog=10, schedule="sigmoid", init
     """Bidirectional Monte Carlo on n examples simulated from the model.
 
     Returns {"x": [n, D], "lower": float64 [n] (forward AIS), "upper": float64 [n] (reverse
-    AIS from the exact posterior sample), "gap": mean upper - lower}. E[lower] <= log p(x)
+    AIS from the exact posterior sample), "gap": mean upper - lower, a 0-d tensor}. E[lower] <= log p(x)
     <= E[upper] for each x; the gap shrinks as steps grow. The reverse chains of an example
     all start at its one exact posterior sample. compile: as for ais.
     """
@@ -199,7 +199,7 @@ def bdmc(model, n, *, steps=500, chains=8, leapfrog=10, schedule="sigmoid", init
         posterior = [z[start:start + xb.shape[0]].unsqueeze(0).expand(chains, -1, -1).clone() for z in zs]
         return -_lse(_anneal(model, init, xb, posterior, betas.flip(0), transition, leapfrog, step_size, bar))
     upper = _batched(model, x, batch_size, seed + 2, progress, steps, reverse)
-    return {"x": x, "lower": lower, "upper": upper, "gap": (upper - lower).mean().item()}
+    return {"x": x, "lower": lower, "upper": upper, "gap": (upper - lower).mean()}
 
 
 def _lse(log_w):
