@@ -202,7 +202,7 @@ def test_the_evaluation_driver_end_to_end_on_a_tiny_budget(data_dir, tmp_path):
     numbers = [float(n) for r in rows for c in r.split("|")[2:-1] for n in c.replace("±", "/").split("/")]
     assert len(rows) == 3 and len(numbers) == 3 * 14 and all(math.isfinite(n) for n in numbers)
     assert "| 2 |" in "\n".join(table)                                   # the cost by chains
-    assert "AIS NLL, 8 steps (first 2 images)" in table[4]
+    assert "AIS NLL, 8 / 2 steps (first 2 images)" in table[4]
     ais = tmp_path / "runs" / "evaluation" / "l1-vae-k1" / "ais8" / "0.json"                 # the 4x steps
     stamp = ais.stat().st_mtime_ns
     again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
