@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 
-from iwae.data import load_dataset
+from iwae.data import DataError, load_dataset
 from iwae.reproduce import grid, select
 from iwae.schedule import PAPER_EPOCHS
 
@@ -61,9 +61,12 @@ def main(argv=None):
     print("|---|---|---|---|---|---|")
     for table in (int(t) for t in args.tables.split(",")):
         runs = select(grid(table, args.epochs), args.only)
-        steps = {}
-        for dataset in {r["dataset"] for r in runs}:
-            steps[dataset] = args.epochs * -(-load_dataset(dataset, args.data_dir).train.shape[0] // BATCH)
+        try:
+            steps = {dataset: args.epochs * -(-load_dataset(dataset, args.data_dir).train.shape[0] // BATCH)
+                     for dataset in {r["dataset"] for r in runs}}
+        except DataError as err:
+            print(f"| {table} | not priced: {err} |")
+            continue
         train = sum(steps[r["dataset"]] * per_step[(r["layers"], r["k"])] for r in runs) / 3.6e6
         evaluate = sum(TEST_IMAGES * per_image[r["layers"]] for r in runs) / 3.6e6 if per_image else 0.0
         print(f"| {table} | {len(runs)} | {sum(steps[r['dataset']] for r in runs):,} | {train:.0f} | "
