@@ -10,18 +10,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from iwae.provenance import cpu_model, revision
+
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-def cpu_model():
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def machine_info(device="cpu"):
@@ -188,16 +180,8 @@ class MatmulFloor:
 
 
 def git_revision():
-    try:
-        import subprocess
-        root = Path(__file__).resolve().parents[1]
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
-        return out.stdout.strip() + ("+dirty" if dirty else "")
-    except Exception:
-        return None
+    """This checkout's commit (+dirty), or None outside a checkout."""
+    return revision(Path(__file__).resolve().parents[1])
 
 
 def load_baseline(ref):

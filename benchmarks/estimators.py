@@ -300,7 +300,7 @@ def reading(rows, diagnosis):
 
 
 def write_results(rows, diagnosis, results, args, seconds):
-    from iwae.reproduce import hardware
+    from iwae.provenance import hardware
     results.mkdir(parents=True, exist_ok=True)
     test = f"the first {args.limit_test} test images" if args.limit_test else "the full test set (10,000 images)"
     train = f"the first {args.limit_train} training images" if args.limit_train else "the full 60,000 training images"

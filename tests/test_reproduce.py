@@ -1,6 +1,7 @@
 """`iwae reproduce` end to end on a tiny budget: the grid, the results files, resumption."""
 import csv
 import json
+import os
 import subprocess
 import sys
 
@@ -28,6 +29,10 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     png = (tmp_path / "results" / "table1_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
 
+    # each run's eval.json says where and from which commit it was evaluated
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    assert all(r["hardware"].endswith("threads, CPU)") and r["revision"] in (head, f"{head}+dirty") for r in rows)
+
     finished = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "table1").glob("*/eval.json")}
     assert len(finished) == 12
     again = reproduce(tmp_path, data_dir, 1)                  # finished runs are skipped
@@ -51,6 +56,31 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     assert [(r["layers"], r["objective"], r["k"], r["epochs"]) for r in rows[-2:]] == [
         ("2", "iwae", "50", "1"), ("1", "vae", "1", "2")]
     assert len(rows) == 13 and {p: p.stat().st_mtime_ns for p in finished} == finished
+
+    # a row of the earlier csv whose run is not under --out (trained elsewhere) is kept as it
+    # was, and the header names each budget's hardware and revision; a run under --out
+    # replaces its old row
+    path = tmp_path / "results" / "table1.csv"
+    elsewhere = {**rows[0], "epochs": "7", "test_nll": "88.5", "hardware": "Another CPU (4 threads, CPU)",
+                 "revision": "abc1234"}
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows([rows[0], {**rows[1], "test_nll": "1.0"}, *rows[2:], elsewhere])
+    assert reproduce(tmp_path, data_dir, 1, "--only", "l1-vae-k1", epochs=2).returncode == 0
+    assert list(csv.DictReader(path.open())) == rows + [elsewhere]
+    md = (tmp_path / "results" / "table1.md").read_text()
+    assert "| mnist | 1 | vae | 1 | 7 | 88.50 |" in md
+    assert f"Hardware: {rows[0]['hardware']} (1, 2 epochs); Another CPU (4 threads, CPU) (7 epochs)." in md
+    assert f"runs evaluated at {rows[0]['revision']} (1, 2 epochs); abc1234 (7 epochs);" in md
+    path.write_text(path.read_text().replace("88.5", "eighty"))
+    bad = reproduce(tmp_path, data_dir, 1, "--only", "l1-vae-k1", epochs=2)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines()[-1] == (
+        f"iwae: error: {path} line 15: not a row of table 1 (could not convert string to float: 'eighty')")
+    assert "eighty" in path.read_text()                       # the user's file is left as it was
+    path.write_text(path.read_text().replace("eighty", "88.5"))
+
     bad = reproduce(tmp_path, data_dir, 1, "--only", "l3-vae-k1")
     assert bad.returncode == 2
     assert bad.stderr.strip().splitlines()[-1].startswith("iwae: error: --only: no run l3-vae-k1 in this table")
@@ -99,3 +129,12 @@ def test_the_grid_cost_is_steps_times_the_measured_step(data_dir, tmp_path, caps
     assert [[c.strip() for c in r] for r in rows] == [
         ["1", "12", f"{3280 * 3000 * 12:,}", f"{train1:.0f}", f"{evaluation:.1f}", f"{train1 + evaluation:.0f}"],
         ["3", "12", f"{3280 * 2500 * 12:,}", f"{train3:.0f}", f"{evaluation:.1f}", f"{train3 + evaluation:.0f}"]]
+
+
+def test_provenance_names_the_cpu_and_no_revision_outside_a_checkout(tmp_path):
+    from iwae.provenance import cpu_model, hardware, revision
+    assert hardware("cpu") == hardware("meta") == f"{cpu_model()} ({os.cpu_count()} threads, CPU)"
+    assert revision(tmp_path) is None                       # an installed wheel: no checkout around it
+    (tmp_path / "src" / "iwae").mkdir(parents=True)
+    (tmp_path / ".git").mkdir()
+    assert revision(tmp_path) is None                       # git fails there: no commit to name

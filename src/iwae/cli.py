@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import checkpoint
 from .checkpoint import CheckpointError
-from .config import Config
+from .config import Config, parse_device
 from .data import DataError
 from .distributed import cleanup, is_main, joined, launched, rank
 from .loop import Interrupted
@@ -46,7 +46,6 @@ positive_int, nonnegative_int = int_at_least(1), int_at_least(0)
 
 def device(text):
     """--device: checked here, so that a missing GPU is one line before anything is loaded."""
-    from .config import parse_device
     try:
         parse_device(text)
     except ValueError as err:
@@ -142,6 +141,7 @@ def add_evaluate(sub):
 
 
 def cmd_train(args):
+    from .provenance import hardware, revision
     from .report import evaluate_run
     from .train import train
     config = Config(dataset=args.dataset, layers=args.layers, objective=args.objective,
@@ -167,6 +167,7 @@ def cmd_train(args):
                               quiet=args.quiet, device=config.device)
         if not main:
             return
+        result.update(hardware=hardware(parse_device(config.device)), revision=revision())
         checkpoint.write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")  # atomic: reproduce reads it
         print(f"test NLL (L_{args.final_k}, {result['n_test']} test images): {result['test_nll']:.2f} nats; "
               f"active units {'+'.join(map(str, result['active_units']))}")

@@ -2,22 +2,23 @@
 
 Each run lives in <out>/table<t>/<name>; a run with eval.json is finished and skipped, a run
 with a checkpoint resumes from it. Results go to results/table<t>.csv and .md (our numbers
-beside the paper's, with the budget and hardware) and a learning-curve plot; they list every
-finished run of the table under <out>, so budgets run at different times (20 epochs for the
-grid, 50 for two of its runs) share one table.
+beside the paper's, with each run's hardware and code revision) and a learning-curve plot.
+The table lists every finished run of the table under <out>, any budget, and keeps the rows
+of the earlier results/table<t>.csv that no run under <out> replaces (runs trained on another
+machine or under another --out): budgets run at different times share one table, and
+rewriting it loses nothing.
 """
 import csv
 import json
 import os
-import platform
 import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import torch
 
+from .provenance import hardware, revision
 from .rundir import TrainingError
 
 # [Burda et al. 2016, Table 1] MNIST rows: (layers, objective, k) -> (test NLL, active units)
@@ -36,8 +37,9 @@ PAPER_TABLE3 = {
 }
 # [Table 2] 1 layer: first stage -> continued stage, (NLL, active units) after continuing
 PAPER_TABLE2 = {("vae", 1, "iwae", 50): (84.88, "22"), ("iwae", 50, "vae", 1): (86.02, "23")}
-FIELDS = ["dataset", "layers", "objective", "k", "epochs", "test_nll", "active_units", "hardware", "seconds",
-          "train_minus_test"]
+FIELDS = ["dataset", "layers", "objective", "k", "epochs", "test_nll", "active_units", "informative_units",
+          "n_test", "final_k", "train_minus_test", "seconds", "hardware", "revision"]
+INTEGER_FIELDS = ("layers", "k", "epochs", "n_test", "final_k", "seconds")
 OVERFIT_EXAMPLES = 10_000   # training and test images whose L_k the fixed-binarization table compares
 
 
@@ -87,21 +89,6 @@ def finished(table, out):
     return [(run, run_dir) for _, run, run_dir in sorted(found, key=lambda f: f[0])]
 
 
-def hardware():
-    """'<CPU model> (N threads)' or the CUDA device name."""
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{model} ({os.cpu_count()} threads, CPU)"
-
-
 def train_command(run, run_dir, args, threads, init_from=None):
     cmd = [sys.executable, "-m", "iwae", "train", "--out", str(run_dir), "--threads", str(threads),
            "--dataset", run["dataset"],
@@ -144,13 +131,50 @@ def row(run, run_dir, data_dir=None, limit=None):
         result.update(overfitting(run_dir, run["k"], data_dir, limit or OVERFIT_EXAMPLES))
         write_text(run_dir / "eval.json", json.dumps(result, indent=2) + "\n")
     metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    gap = {"train_minus_test": round(result["train_lk"] - result["test_lk"], 2)} if "train_lk" in result else {}
-    return {**gap, "dataset": run["dataset"], "layers": run["layers"], "objective": run["objective"],
+    gap = round(result["train_lk"] - result["test_lk"], 2) if "train_lk" in result else ""
+    return {"dataset": run["dataset"], "layers": run["layers"], "objective": run["objective"],
             "k": run["k"], "epochs": run["epochs"], "test_nll": round(result["test_nll"], 2),
-            "active_units": "+".join(map(str, result["active_units"])), "hardware": hardware(),
+            "active_units": "+".join(map(str, result["active_units"])),
             "informative_units": "+".join(map(str, result["informative_units"])),
+            "n_test": result["n_test"], "final_k": result["k"], "train_minus_test": gap,
             "seconds": round(sum(m["seconds"] for m in metrics)),
-            "n_test": result["n_test"], "final_k": result["k"]}
+            # evaluated before eval.json recorded them: this machine, revision unknown
+            "hardware": result.get("hardware") or hardware(), "revision": result.get("revision") or ""}
+
+
+def key(r):
+    return r["dataset"], r["layers"], r["objective"], r["k"], r["epochs"]
+
+
+def grid_run(table, r):
+    """The grid's run dict for a row, and its index in the grid of its budget."""
+    runs = grid(table, r["epochs"])
+    index = next((i for i, run in enumerate(runs) if key({**run, "epochs": r["epochs"]}) == key(r)), None)
+    if index is None:
+        raise ValueError(f"table {table} has no run {r['dataset']} {r['layers']}-layer {r['objective']} k={r['k']}")
+    return runs[index], index
+
+
+def earlier_rows(table, path, rows):
+    """The rows of an earlier results csv (path) whose run is not among rows, typed as row()
+    makes them; columns a csv from before they existed lacks are blank."""
+    if not path.exists():
+        return []
+    have = {key(r) for r in rows}
+    kept = []
+    with path.open(newline="") as f:
+        for line, r in enumerate(csv.DictReader(f), start=2):
+            r = {field: r.get(field) or "" for field in FIELDS}
+            try:
+                r.update({field: int(r[field]) for field in INTEGER_FIELDS if r[field] != ""})
+                r["test_nll"] = float(r["test_nll"])
+                r["train_minus_test"] = float(r["train_minus_test"]) if r["train_minus_test"] != "" else ""
+                grid_run(table, r)
+            except (ValueError, KeyError) as err:
+                raise ValueError(f"{path} line {line}: not a row of table {table} ({err})") from None
+            if key(r) not in have:
+                kept.append(r)
+    return kept
 
 
 def reproduce(args):
@@ -169,9 +193,11 @@ def reproduce(args):
     cheap_first = sorted(range(len(jobs)), key=lambda i: (jobs[i][0]["k"], jobs[i][0]["layers"]))
     with ThreadPoolExecutor(args.jobs) as pool:
         list(pool.map(lambda i: announce(run_one(*jobs[i][:2], args, threads, jobs[i][2])), cheap_first))
-    table = finished(args.table, args.out)
-    rows = [row(run, run_dir, args.data_dir, args.limit_test) for run, run_dir in table]
-    write_results(args.table, rows, table, Path(args.results), args)
+    present = finished(args.table, args.out)
+    rows = [row(run, run_dir, args.data_dir, args.limit_test) for run, run_dir in present]
+    csv_path = Path(args.results) / f"table{args.table}.csv"
+    rows = sorted(rows + earlier_rows(args.table, csv_path, rows), key=lambda r: (r["epochs"], grid_run(args.table, r)[1]))
+    write_results(args.table, rows, [d for _, d in present], Path(args.results), args)
     return rows
 
 
@@ -201,8 +227,9 @@ def paper_value(table, r, run):
     return PAPER_TABLE2[(*run["first"], run["objective"], run["k"])]
 
 
-def write_results(table, rows, runs, results_dir, args):
-    """results/table<t>.csv and .md from rows (one per (run, run_dir) in runs) and the curves plot."""
+def write_results(table, rows, run_dirs, results_dir, args):
+    """results/table<t>.csv and .md from rows, and the curves plot of the runs in run_dirs
+    (the rows' runs present on this machine; the plot is left as it was when there are none)."""
     from .plots import plot_runs
     results_dir.mkdir(parents=True, exist_ok=True)
     with (results_dir / f"table{table}.csv").open("w", newline="") as f:
@@ -215,11 +242,14 @@ def write_results(table, rows, runs, results_dir, args):
                   "with the other objective at lr 1e-4; the paper: 3280 epochs, then 3^7 = 2187")
     if args.limit_train:
         budget += f", on the first {args.limit_train} training images"
-    ks = "/".join(sorted({f"L_{r['final_k']}" for r in rows})) or f"L_{args.final_k}"
+    ks = "/".join(sorted({f"L_{r['final_k']}" for r in rows if r["final_k"] != ""})) or f"L_{args.final_k}"
     lines = [f"# Table {table}: test NLL (nats, -mean {ks} over the test images column), active units",
-             "", f"Budget: {budget}. Hardware: {rows[0]['hardware'] if rows else '-'}.",
-             "Command: `" + " ".join(["iwae", "reproduce"] + sys.argv[2:]) + "` (the table lists every "
-             "finished run of this table, whatever command ran it).", "",
+             "", f"Budget: {budget}. Hardware: {per_budget(rows, 'hardware', 'not recorded')}.",
+             f"Code: runs evaluated at {per_budget(rows, 'revision', 'a revision not recorded')}; this table "
+             f"written at {revision() or 'a revision not recorded'} by `"
+             + " ".join(["iwae", "reproduce"] + sys.argv[2:]) + "`. It lists every finished run of this table "
+             "under --out, whatever command ran it, and keeps the rows of the earlier csv that none of them "
+             "replaces (the curves plot shows the runs under --out).", "",
              "Units: active = Burda's A_u > 1e-2; informative = mean KL(q || prior) > 0.05 nats per unit "
              "(on 500 training images). Seconds: the run's training wall clock, with whatever else shared "
              "the machine (`--jobs` runs at a time).", "",
@@ -234,24 +264,33 @@ def write_results(table, rows, runs, results_dir, args):
                      f"images minus that on the first {OVERFIT_EXAMPLES:,} test images: how far the model "
                      "overfits the fixed binarization (the paper's App. D; its code's README puts it near "
                      "3.5 nats at the full budget).")
-    for r, (run, _) in zip(rows, runs):
+    for r in rows:
+        run, _ = grid_run(table, r)
         nll, units = paper_value(table, r, run)
         objective = r["objective"] if table != 2 else f"{run['first'][0]} k={run['first'][1]} -> {r['objective']}"
         lines.append(f"| {r['dataset']} | {r['layers']} | {objective} | {r['k']} | {r['epochs']} | "
                      f"{r['test_nll']:.2f} | {r['active_units']} | {r['informative_units']} | {nll} | {units} | "
-                     f"{r['n_test']} | {r['seconds']} |" + (f" {r.get('train_minus_test', '')} |" if gaps else ""))
+                     f"{r['n_test']} | {r['seconds']} |" + (f" {r['train_minus_test']} |" if gaps else ""))
     if table in (1, 3):
         lines += ["", "## The paper's orderings, between runs of equal budget", ""] + orderings(rows)
     (results_dir / f"table{table}.md").write_text("\n".join(lines) + "\n")
-    plot_runs([d for _, d in runs], results_dir / f"table{table}_curves.png",
-              title=f"Table {table}")
+    if run_dirs:
+        plot_runs(run_dirs, results_dir / f"table{table}_curves.png", title=f"Table {table}")
+
+
+def per_budget(rows, field, blank):
+    """'value (20, 50 epochs); other (364 epochs)': a field's values and the budgets of their rows."""
+    budgets = {}
+    for r in rows:
+        budgets.setdefault(r[field] or blank, set()).add(r["epochs"])
+    return "; ".join(f"{value} ({', '.join(map(str, sorted(e)))} epochs)" for value, e in budgets.items()) or "-"
 
 
 def orderings(rows):
     """The paper's Table-1 claims, each checked between finished runs of one dataset and one
     budget: markdown lines "- holds/fails (budget): claim: the numbers compared"."""
     by = {(r["dataset"], r["epochs"], r["layers"], r["objective"], r["k"]): r for r in rows}
-    units = lambda r, key: sum(map(int, r[key].split("+")))
+    units = lambda r, field: sum(map(int, r[field].split("+")))
     lines = []
     for dataset, epochs in sorted({(r["dataset"], r["epochs"]) for r in rows}):
         at = lambda layers, objective, k: by.get((dataset, epochs, layers, objective, k))
@@ -268,10 +307,10 @@ def orderings(rows):
                     claims.append((f"{layers}-layer IWAE beats VAE at k={k}", iwae["test_nll"] < vae["test_nll"],
                                    f"IWAE {iwae['test_nll']:.2f}, VAE {vae['test_nll']:.2f}"))
             vae, iwae = at(layers, "vae", 50), at(layers, "iwae", 50)
-            for key, what in (("active_units", "active"), ("informative_units", "informative")):
-                if vae and iwae:
+            for field, what in (("active_units", "active"), ("informative_units", "informative")):
+                if vae and iwae and vae[field] and iwae[field]:       # blank: a csv row from before it existed
                     claims.append((f"{layers}-layer IWAE k=50 has more {what} units than VAE k=50",
-                                   units(iwae, key) > units(vae, key), f"IWAE {iwae[key]}, VAE {vae[key]}"))
+                                   units(iwae, field) > units(vae, field), f"IWAE {iwae[field]}, VAE {vae[field]}"))
         for objective in ("vae", "iwae"):
             for k in (1, 5, 50):
                 one, two = at(1, objective, k), at(2, objective, k)
