@@ -180,8 +180,9 @@ class MatmulFloor:
 
 
 def git_revision():
-    """This checkout's commit (+dirty), or None outside a checkout."""
-    return revision(Path(__file__).resolve().parents[1])
+    """This checkout's commit (+dirty: the package or the benchmarks differ from it), or None
+    outside a checkout."""
+    return revision(Path(__file__).resolve().parents[1], code=("src", "benchmarks"))
 
 
 def load_baseline(ref):

@@ -29,15 +29,16 @@ def hardware(device=None):
     return f"{cpu_model()} ({os.cpu_count()} threads, CPU)"
 
 
-def revision(root=SOURCE_ROOT):
-    """The git commit of the checkout iwae runs from ('1d97382', '+dirty' when tracked files
-    differ from it), or None when iwae is not a checkout's src/iwae (an installed wheel)."""
+def revision(root=SOURCE_ROOT, code=("src",)):
+    """The git commit of the checkout iwae runs from ('1d97382'; '+dirty' when tracked files
+    under `code` differ from it: results being written elsewhere do not count), or None when
+    iwae is not a checkout's src/iwae (an installed wheel)."""
     if not ((root / ".git").exists() and (root / "src" / "iwae").is_dir()):
         return None
     try:
         git = lambda *a: subprocess.run(["git", "-C", str(root), *a], capture_output=True, text=True,
                                         timeout=10, check=True).stdout.strip()
-        dirty = git("status", "--porcelain", "--untracked-files=no")
+        dirty = git("status", "--porcelain", "--untracked-files=no", "--", *code)
         return git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return None
