@@ -131,10 +131,25 @@ def test_the_grid_cost_is_steps_times_the_measured_step(data_dir, tmp_path, caps
         ["3", "12", f"{3280 * 2500 * 12:,}", f"{train3:.0f}", f"{evaluation:.1f}", f"{train3 + evaluation:.0f}"]]
 
 
-def test_provenance_names_the_cpu_and_no_revision_outside_a_checkout(tmp_path):
+def test_provenance_names_the_cpu_and_the_commit_dirty_only_when_the_code_differs(tmp_path):
     from iwae.provenance import cpu_model, hardware, revision
     assert hardware("cpu") == hardware("meta") == f"{cpu_model()} ({os.cpu_count()} threads, CPU)"
     assert revision(tmp_path) is None                       # an installed wheel: no checkout around it
     (tmp_path / "src" / "iwae").mkdir(parents=True)
     (tmp_path / ".git").mkdir()
     assert revision(tmp_path) is None                       # git fails there: no commit to name
+    (tmp_path / ".git").rmdir()
+    git = lambda *a: subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t",
+                                     *a], capture_output=True, text=True, check=True).stdout.strip()
+    for name in ("src/iwae/model.py", "results/table1.md"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("1\n")
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "c")
+    head = git("rev-parse", "--short", "HEAD")
+    assert revision(tmp_path) == head
+    (tmp_path / "results" / "table1.md").write_text("2\n")   # a reproduce rewriting its results
+    assert revision(tmp_path) == head
+    (tmp_path / "src" / "iwae" / "model.py").write_text("2\n")
+    assert revision(tmp_path) == f"{head}+dirty"
