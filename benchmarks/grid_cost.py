@@ -8,11 +8,17 @@ JSON files name the machine they were measured on; a GPU's come from benchmarks/
 (step_cuda.json; its evaluation time from gpu.log is not read here, so --evaluate may be left
 out, and the evaluation is then not counted).
 
-    python -m benchmarks.grid_cost [--step benchmarks/results/step.json] [--evaluate ...json]
+--runs checks the projection against real runs: for every run under an ``iwae reproduce
+--out`` directory, its quickest and median epoch (metrics.jsonl: training plus the per-epoch
+held-out bound, with whatever else shared the machine) beside the projected epoch.
+
+    python -m benchmarks.grid_cost [--step benchmarks/results/step.json] [--evaluate ...json] [--runs runs/reproduce]
 """
 import argparse
 import json
+import statistics
 import sys
+from pathlib import Path
 
 from iwae.data import DataError, load_dataset
 from iwae.reproduce import grid, select
@@ -31,6 +37,7 @@ def arguments(argv=None):
     p.add_argument("--tables", default="1,3", help="comma-separated tables (1, 3)")
     p.add_argument("--only", help="the runs of iwae reproduce --only (e.g. l1-vae-k1,l2-iwae-k5)")
     p.add_argument("--data-dir")
+    p.add_argument("--runs", help="an iwae reproduce --out directory: its runs' epochs beside the projected epoch")
     return p.parse_args(argv)
 
 
@@ -71,7 +78,26 @@ def main(argv=None):
         evaluate = sum(TEST_IMAGES * per_image[r["layers"]] for r in runs) / 3.6e6 if per_image else 0.0
         print(f"| {table} | {len(runs)} | {sum(steps[r['dataset']] for r in runs):,} | {train:.0f} | "
               f"{evaluate:.1f} | {train + evaluate:.0f} |")
+    if args.runs:
+        print(f"\n# The runs under {args.runs}: seconds per epoch, measured and projected\n")
+        print("| run | epochs done | projected | quickest (x projected) | median (x projected) |")
+        print("|---|---|---|---|---|")
+        for name, done, projected, seconds in measured(args.runs, per_step):
+            print(f"| {name} | {done} | {projected:.1f} | {min(seconds):.1f} ({min(seconds) / projected:.2f}x) | "
+                  f"{statistics.median(seconds):.1f} ({statistics.median(seconds) / projected:.2f}x) |")
     return 0
+
+
+def measured(out, per_step):
+    """(run name, epochs done, projected seconds per epoch, each epoch's seconds) for every run
+    with a metrics.jsonl under out/table<t>/."""
+    for metrics in sorted(Path(out).glob("table*/*/metrics.jsonl")):
+        config = json.loads((metrics.parent / "config.json").read_text())
+        history = [json.loads(line) for line in metrics.read_text().splitlines()]
+        if history:
+            steps = history[0]["steps"] / history[0]["epoch"]          # steps per epoch
+            yield (metrics.parent.name, history[-1]["epoch"], steps * per_step[(config["layers"], config["k"])] / 1e3,
+                   [m["seconds"] for m in history])
 
 
 if __name__ == "__main__":

@@ -130,6 +130,16 @@ def test_the_grid_cost_is_steps_times_the_measured_step(data_dir, tmp_path, caps
         ["1", "12", f"{3280 * 3000 * 12:,}", f"{train1:.0f}", f"{evaluation:.1f}", f"{train1 + evaluation:.0f}"],
         ["3", "12", f"{3280 * 2500 * 12:,}", f"{train3:.0f}", f"{evaluation:.1f}", f"{train3 + evaluation:.0f}"]]
 
+    # --runs: a 2-layer k=5 run whose epochs took 5, 7 and 6 s against 3000 steps x 2 ms = 6 s
+    run = tmp_path / "runs" / "table1" / "mnist-l2-vae-k5-e3"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"layers": 2, "k": 5}))
+    (run / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "steps": 3000 * e, "seconds": s}) + "\n"
+                                               for e, s in ((1, 5.0), (2, 7.0), (3, 6.0))))
+    assert grid_cost.main(["--step", str(tmp_path / "s.json"), "--evaluate", "", "--tables", "1",
+                           "--data-dir", data_dir, "--runs", str(tmp_path / "runs")]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "| mnist-l2-vae-k5-e3 | 3 | 6.0 | 5.0 (0.83x) | 6.0 (1.00x) |"
+
 
 def test_provenance_names_the_cpu_and_the_commit_dirty_only_when_the_code_differs(tmp_path):
     from iwae.provenance import cpu_model, hardware, revision
