@@ -23,9 +23,9 @@ def cpu_model():
 def hardware(device=None):
     """'<GPU name>' for a CUDA device (device None: CUDA where available), else
     '<CPU model> (N threads, CPU)'."""
-    device = torch.device(device) if device is not None else None
-    if (device is None and torch.cuda.is_available()) or (device is not None and device.type == "cuda"):
-        return torch.cuda.get_device_name(device if device is not None and device.index is not None else None)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
     return f"{cpu_model()} ({os.cpu_count()} threads, CPU)"
 
 

@@ -17,7 +17,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-
 from .provenance import hardware, revision
 from .rundir import TrainingError
 
