@@ -25,6 +25,8 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
     assert all(len(r["active_units"].split("+")) == int(r["layers"]) for r in rows)
     table = (tmp_path / "results" / "table1.md").read_text()
     assert "| mnist | 2 | iwae | 50 | 1 |" in table and "| 82.9 | 26+7 |" in table
+    r = rows[-1]                                              # and how far above the paper's NLL
+    assert f"| {r['informative_units']} | 82.9 | 26+7 | {float(r['test_nll']) - 82.9:+.2f} | 20 |" in table
     assert len([l for l in table.splitlines() if l.startswith(("- holds (mnist, 1 epochs)", "- **fails** (mnist, 1 epochs)"))]) == 16
     png = (tmp_path / "results" / "table1_curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"

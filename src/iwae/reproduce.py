@@ -253,8 +253,8 @@ def write_results(table, rows, run_dirs, results_dir, args):
              "(on 500 training images). Seconds: the run's training wall clock, with whatever else shared "
              "the machine (`--jobs` runs at a time).", "",
              "| dataset | layers | objective | k | epochs | ours NLL | ours active units | ours informative "
-             "| paper NLL | paper active units | test images | seconds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| paper NLL | paper active units | ours - paper | test images | seconds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     gaps = table == 3
     if gaps:
         lines[-2] += " train - test L_k |"
@@ -266,10 +266,11 @@ def write_results(table, rows, run_dirs, results_dir, args):
     for r in rows:
         run, _ = grid_run(table, r)
         nll, units = paper_value(table, r, run)
+        above = f"{r['test_nll'] - nll:+.2f}" if nll != "" else ""       # nats above the paper's NLL
         objective = r["objective"] if table != 2 else f"{run['first'][0]} k={run['first'][1]} -> {r['objective']}"
         lines.append(f"| {r['dataset']} | {r['layers']} | {objective} | {r['k']} | {r['epochs']} | "
                      f"{r['test_nll']:.2f} | {r['active_units']} | {r['informative_units']} | {nll} | {units} | "
-                     f"{r['n_test']} | {r['seconds']} |" + (f" {r['train_minus_test']} |" if gaps else ""))
+                     f"{above} | {r['n_test']} | {r['seconds']} |" + (f" {r['train_minus_test']} |" if gaps else ""))
     if table in (1, 3):
         lines += ["", "## The paper's orderings, between runs of equal budget", ""] + orderings(rows)
     (results_dir / f"table{table}.md").write_text("\n".join(lines) + "\n")
