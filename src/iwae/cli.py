@@ -229,7 +229,8 @@ def add_reproduce(sub):
     p.add_argument("--table", type=int, choices=(1, 2, 3), required=True)
     p.add_argument("--epochs", type=positive_int, required=True, help="epochs of the paper schedule per run")
     p.add_argument("--out", default="runs/reproduce", help="where the runs live (finished ones are skipped)")
-    p.add_argument("--results", default="results", help="where the tables and plot are written")
+    p.add_argument("--results", default="results", help="where the tables and plot are written (rows of an "
+                   "earlier table<N>.csv there whose run is not under --out are kept)")
     p.add_argument("--jobs", type=positive_int, default=1, help="runs at a time")
     p.add_argument("--threads", type=positive_int, default=1, help="torch threads per run")
     p.add_argument("--seed", type=int, default=0)
