@@ -158,6 +158,7 @@ def cmd_train(args):
         config = resume_config(args, config)
     out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{config.objective}-k{config.k}-l{config.layers}")
     started = time.perf_counter()
+    made_by = dict(hardware=hardware(parse_device(config.device)), revision=revision())   # the code loaded now
     train(config, out, resume=args.resume, data_dir=args.data_dir, quiet=args.quiet)
     main = is_main()                               # under torchrun, rank 0 alone prints and writes
     if main:
@@ -167,7 +168,7 @@ def cmd_train(args):
                               quiet=args.quiet, device=config.device)
         if not main:
             return
-        result.update(hardware=hardware(parse_device(config.device)), revision=revision())
+        result.update(made_by)
         checkpoint.write_text(out / "eval.json", json.dumps(result, indent=2) + "\n")  # atomic: reproduce reads it
         print(f"test NLL (L_{args.final_k}, {result['n_test']} test images): {result['test_nll']:.2f} nats; "
               f"active units {'+'.join(map(str, result['active_units']))}")
