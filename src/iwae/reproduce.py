@@ -148,7 +148,7 @@ def key(r):
 def grid_run(table, r):
     """The grid's run dict for a row, and its index in the grid of its budget."""
     runs = grid(table, r["epochs"])
-    index = next((i for i, run in enumerate(runs) if key({**run, "epochs": r["epochs"]}) == key(r)), None)
+    index = next((i for i, run in enumerate(runs) if key(run) == key(r)), None)
     if index is None:
         raise ValueError(f"table {table} has no run {r['dataset']} {r['layers']}-layer {r['objective']} k={r['k']}")
     return runs[index], index
