@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from iwae.provenance import cpu_model, revision
+from iwae.app.provenance import cpu_model, revision
 
 RESULTS = Path(__file__).resolve().parent / "results"
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -207,6 +207,4 @@ def load_baseline(ref):
     module = importlib.util.module_from_spec(spec)
     sys.modules["iwae_base"] = module
     spec.loader.exec_module(module)
-    for name in ("step", "train"):
-        importlib.import_module(f"iwae_base.{name}")
     return module

@@ -114,9 +114,10 @@ def _run(cmd, log, threads, capture=False):
 def bounds64(run_dir, args):
     """The IWAE-64 bound and the 64-sample ELBO on the evaluation's test images (fixed seed)."""
     import torch
-    from iwae.evaluation import log_likelihood
-    from iwae.config import read_config
-    from iwae.rundir import EVAL_SEED, fixed_binarization, load_model, prepare
+    from iwae.evaluation.likelihood import log_likelihood
+    from iwae.training.config import read_config
+    from iwae.evaluation.likelihood import EVAL_SEED, fixed_binarization
+    from iwae.training.rundir import load_model, prepare
     config = read_config(run_dir)
     model = load_model(run_dir)
     data, _, _, _ = prepare(config, args.data_dir)
@@ -187,10 +188,10 @@ def step_times(rows, args, out):
         if sorted(cached["times"]) == sorted(names) and cached["steps"] == args.time_steps:
             return cached["times"]
     import torch
-    from iwae.config import read_config
-    from iwae.optim import make_optimizer
-    from iwae.rundir import load_model, prepare
-    from iwae.step import make_step
+    from iwae.training.config import read_config
+    from iwae.runtime.optim import make_optimizer
+    from iwae.training.rundir import load_model, prepare
+    from iwae.training.step import make_step
     print(f"[{time.strftime('%H:%M:%S')}] timing the training steps", flush=True)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
@@ -300,7 +301,7 @@ def reading(rows, diagnosis):
 
 
 def write_results(rows, diagnosis, results, args, seconds):
-    from iwae.provenance import hardware
+    from iwae.app.provenance import hardware
     results.mkdir(parents=True, exist_ok=True)
     test = f"the first {args.limit_test} test images" if args.limit_test else "the full test set (10,000 images)"
     train = f"the first {args.limit_train} training images" if args.limit_train else "the full 60,000 training images"
@@ -381,7 +382,7 @@ def plot(rows, diagnosis, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from iwae.diagnose import plot_snr
+    from iwae.app.plots import plot_snr
     fig, axes = plt.subplots(1, 3, figsize=(16, 4.4))
     for r in rows:
         if "error" not in r and r["curve"]:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 import iwae
-import iwae.evaluation as evaluation
+import iwae.evaluation.likelihood as evaluation
 
 from .common import (RESULTS, MatmulFloor, data_dir, git_revision, interleaved, linear_shapes,
                      load_baseline, load_images, machine_info, medians)

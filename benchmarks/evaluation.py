@@ -95,9 +95,9 @@ def chunked(path, n, compute):
 
 
 def ais_nll(args, out, model, x, steps):
-    from iwae.annealing import ais
-    from iwae.distributed import block_seed
-    from iwae.rundir import EVAL_SEED
+    from iwae.evaluation.annealing import ais
+    from iwae.evaluation.likelihood import block_seed
+    from iwae.evaluation.likelihood import EVAL_SEED
     runs, seconds = chunked(out / f"ais{steps}", len(x), lambda j, a, b: {"log_p": ais(
         model, x[a:b], steps=steps, chains=args.chains, seed=block_seed(EVAL_SEED, j)).tolist()})
     log_p = runs["log_p"]
@@ -106,9 +106,9 @@ def ais_nll(args, out, model, x, steps):
 
 
 def bdmc_gap(args, out, model):
-    from iwae.annealing import bdmc
-    from iwae.distributed import block_seed
-    from iwae.rundir import EVAL_SEED
+    from iwae.evaluation.annealing import bdmc
+    from iwae.evaluation.likelihood import block_seed
+    from iwae.evaluation.likelihood import EVAL_SEED
 
     def compute(j, a, b):
         r = bdmc(model, b - a, steps=args.steps, chains=args.bdmc_chains, seed=block_seed(EVAL_SEED + 1, j))
@@ -123,7 +123,7 @@ def bdmc_gap(args, out, model):
 def speed(args, model, x):
     """Milliseconds per image and AIS step by chains (compiled transition, after compiling),
     and at --chains the eager transition's, timed in turn in this process."""
-    from iwae.annealing import ais
+    from iwae.evaluation.annealing import ais
 
     def per_image_step(chains, compile):
         started = time.perf_counter()
@@ -141,9 +141,9 @@ def speed(args, model, x):
 
 def evaluate_model(args, name, last):
     """The parts of one model; last=False: all but the 4x-steps AIS, last=True: that as well."""
-    from iwae.gaps import gaps_run
-    from iwae.report import _load, evaluate_run
-    from iwae.rundir import EVAL_SEED
+    from iwae.app.runs import gaps_run
+    from iwae.app.runs import load_split as _load, evaluate_run
+    from iwae.evaluation.likelihood import EVAL_SEED
     run, out = run_dir(args, name), Path(args.runs) / "evaluation" / name
     model, _, _, x = _load(run, "test", args.images, args.data_dir, EVAL_SEED, "cpu")
     per_example = out / "l5000.npy"

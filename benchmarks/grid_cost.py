@@ -21,8 +21,8 @@ import sys
 from pathlib import Path
 
 from iwae.data import DataError, load_dataset
-from iwae.reproduce import grid, select
-from iwae.schedule import PAPER_EPOCHS
+from iwae.app.reproduce import grid, select
+from iwae.training.schedule import PAPER_EPOCHS
 
 BATCH = 20
 TEST_IMAGES = 10_000

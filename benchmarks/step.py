@@ -33,8 +33,8 @@ from pathlib import Path
 import torch
 
 import iwae
-from iwae.optim import make_optimizer
-from iwae.step import make_step
+from iwae.runtime.optim import make_optimizer
+from iwae.training.step import make_step
 
 from . import variants as V
 from .common import (RESULTS, Batches, MatmulFloor, data_dir, git_revision, interleaved,

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch.distributions import Normal
 
 import iwae
-from iwae.optim import make_optimizer
-from iwae.step import make_step
+from iwae.runtime.optim import make_optimizer
+from iwae.training.step import make_step
 
 LR, BETAS, EPS = 1e-3, (0.9, 0.999), 1e-4
 PAPER_STEPS = 3280 * 3000            # the paper's schedule: 3280 passes of 3000 batches
@@ -28,7 +28,7 @@ def _check(loss):
 
 def trainer_guard(opt):
     """The non-finite check ``iwae.fit`` registers on its optimizer."""
-    from iwae.loop import _FiniteGuard
+    from iwae.training.loop import _FiniteGuard
     return _FiniteGuard(opt)
 
 
@@ -49,16 +49,30 @@ def project(model, k, bound="iwae", estimator="standard", m=None, beta=None, pla
 
 def baseline(model, k, package):
     """The previous main's step, as its ``iwae train`` built it: ``package`` is that version
-    of iwae (loaded by common.load_baseline), the model a copy of this one in its classes."""
+    of iwae (loaded by common.load_baseline), the model a copy of this one in its classes.
+    Its modules are looked up by name, in this layout's place first, then the older ones."""
     twin = package.paper_model(len(model.encoder))
     twin.load_state_dict(model.state_dict())
-    opt = package.step.make_optimizer(twin.parameters(), LR, BETAS, EPS)
-    package.train._FiniteGuard(opt)
-    step = package.step.make_step(twin, opt, k, planned_steps=PAPER_STEPS)
+    opt = _find(package, "make_optimizer", "runtime.optim", "optim", "step").make_optimizer(
+        twin.parameters(), LR, BETAS, EPS)
+    _find(package, "_FiniteGuard", "training.loop", "loop", "train")._FiniteGuard(opt)
+    step = _find(package, "make_step", "training.step", "step").make_step(twin, opt, k, planned_steps=PAPER_STEPS)
 
     def run(x):
         return _check(step(x))
     return run
+
+
+def _find(package, attribute, *modules):
+    """The first of the modules (dotted names under package) that defines attribute."""
+    for name in modules:
+        try:
+            module = importlib.import_module(f"{package.__name__}.{name}")
+        except ModuleNotFoundError:
+            continue
+        if hasattr(module, attribute):
+            return module
+    raise ValueError(f"{package.__name__} has no {attribute} in {', '.join(modules)}")
 
 
 def plain(model, k):
@@ -68,7 +82,7 @@ def plain(model, k):
     opt = torch.optim.Adam(model.parameters(), lr=LR, betas=BETAS, eps=EPS)
 
     def run(x):
-        loss = -iwae.bounds.iwae_bound(model.log_weights(x, k)).mean()
+        loss = -iwae.core.bounds.iwae_bound(model.log_weights(x, k)).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

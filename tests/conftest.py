@@ -4,7 +4,7 @@ import torch
 import torch.nn as nn
 
 import iwae
-from iwae.densities import Gaussian
+from iwae.core.densities import Gaussian
 
 
 class LinearGaussian:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import iwae
-from iwae.annealing import ais, bdmc, hmc, inverse_temperatures
+from iwae.evaluation.annealing import ais, bdmc, hmc, inverse_temperatures
 
 
 def test_schedules_run_from_zero_to_one():
@@ -71,7 +71,7 @@ def test_ais_beats_l5000_on_a_trained_net(data_dir):
     torch.manual_seed(0)
     model = iwae.paper_model(1)
     model.set_output_bias(data.train[:2000].mean(0))
-    step = iwae.step.make_step(model, iwae.optim.make_optimizer(model.parameters(), 1e-3), 5, compile="off")
+    step = iwae.training.step.make_step(model, iwae.runtime.optim.make_optimizer(model.parameters(), 1e-3), 5, compile="off")
     g = torch.Generator().manual_seed(0)
     for i in range(300):
         step(torch.bernoulli(data.train[(i * 20) % 2000:(i * 20) % 2000 + 20], generator=g))
@@ -127,7 +127,7 @@ def test_bad_settings_are_one_line(lg, kwargs, message):
 def test_bad_data_and_models_are_one_line(lg, fixed_log_weights):
     with pytest.raises(ValueError, match=r"^x holds NaN or infinite values$"):
         ais(lg.model(), torch.full((2, 4), float("nan"), dtype=torch.float64))
-    with pytest.raises(ValueError, match=r"^AIS needs the model's log_joint, log_prior, log_likelihood, log_q, "
+    with pytest.raises(ValueError, match=r"^AIS needs the model's log_joint, log_prior, log_p_x_given_z, log_q, "
                                          r"sample_q, sample_prior \(iwae.Model has them\); FixedLogWeights lacks them$"):
         ais(fixed_log_weights(torch.zeros(2, 3)), torch.zeros(3, 4))
 
@@ -142,7 +142,7 @@ def test_bad_data_and_models_are_one_line(lg, fixed_log_weights):
 
 def test_the_optimized_q_is_the_exact_posterior_and_its_approximation_gap_vanishes(lg):
     # the posterior is diagonal: q* must find its mean and variance from an encoder that is off
-    from iwae.gaps import fit_local_posterior, inference_gaps
+    from iwae.evaluation.gaps import fit_local_posterior, inference_gaps
     model = lg.model(mean_shift=0.5, log_sigma_shift=0.3)
     x = lg.data(6)
     local = fit_local_posterior(model, x, steps=800, k=100, lr=2e-2)
@@ -161,7 +161,7 @@ def test_the_optimized_q_is_the_exact_posterior_and_its_approximation_gap_vanish
 
 def test_cli_evaluate_with_ais_and_bdmc_and_gaps(data_dir, tmp_path, capsys):
     import json
-    from iwae.cli import main
+    from iwae.app.cli import main
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--limit-train", "40", "--epochs", "1", "--k", "2",
                  "--eval-examples", "10", "--final-k", "0", "--quiet", "--device", "cpu", "--data-dir", data_dir]) == 0

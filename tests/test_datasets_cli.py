@@ -2,7 +2,7 @@
 
 Real files (IWAE_DATA_DIR) for binarized-mnist and fashion-mnist; a synthetic chardata.mat of
 Burda's layout for Omniglot (the real file is not available here); synthetic user arrays and
-images. Runs are tiny and in-process (iwae.cli.main) except `reproduce`, which spawns its runs.
+images. Runs are tiny and in-process (iwae.app.cli.main) except `reproduce`, which spawns its runs.
 """
 import csv
 import json
@@ -18,12 +18,14 @@ import pytest
 import scipy.io
 import torch
 
-from iwae import plots
-from iwae.cli import main
-from iwae.config import read_config
+from iwae.app import plots
+from iwae.training.tracking import GAP
+from iwae.app.cli import main
+from iwae.training.config import read_config
 from iwae.data import load_dataset
-from iwae.reproduce import PAPER_TABLE3
-from iwae.rundir import CHECKPOINT, fixed_binarization, load_model
+from iwae.app.reproduce import PAPER_TABLE3
+from iwae.training.rundir import CHECKPOINT, load_model
+from iwae.evaluation.likelihood import fixed_binarization
 
 TINY = ["--limit-train", "40", "--epochs", "1", "--k", "2", "--final-k", "5", "--final-limit-test", "10",
         "--eval-examples", "10", "--quiet"]
@@ -76,7 +78,7 @@ def read_png(path):
 
 def grid_height(rows, h, scale=1):
     """Height in pixels of a titled image grid (see plots.image_grid)."""
-    return (rows * (h + plots.GAP) + plots.GAP + plots.TITLE_PX) * scale
+    return (rows * (h + GAP) + GAP + plots.TITLE_PX) * scale
 
 
 def sample_and_plot(capsys, run, shape, *extra):
@@ -84,7 +86,7 @@ def sample_and_plot(capsys, run, shape, *extra):
     h, w = shape
     png = Path(ok(capsys, "sample", run, "--n", "4", "--out", run / "s.png", *extra).strip())
     pixels = read_png(png)
-    assert pixels.shape[0] == grid_height(2, h) and pixels.shape[1] >= 2 * (w + plots.GAP) + plots.GAP
+    assert pixels.shape[0] == grid_height(2, h) and pixels.shape[1] >= 2 * (w + GAP) + GAP
     paths = [Path(p) for p in ok(capsys, "plot", run, "--limit", "20", *extra).split()]
     assert [p.name for p in paths] == ["learning_curves.png", "reconstructions.png", "active_units.png"]
     assert read_png(run / "reconstructions.png").shape[0] == grid_height(2, h, scale=2)   # data + recon

@@ -5,12 +5,12 @@ import pytest
 import torch
 
 import iwae
-from iwae import diagnose
-from iwae.cli import main
-from iwae.config import parse_device
-from iwae.evaluation import unit_kl
-from iwae.optim import make_optimizer
-from iwae.step import make_step
+from iwae.evaluation import diagnostics as diagnose
+from iwae.app.cli import main
+from iwae.runtime.devices import parse_device
+from iwae.evaluation.units import unit_kl
+from iwae.runtime.optim import make_optimizer
+from iwae.training.step import make_step
 
 META = torch.device("meta")
 CONFIGS = [("iwae", "standard", {}), ("elbo", "standard", {}), ("miwae", "standard", {"m": 2}),
@@ -57,7 +57,7 @@ def test_log_likelihood_on_meta(meta_model):
 
 
 def test_ais_bdmc_and_the_local_posterior_on_meta(meta_model):
-    from iwae.gaps import fit_local_posterior
+    from iwae.evaluation.gaps import fit_local_posterior
     log_p, chains = iwae.ais(meta_model, x_meta(), steps=2, chains=2, leapfrog=2, with_chains=True)
     assert log_p.device == META and chains.device == META and chains.shape == (2, 3)
     assert iwae.ais(meta_model, x_meta(), steps=2, chains=2, leapfrog=2, init="prior").device == META
@@ -77,9 +77,9 @@ def test_sampling_reconstruction_and_units_on_meta(meta_model):
 def test_diagnose_draws_on_meta(meta_model):
     groups = [("encoder", list(meta_model.encoder_parameters())),
               ("decoder", list(meta_model.decoder_parameters()))]
-    projections = diagnose._projections([sum(p.numel() for p in ps) for _, ps in groups])
+    projections = diagnose.random_projections([sum(p.numel() for p in ps) for _, ps in groups])
     spec = diagnose.parse_estimators("dreg")[0]
-    stats = diagnose._draw(meta_model, x_meta(), 4, spec, None, 2, 0, groups, projections)
+    stats = diagnose.draw_moments(meta_model, x_meta(), 4, spec, None, 2, 0, groups, projections)
     assert all(s.mean.device == META and s.n == 2 for s in stats.values())
 
 

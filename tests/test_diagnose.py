@@ -4,13 +4,13 @@ import json
 import pytest
 import torch
 
-import iwae.rundir
-import iwae.train
-from iwae import cli
-from iwae import diagnose as diagnose_module
-from iwae.config import Config
-from iwae.diagnose import diagnose_model, parse_estimators
-from iwae.estimators import ESTIMATORS
+import iwae.training.rundir
+import iwae.training.paper
+from iwae.app import cli
+from iwae.app import runs as diagnose_module
+from iwae.training.config import Config
+from iwae.evaluation.diagnostics import diagnose_model, parse_estimators
+from iwae.core.estimators import ESTIMATORS
 
 
 def _row(result, name, k):
@@ -61,7 +61,7 @@ def test_standard_encoder_snr_falls_with_k_and_dregs_does_not(perturbed):
 
 
 def test_running_moments_match_torch():
-    from iwae.diagnose import _Moments, summarize
+    from iwae.evaluation.diagnostics import _Moments, summarize
     g = torch.randn(50, 7, dtype=torch.float64) * torch.arange(1, 8) + 3.0
     m = _Moments(7, torch.eye(7, dtype=torch.float64)[:3])
     for row in g:
@@ -89,19 +89,19 @@ def test_parse_estimators_validates_configurations():
 @pytest.fixture
 def fast_data(monkeypatch):
     """Load each data set once per test: the CLI paths below differ only in their objective."""
-    cache, load = {}, iwae.rundir.load_dataset
+    cache, load = {}, iwae.training.rundir.load_dataset
 
     def cached(name, data_dir=None, **kw):
         key = (name, str(data_dir), tuple(sorted(kw.items())))
         if key not in cache:
             cache[key] = load(name, data_dir, **kw)
         return cache[key]
-    monkeypatch.setattr(iwae.rundir, "load_dataset", cached)
+    monkeypatch.setattr(iwae.training.rundir, "load_dataset", cached)
 
 
 def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data, monkeypatch):
     run = tmp_path / "run"
-    iwae.train.train(Config(limit_train=40, epochs=1, k=2, eval_examples=10), run, data_dir=data_dir, quiet=True)
+    iwae.training.paper.train(Config(limit_train=40, epochs=1, k=2, eval_examples=10), run, data_dir=data_dir, quiet=True)
     out = tmp_path / "diag"
     rc = cli.main(["diagnose", str(run), "--k", "1,2,4", "--draws", "3", "--examples", "5",
                    "--out", str(out), "--data-dir", data_dir])
@@ -121,7 +121,7 @@ def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data,
     assert sorted((s["estimator"], s["k"]) for s in result["skipped"]) == [("miwae+standard", 2),
                                                                             ("piwae+standard", 2)]
     assert all("perfect square" in s["reason"] for s in result["skipped"])
-    model = iwae.rundir.load_model(run)
+    model = iwae.training.rundir.load_model(run)
     n_enc = sum(p.numel() for p in model.encoder_parameters())
     n_dec = sum(p.numel() for p in model.decoder_parameters())
     rows = [r for r in result["results"] if "same_expectation" in r]
@@ -145,7 +145,7 @@ def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data,
     def no_draws(*a, **kw):
         raise AssertionError("redrew a finished k")
     monkeypatch.setattr(diagnose_module, "diagnose_model", no_draws)
-    again, _, _ = diagnose_module.diagnose(run, [1, 4], draws=3, examples=5, out=out, data_dir=data_dir)
+    again, _, _ = diagnose_module.diagnose_run(run, [1, 4], draws=3, examples=5, out=out, data_dir=data_dir)
     assert again["complete"] and again["results"] == [r for r in result["results"] if r["k"] in (1, 4)]
     png = (out / "diagnose.png").read_bytes()
     assert png.startswith(b"\x89PNG\r\n\x1a\n")

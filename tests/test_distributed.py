@@ -16,10 +16,11 @@ import torch
 import torch.multiprocessing as mp
 
 import iwae
-from iwae import distributed
-from iwae.config import Config
-from iwae.report import evaluate_run
-from iwae.train import train
+from iwae.evaluation.likelihood import block_seed, seeded_log_likelihood
+from iwae.runtime import distributed
+from iwae.training.config import Config
+from iwae.app.runs import evaluate_run
+from iwae.training.paper import train
 
 LIMIT_TRAIN = 101        # 5 global batches of 20, then 1 example: shards of 1 and 0 (reweighted)
 TIMEOUT = 150            # seconds for one 2-process launch
@@ -150,23 +151,23 @@ def test_blocks_are_seeded_by_their_global_index():
     torch.manual_seed(0)
     model = iwae.paper_model()
     x = torch.rand(25, 784, generator=torch.Generator().manual_seed(0)).bernoulli()
-    whole = distributed.seeded_log_likelihood(model, x, 10, seed=7, block=10)
-    assert torch.equal(whole[:20], distributed.seeded_log_likelihood(model, x[:20], 10, seed=7, block=10))
-    assert not torch.equal(whole, distributed.seeded_log_likelihood(model, x, 10, seed=8, block=10))
+    whole = seeded_log_likelihood(model, x, 10, seed=7, block=10)
+    assert torch.equal(whole[:20], seeded_log_likelihood(model, x[:20], 10, seed=7, block=10))
+    assert not torch.equal(whole, seeded_log_likelihood(model, x, 10, seed=8, block=10))
 
 
 def test_helpers():
     assert distributed.split_sizes(7, 2) == [4, 3] and distributed.split_sizes(1, 2) == [1, 0]
     assert distributed.shard_range(7, distributed.Context(1, 2)) == (4, 7)
     assert distributed.per_rank_batch(20, 4) == 5
-    assert distributed.block_seed(0, 1) != distributed.block_seed(1, 0)
+    assert block_seed(0, 1) != block_seed(1, 0)
     assert distributed.world_size({"WORLD_SIZE": "3"}) == 3 and distributed.world_size({}) == 1
     assert distributed.backend(cuda=False) == "gloo"
 
 
 @pytest.mark.parametrize("rank,printed", [("0", True), ("1", False)])
 def test_indivisible_batch_is_one_line_on_rank_0(tmp_path, data_dir, capsys, monkeypatch, rank, printed):
-    from iwae.cli import main
+    from iwae.app.cli import main
     monkeypatch.setenv("WORLD_SIZE", "3")
     monkeypatch.setenv("RANK", rank)
     assert main(["train", "--out", str(tmp_path / "r"), "--data-dir", data_dir, "--limit-train", "40"]) == 2
@@ -177,7 +178,7 @@ def test_indivisible_batch_is_one_line_on_rank_0(tmp_path, data_dir, capsys, mon
 
 
 def test_single_process_commands_refuse_torchrun(capsys, monkeypatch):
-    from iwae.cli import main
+    from iwae.app.cli import main
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "0")
     assert main(["sample", "nowhere"]) == 2

@@ -65,7 +65,7 @@ def test_every_estimator_reports_the_same_loss_value(small_model, bound, kw, est
     model, x = small_model
     values = [estimator_grads(model, x, 4, e, seed=5, bound=bound, **kw)[0] for e in estimators]
     torch.manual_seed(5)
-    expected = -iwae.objective.Objective(bound, 4, **kw).value(model.log_weights(x, 4)).mean().item()
+    expected = -iwae.core.objective.Objective(bound, 4, **kw).value(model.log_weights(x, 4)).mean().item()
     assert values == pytest.approx([expected] * len(values), rel=1e-12)
 
 
@@ -176,7 +176,7 @@ def test_invalid_configurations(small_model, args, message):
 
 def test_ciwae_beta_and_k_are_validated(small_model):
     model, x = small_model
-    with pytest.raises(ValueError, match=r"ciwae needs beta in \[0, 1\], got 2"):
+    with pytest.raises(ValueError, match=r"beta must be in \[0, 1\], got 2"):
         iwae.loss(model, x, 4, "ciwae", beta=2)
     with pytest.raises(ValueError, match="k must be an integer >= 1, got 0"):
         iwae.loss(model, x, 0)

@@ -16,7 +16,7 @@ def test_bound_increases_with_k_and_stays_below_log_px(lg):
     torch.manual_seed(0)
     means, sems = [], []
     for k in (1, 4, 16, 64):
-        draws = torch.stack([iwae.bounds.iwae_bound(model.log_weights(x, k)).detach() for _ in range(2000)])
+        draws = torch.stack([iwae.core.bounds.iwae_bound(model.log_weights(x, k)).detach() for _ in range(2000)])
         means.append(draws.mean(0))
         sems.append(draws.std(0) / math.sqrt(2000))
     for lower, upper, s1, s2 in zip(means, means[1:], sems, sems[1:]):
@@ -91,7 +91,7 @@ def _constant_gaussian(layer, mean, log_sigma):
 
 
 def test_unit_kl_matches_the_closed_form():
-    from iwae.evaluation import unit_kl
+    from iwae.evaluation.units import unit_kl
     model = iwae.paper_model(layers=2)
     _constant_gaussian(model.encoder[0], 1.0, math.log(2.0))     # q(h1 | x) = N(1, 4)
     _constant_gaussian(model.encoder[1], 0.5, 0.0)               # q(h2 | h1) = N(0.5, 1)

@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 
 import iwae
-import iwae.loop
-from iwae.checkpoint import CheckpointError
-from iwae.cli import main
+import iwae.training.loop
+from iwae.training.checkpoint import CheckpointError
+from iwae.app.cli import main
 from iwae.data import Dataset, load_dataset
-from iwae.loop import Interrupted
+from iwae.training.loop import Interrupted
 
 SMALL = {"k": 2, "epochs": 2, "batch_size": 20, "compile": "off", "eval_examples": 20, "quiet": True,
          "device": "cpu"}
@@ -68,7 +68,7 @@ def test_fit_takes_a_dataset_name(data_dir, tmp_path, monkeypatch):
     small = Dataset(real.name, real.train[:60], real.test[:20], real.valid[:20], real.image_shape,
                     real.binarization)
     asked = []
-    monkeypatch.setattr(iwae.loop, "load_dataset", lambda name, where: asked.append((name, where)) or small)
+    monkeypatch.setattr(iwae.training.loop, "load_dataset", lambda name, where: asked.append((name, where)) or small)
     torch.manual_seed(0)
     iwae.fit(iwae.paper_model(1), "binarized-mnist", out=tmp_path / "run", data_dir=data_dir,
              **{**SMALL, "epochs": 1})

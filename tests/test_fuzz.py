@@ -14,12 +14,12 @@ import torch
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-import iwae.rundir
-import iwae.train
-from iwae import checkpoint
-from iwae.checkpoint import CheckpointError
-from iwae.cli import main
-from iwae.config import Config, read_config
+import iwae.training.rundir
+import iwae.training.paper
+from iwae.training import checkpoint
+from iwae.training.checkpoint import CheckpointError
+from iwae.app.cli import main
+from iwae.training.config import Config, read_config
 from iwae.data import DataError, Dataset, load_dataset
 
 FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
@@ -51,7 +51,7 @@ def synthetic(likelihood):
 @pytest.fixture
 def quick_data(monkeypatch):
     """`--dataset synthetic` is a tiny in-memory data set; other names go to the real loader."""
-    real = iwae.rundir.load_dataset
+    real = iwae.training.rundir.load_dataset
 
     def load(name, data_dir=None, *, validation="none", likelihood="bernoulli", **kw):
         if name == "synthetic":
@@ -59,7 +59,7 @@ def quick_data(monkeypatch):
                 raise DataError(f"unknown likelihood {likelihood!r}")
             return synthetic(likelihood)
         return real(name, data_dir, validation=validation, likelihood=likelihood, **kw)
-    monkeypatch.setattr(iwae.rundir, "load_dataset", load)
+    monkeypatch.setattr(iwae.training.rundir, "load_dataset", load)
 
 
 def mostly(valid, invalid):
@@ -144,9 +144,9 @@ def test_cli_train_flags_work_or_fail_in_one_line(quick_data, tmp_path_factory, 
                                       "--limit-test", "--", "-", "--out", "=", "--k=-1"]), max_size=6))
 def test_cli_argument_parsing_works_or_fails_in_one_line(monkeypatch, argv):
     """Parsing only: the commands themselves are replaced by no-ops."""
-    import iwae.cli
-    for name in list(iwae.cli.COMMANDS):
-        monkeypatch.setitem(iwae.cli.COMMANDS, name, lambda args: None)
+    import iwae.app.cli
+    for name in list(iwae.app.cli.COMMANDS):
+        monkeypatch.setitem(iwae.app.cli.COMMANDS, name, lambda args: None)
     rc, _, stderr = run_cli(argv)
     assert rc in (0, 2), (argv, rc, stderr)
     if rc == 2:

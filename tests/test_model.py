@@ -7,7 +7,7 @@ import torch.nn as nn
 from torch.distributions import Bernoulli, Normal
 
 import iwae
-from iwae.densities import Gaussian, normal_log_prob
+from iwae.core.densities import Gaussian, normal_log_prob
 
 
 def independent_log_weights(model, x, k, seed):

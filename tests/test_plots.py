@@ -7,10 +7,11 @@ import pytest
 import torch
 
 import iwae
-from iwae import plots
-from iwae.cli import main
-from iwae.config import Config
-from iwae.train import train
+from iwae.app import plots
+from iwae.training.tracking import GAP, GAP_VALUE
+from iwae.app.cli import main
+from iwae.training.config import Config
+from iwae.training.paper import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LEVEL = 0.5 / 255 + 1e-6          # half a grey level of an 8-bit PNG
@@ -28,9 +29,9 @@ def tile(pixels, row, col, shape, scale=1, band=0, grid_width=None):
     grid_width: the grid's width in pixels, where a wider title centres it in the PNG.
     """
     h, w = shape
-    top = band + (plots.GAP + row * (h + plots.GAP)) * scale
+    top = band + (GAP + row * (h + GAP)) * scale
     left = (pixels.shape[1] - grid_width) // 2 if grid_width else 0
-    left += (plots.GAP + col * (w + plots.GAP)) * scale
+    left += (GAP + col * (w + GAP)) * scale
     return pixels[top:top + h * scale:scale, left:left + w * scale:scale, 0]
 
 
@@ -51,8 +52,8 @@ def test_image_grid_places_every_image_pixel_for_pixel(tmp_path):
     assert pixels.shape == (3 * (6 + 2) + 2, 10 * (5 + 2) + 2, 4)            # 3 rows of 10, gaps of 2
     for i, image in enumerate(images):
         np.testing.assert_allclose(tile(pixels, i // 10, i % 10, (6, 5)), image.reshape(6, 5), atol=LEVEL)
-    assert np.allclose(pixels[:2, :, :3], plots.GAP_VALUE, atol=LEVEL)          # the frame
-    assert np.allclose(tile(pixels, 2, 5, (6, 5)), plots.GAP_VALUE, atol=LEVEL)  # past the last image
+    assert np.allclose(pixels[:2, :, :3], GAP_VALUE, atol=LEVEL)          # the frame
+    assert np.allclose(tile(pixels, 2, 5, (6, 5)), GAP_VALUE, atol=LEVEL)  # past the last image
 
 
 def test_image_grid_title_and_scale(tmp_path):
@@ -121,7 +122,7 @@ def test_active_units(tmp_path):
 
 
 def test_plot_runs_draws_one_panel_per_layer_count_and_skips_runs_without_epochs(tmp_path):
-    from iwae.config import write_config
+    from iwae.training.config import write_config
     dirs = []
     for name, layers, epochs in [("a", 1, 5), ("b", 2, 3), ("c", 1, 0), ("d", 2, 5)]:
         run_dir = tmp_path / name

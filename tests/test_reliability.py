@@ -26,16 +26,16 @@ import pytest
 import torch
 from tqdm import tqdm
 
-import iwae.rundir
-import iwae.train
-from iwae import checkpoint
-from iwae.checkpoint import CheckpointError
-from iwae.cli import main
-from iwae.config import Config
+import iwae.training.rundir
+import iwae.training.paper
+from iwae.training import checkpoint
+from iwae.training.checkpoint import CheckpointError
+from iwae.app.cli import main
+from iwae.training.config import Config
 from iwae.data import DataError, Dataset, download_dataset, load_dataset
-from iwae.loop import Interrupted
-from iwae.rundir import TrainingError, load_model
-from iwae.train import train
+from iwae.training.loop import Interrupted
+from iwae.training.rundir import TrainingError, load_model
+from iwae.training.paper import train
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 SMALL = ["--limit-train", "200", "--k", "2", "--epochs", "6", "--eval-examples", "20",
@@ -145,7 +145,7 @@ def wait_for(predicate, timeout=60.0, every=0.002):
 
 
 def _cli_child(argv):
-    """`iwae ARGV` (iwae.cli.main) as the whole of a child process; its exit status is main's."""
+    """`iwae ARGV` (iwae.app.cli.main) as the whole of a child process; its exit status is main's."""
     devnull = os.open(os.devnull, os.O_RDWR)
     for fd in (0, 1, 2):
         os.dup2(devnull, fd)
@@ -160,7 +160,7 @@ def launcher():
     that has already imported torch and iwae (a fresh `python -m iwae` spends seconds on
     imports). Returns start(argv) -> multiprocessing.Process."""
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["iwae.cli", "iwae.train", "iwae.loop", "iwae.report", "iwae.step", "torch._dynamo",
+    ctx.set_forkserver_preload(["iwae.app.cli", "iwae.training.paper", "iwae.training.loop", "iwae.app.runs", "iwae.training.step", "torch._dynamo",
                                 __name__])         # what `iwae train` imports, imported once
 
     def start(argv):
@@ -299,8 +299,8 @@ def nan_row(npy, monkeypatch):
     it is NaN. Returns {epoch: step} where that batch comes (batch size 20, seed 0)."""
     images = torch.from_numpy(np.load(npy)).reshape(240, 784).float().div(255).round()
     data = Dataset("nan-row", images[:216].clone(), images[216:], None, (28, 28), "fixed")
-    monkeypatch.setattr(iwae.rundir, "load_dataset", lambda *args, **kwargs: data)
-    init_model = iwae.train.init_model
+    monkeypatch.setattr(iwae.training.rundir, "load_dataset", lambda *args, **kwargs: data)
+    init_model = iwae.training.paper.init_model
 
     clean = images[7].clone()
 
@@ -309,7 +309,7 @@ def nan_row(npy, monkeypatch):
         model = init_model(config, data, train, device)
         train[7] = float("nan")
         return model
-    monkeypatch.setattr(iwae.train, "init_model", poisoned_after_init)
+    monkeypatch.setattr(iwae.training.paper, "init_model", poisoned_after_init)
     g = torch.Generator().manual_seed(1)                       # the trainer's data RNG: seed + 1
     return {epoch: int((torch.randperm(200, generator=g) == 7).nonzero()) // 20 + 1 for epoch in (1, 2, 3)}
 
@@ -381,7 +381,7 @@ def test_nonfinite_weights_from_init_from_fail_in_one_line(npy, tmp_path, capsys
 # ---------------------------------------------------------------- bad input: one line, exit 2
 
 def cli(*argv):
-    """(exit status, stderr) of iwae.cli.main in process."""
+    """(exit status, stderr) of iwae.app.cli.main in process."""
     err = io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -427,9 +427,9 @@ BAD_FLAGS = [
     (["--k", "two"], "argument --k: expected an integer, got 'two' (see: iwae train --help)"),
     (["--objective", "miwae", "--k", "6", "--m", "4"], "m must be a positive divisor of k=6, got 4"),
     (["--objective", "miwae", "--k", "6"], "miwae needs m, the number of groups (m must divide k=6)"),
-    (["--objective", "ciwae", "--beta", "1.5"], "ciwae needs beta in [0, 1], got 1.5"),
-    (["--objective", "ciwae", "--beta", "-0.1"], "ciwae needs beta in [0, 1], got -0.1"),
-    (["--objective", "ciwae", "--beta", "nan"], "ciwae needs beta in [0, 1], got nan"),
+    (["--objective", "ciwae", "--beta", "1.5"], "beta must be in [0, 1], got 1.5"),
+    (["--objective", "ciwae", "--beta", "-0.1"], "beta must be in [0, 1], got -0.1"),
+    (["--objective", "ciwae", "--beta", "nan"], "beta must be in [0, 1], got nan"),
     (["--lr", "inf"], "lr and adam_eps must be finite and > 0, got inf and 0.0001"),
     (["--seed", "-1"], "seed must be in [0, 2**63 - 1), got -1"),
     (["--adam-betas", "0.9"], "argument --adam-betas: expected two numbers B1,B2, got '0.9' (see: iwae train --help)"),

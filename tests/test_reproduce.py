@@ -95,7 +95,7 @@ def test_reproduce_tables_1_and_2_on_a_tiny_budget(tmp_path, data_dir):
 
 
 def test_orderings_compare_runs_of_equal_budget_only():
-    from iwae.reproduce import orderings
+    from iwae.app.reproduce import orderings
 
     def r(layers, objective, k, nll, active="20", informative="20", epochs=20):
         return dict(dataset="mnist", epochs=epochs, layers=layers, objective=objective, k=k, test_nll=nll,
@@ -144,7 +144,7 @@ def test_the_grid_cost_is_steps_times_the_measured_step(data_dir, tmp_path, caps
 
 
 def test_provenance_names_the_cpu_and_the_commit_dirty_only_when_the_code_differs(tmp_path):
-    from iwae.provenance import cpu_model, hardware, revision
+    from iwae.app.provenance import cpu_model, hardware, revision
     assert hardware("cpu") == hardware("meta") == f"{cpu_model()} ({os.cpu_count()} threads, CPU)"
     assert revision(tmp_path) is None                       # an installed wheel: no checkout around it
     (tmp_path / "src" / "iwae").mkdir(parents=True)

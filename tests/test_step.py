@@ -15,9 +15,9 @@ import torch.nn as nn
 
 import iwae
 from iwae import bounds
-from iwae.objective import Functional, Objective
-from iwae.optim import AdamUpdate, make_optimizer
-from iwae.step import make_step
+from iwae.core.objective import Functional, Objective
+from iwae.runtime.optim import AdamUpdate, make_optimizer
+from iwae.training.step import make_step
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = [("iwae", "standard", {}), ("elbo", "standard", {}), ("miwae", "standard", {"m": 2}),
@@ -87,12 +87,12 @@ def test_dreg_in_one_pass_equals_the_two_pass_reference_for_two_layers(bound, kw
     torch.manual_seed(0)
     model = iwae.paper_model(2).double()
     x, objective = binary(4), Objective(bound, 6, **kw)
-    from iwae.estimators import dreg
+    from iwae.core.estimators import dreg
     f = Functional(model)
     params = tuple(p.detach() for p in f.parameters())
     torch.manual_seed(5)
     one = dreg.gradients(f, params, x, objective)
-    f.splits = False                                      # the reference's two passes
+    f.has_sample_q = False                                     # the reference's two passes
     torch.manual_seed(5)
     two = dreg.gradients(f, params, x, objective)
     torch.testing.assert_close(one[0], two[0], rtol=0, atol=0)
@@ -265,7 +265,7 @@ def test_compiled_evaluation_equals_the_eager_one():
 
 
 def test_evaluation_chunks_are_capped_for_wide_data():
-    import iwae.evaluation as evaluation
+    import iwae.evaluation.likelihood as evaluation
 
     class Recorder(nn.Module):
         def __init__(self):
@@ -282,7 +282,7 @@ def test_evaluation_chunks_are_capped_for_wide_data():
 
 
 def test_an_optimizer_step_without_its_hooks_still_steps():
-    from iwae import torch_private
+    from iwae.runtime import torch_private
     model = iwae.paper_model(1)
     opt = make_optimizer(model.parameters(), 1e-3)
     calls = []
@@ -343,7 +343,7 @@ def test_cuda_graph_step_follows_learning_rate_changes_and_new_shapes():
 
 @cuda
 def test_cuda_graph_step_keeps_the_trainers_non_finite_check():
-    from iwae.loop import _FiniteGuard
+    from iwae.training.loop import _FiniteGuard
     torch.manual_seed(0)
     model = iwae.paper_model(1).cuda()
     opt = make_optimizer(model.parameters(), 1e-3, capturable=True)

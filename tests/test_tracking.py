@@ -11,11 +11,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import iwae
-from iwae.cli import main
+from iwae.app.cli import main
 from iwae.data import load_dataset
-from iwae.evaluation import effective_sample_size
-from iwae.loop import Interrupted
-from iwae.report import evaluate_run
+from iwae.evaluation.units import effective_sample_size
+from iwae.training.loop import Interrupted
+from iwae.app.runs import evaluate_run
 
 RUN = {"k": 3, "epochs": 2, "batch_size": 20, "compile": "off", "eval_examples": 20, "quiet": True,
        "device": "cpu", "tensorboard": 1}

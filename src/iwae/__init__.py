@@ -2,18 +2,20 @@
 
 The boundary of the library is one tensor: ``model.log_weights(x, k) -> [k, batch]``.
 Bounds (``iwae.bounds``) and gradient estimators (``iwae.estimators``) are functions of it;
-``iwae.fit`` trains any module that has it.
+``iwae.fit`` trains any module that has it. The package is split by role, each folder
+importing only those below it (docs/architecture.md): core (the math), runtime, data,
+evaluation, training, app (the command line).
 """
-from . import bounds
-from .annealing import ais, bdmc
-from .densities import Bernoulli, Gaussian
-from .evaluation import log_likelihood
-from .loop import fit
-from .model import GaussianLayer, Model, paper_gaussian_layer, paper_model
-from .nets import mlp
-from .objective import loss
-from .rundir import load_model
+from .core import bounds, estimators
+from .core.densities import Bernoulli, Gaussian
+from .core.model import GaussianLayer, Model, paper_gaussian_layer, paper_model
+from .core.nets import mlp
+from .core.objective import loss
+from .evaluation.annealing import ais, bdmc
+from .evaluation.likelihood import log_likelihood
+from .training.loop import fit
+from .training.rundir import load_model
 
-__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Model", "ais", "bdmc", "bounds", "fit", "log_likelihood",
-           "load_model", "loss", "mlp", "paper_gaussian_layer", "paper_model"]
+__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Model", "ais", "bdmc", "bounds", "estimators", "fit",
+           "log_likelihood", "load_model", "loss", "mlp", "paper_gaussian_layer", "paper_model"]
 __version__ = "0.1.0"

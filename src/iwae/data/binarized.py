@@ -7,7 +7,6 @@ Both readers return uint8 [N, 784] with values in {0, 1}.
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from .dataset import DataError, is_binary
 from .files import read_bytes
@@ -67,6 +66,7 @@ def _read_canonical(text: np.ndarray) -> np.ndarray | None:
 def read_mat(path: Path) -> np.ndarray:
     """uint8 [N, 784] from a MATLAB file whose variable X is a 0/1 (N, 784) array."""
     try:
+        import scipy.io  # imported where used: `import iwae` stays light
         contents = scipy.io.loadmat(path)
     except (ValueError, OSError, TypeError, NotImplementedError) as e:
         raise DataError(f"{path}: not a readable MATLAB file ({e})") from e

@@ -76,6 +76,6 @@ def to_float32(array: np.ndarray, source: str, *, unit_interval: bool) -> np.nda
     return out
 
 
-def is_binary(array: np.ndarray) -> bool:
-    """True if every entry is exactly 0 or 1."""
-    return bool(np.all((array == 0) | (array == 1)))
+def is_binary(array) -> bool:
+    """True if every entry of a numpy array or torch tensor is exactly 0 or 1."""
+    return bool(((array == 0) | (array == 1)).all())

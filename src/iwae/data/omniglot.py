@@ -6,7 +6,6 @@ column with values in [0, 1]. Any number of columns is accepted; 784 rows are re
 from pathlib import Path
 
 import numpy as np
-import scipy.io
 
 from .dataset import DataError, to_float32
 
@@ -23,6 +22,7 @@ def read_chardata(path: Path) -> tuple[np.ndarray, np.ndarray]:
     column-major (MATLAB) order, and this per-image transpose makes them row-major.
     """
     try:
+        import scipy.io  # imported where used: `import iwae` stays light
         contents = scipy.io.loadmat(path)
     except (ValueError, OSError, TypeError, NotImplementedError) as e:
         raise DataError(f"{path}: not a readable MATLAB file ({e})") from e

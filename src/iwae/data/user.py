@@ -10,7 +10,6 @@ import math
 import zipfile
 from pathlib import Path
 
-import matplotlib.image
 import numpy as np
 
 from .dataset import DataError, to_float32
@@ -98,6 +97,7 @@ def _read_image_folder(folder: Path) -> np.ndarray:
 def _read_image(path: Path) -> np.ndarray:
     """[H, W] float32 in [0, 1]: grey as is, RGB(A) as luminance (alpha ignored)."""
     try:
+        import matplotlib.image  # imported where used: `import iwae` stays light
         image = matplotlib.image.imread(path)        # [H, W] or [H, W, 3|4]; float or uint8
     except (OSError, ValueError, SyntaxError) as e:
         raise DataError(f"{path}: not a readable image ({e})") from e

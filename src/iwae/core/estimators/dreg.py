@@ -1,0 +1,41 @@
+"""Doubly reparameterised gradients [Tucker, Lawson, Gu & Maddison 2019, eq. 5].
+
+With log w computed with q's parameters stopped (z keeps its path gradient):
+    encoder: sum_i w~_i^2  d log w_i / d z_i  d z_i / d phi
+    decoder: sum_i w~_i    d log w_i / d theta      (the standard IWAE gradient)
+with w~ = softmax(log w) held constant. Unbiased for the gradient of L_k, and its
+signal-to-noise ratio does not decay with k. For MIWAE the weights are normalised within
+each group of K samples and the groups averaged; for PIWAE the encoder takes the MIWAE
+version and the decoder the IWAE gradient.
+
+One backward pass, not the reference code's two: the samples z = sample_q(x) are made
+first (the encoder's graph), the log weights are evaluated at them (the densities' and the
+decoder's graph), and that graph is pulled back once with the decoder's cotangent
+(-w~ / B). The gradient it leaves at each z_i, -w~_i d log w_i / d z_i / B, is multiplied
+by w~_i and pulled back through the encoder's graph alone: the encoder receives w~^2, the
+decoder w~, and every layer's z is scaled once (also for 2 stochastic layers, where z_2
+depends on z_1). A model without ``sample_q`` gets the reference's two passes.
+"""
+from torch.func import vjp
+
+SUPPORTS = ("iwae", "miwae", "piwae")
+
+
+def gradients(f, params, x, objective):
+    k = objective.k
+    if not f.has_sample_q:
+        log_w, pullback = vjp(lambda p: f.log_weights(p, x, k, stop_q=True), params)
+        cot, value = objective.cotangent(log_w)
+        (decoder,) = pullback(cot)
+        (encoder,) = pullback(-objective.group_weights(log_w).square()
+                              / (objective.encoder_groups * log_w.shape[1]))
+        return value, f.by_group(encoder, decoder, "dreg")
+    zs, encoder_pullback = vjp(lambda p: f.call("sample_q", p, x, k), params)
+    log_w, pullback = vjp(lambda p, z: f.log_weights(p, x, k, stop_q=True, zs=z), params, zs)
+    cot, value = objective.cotangent(log_w)
+    decoder, grad_zs = pullback(cot)                              # grad_zs: [[k, B, d_l]]
+    if objective.name == "piwae":                                 # the encoder's bound: MIWAE
+        _, grad_zs = pullback(objective.cotangent(log_w, "encoder")[0])
+    w = objective.group_weights(log_w).unsqueeze(-1)              # [k, B, 1]
+    (encoder,) = encoder_pullback([g * w for g in grad_zs])
+    return value, f.by_group(encoder, decoder, "dreg")

@@ -1,0 +1,178 @@
+"""The training objective: a bound's value with a chosen gradient estimator's gradient.
+
+Every estimator (``iwae.estimators``) maps the model, as a pure function of its parameters
+(``Functional``), to ``(loss, gradients)``: the loss is always -mean_b bound(log w)_b,
+whatever the estimator, so logged numbers never depend on it, and the gradients are the
+estimator's. The training step compiles exactly that function (``iwae.training.step``);
+``loss(model, x, ...)`` wraps it as a scalar whose ``backward()`` leaves those gradients in
+``p.grad``, for a plain PyTorch loop.
+"""
+import torch
+import torch.nn as nn
+from torch.func import functional_call, grad_and_value
+
+from . import bounds
+from .estimators import ESTIMATORS
+from .validate import divisor, positive_int, unit_interval
+
+BOUNDS = ("elbo", "iwae", "miwae", "ciwae", "piwae")
+RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
+                 nn.InstanceNorm2d, nn.InstanceNorm3d)     # modules that write buffers in forward
+ALIASES = {"vae": "elbo"}
+
+
+class Objective:
+    """A bound with its settings, validated once.
+
+    elbo: k-sample mean of log w (the VAE); iwae: L_k; miwae: M groups of K = k / M;
+    ciwae: beta * ELBO + (1 - beta) * IWAE; piwae: the IWAE bound for the decoder and the
+    MIWAE(M, K) bound for the encoder (its value is the IWAE bound) [Rainforth et al. 2018].
+    """
+
+    def __init__(self, name, k, m=None, beta=None):
+        name = ALIASES.get(name, name)
+        if name not in BOUNDS:
+            raise ValueError(f"unknown bound {name!r}; expected one of {', '.join(BOUNDS)} (or 'vae')")
+        positive_int("k", k)
+        grouped = name in ("miwae", "piwae")
+        if grouped:
+            if m is None:
+                raise ValueError(f"{name} needs m, the number of groups (m must divide k={k})")
+            divisor("m", m, k)
+        elif m is not None:
+            raise ValueError(f"m is used only by miwae and piwae, not {name}")
+        if name == "ciwae":
+            if beta is None:
+                raise ValueError("ciwae needs beta in [0, 1], got None")
+            unit_interval("beta", beta)
+        elif beta is not None:
+            raise ValueError(f"beta is used only by ciwae, not {name}")
+        self.name, self.k, self.m, self.beta = name, k, m, beta
+        self.encoder_groups = m if grouped else 1
+
+    def value(self, log_w):
+        """[k, B] -> [B]: the bound whose negative mean is the reported loss."""
+        if self.name == "elbo":
+            return bounds.elbo(log_w)
+        if self.name == "miwae":
+            return bounds.miwae_bound(log_w, self.m)
+        if self.name == "ciwae":
+            return bounds.ciwae_bound(log_w, self.beta)
+        return bounds.iwae_bound(log_w)                          # iwae, piwae
+
+    def surrogate(self, log_w, group="decoder"):
+        """The scalar whose gradient a parameter group follows: -mean(bound), except that
+        PIWAE's encoder follows the MIWAE bound."""
+        if group == "encoder" and self.name == "piwae":
+            return -bounds.miwae_bound(log_w, self.m).mean()
+        return -self.value(log_w).mean()
+
+    def cotangent(self, log_w, group="decoder"):
+        """(d surrogate / d log w [k, B], the surrogate's value) at log_w, held constant."""
+        return grad_and_value(self.surrogate)(log_w.detach(), group)
+
+    def group_weights(self, log_w):
+        """w~ normalised within each of the encoder's groups of samples: [k, B] (softmax
+        over all k samples for one group)."""
+        k, batch = log_w.shape
+        groups = log_w.detach().reshape(self.encoder_groups, k // self.encoder_groups, batch)
+        return torch.softmax(groups, dim=1).reshape(k, batch)
+
+
+class _Methods(nn.Module):
+    """Calls a method of the wrapped model by name, so that functional_call reaches it."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, method, *args, **kwargs):
+        return getattr(self.model, method)(*args, **kwargs)
+
+
+class Functional:
+    """A model's methods as pure functions of its trainable parameters.
+
+    ``log_weights(params, x, k, **options)`` runs ``model.log_weights`` with the tensors
+    ``params`` (in the order of ``parameters()``) in place of the parameters
+    (torch.func.functional_call): the model's own code, differentiated by torch.func and
+    compiled by torch.compile, never a copy of it.
+    """
+
+    def __init__(self, model):
+        if not callable(getattr(model, "log_weights", None)):
+            raise ValueError(f"{type(model).__name__} has no log_weights(x, k) method; iwae trains "
+                             "modules that map a batch to log importance weights [k, batch]")
+        for name, module in model.named_modules():
+            if isinstance(module, RUNNING_STATS) and module.track_running_stats and module.training:
+                raise ValueError(f"{type(model).__name__}.{name} is a {type(module).__name__} that updates "
+                                 "running statistics as it runs, which iwae's torch.func gradients cannot do; "
+                                 "build it with track_running_stats=False, or use nn.GroupNorm or nn.LayerNorm")
+        self.model = model
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self.names = tuple(n for n, _ in named)
+        index = {id(p): i for i, (_, p) in enumerate(named)}
+        self._slots, owners = [], set()    # every (module, attribute) holding a parameter, once
+        for name, p in model.named_parameters(remove_duplicate=False):
+            prefix, _, attr = name.rpartition(".")
+            owner = (id(model.get_submodule(prefix)), attr)
+            if id(p) in index and owner not in owners:
+                owners.add(owner)
+                self._slots.append((f"model.{name}", index[id(p)]))
+        self._module = _Methods(model)
+        self.has_sample_q = callable(getattr(model, "sample_q", None))
+        groups = getattr(model, "encoder_parameters", None)
+        encoder = {id(p) for p in groups()} if callable(groups) else None
+        self.encoder_mask = None if encoder is None else tuple(id(p) in encoder for _, p in named)
+
+    def parameters(self):
+        """The trainable parameters, in the order of every params tuple."""
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def call(self, method, params, *args, **kwargs):
+        weights = {name: params[i] for name, i in self._slots}
+        # every (module, attribute) swapped once, tie_weights=False: a parameter shared by two
+        # modules is swapped in both; a module reached by two paths only once (swapped twice,
+        # torch 2.13 leaves it holding the swapped-in tensor afterwards)
+        return functional_call(self._module, weights, (method, *args), kwargs, tie_weights=False)
+
+    def log_weights(self, params, x, k, **options):
+        return self.call("log_weights", params, x, k, **options)
+
+    def by_group(self, encoder, decoder, estimator):
+        """Per parameter: the encoder's gradient for q's parameters, the decoder's otherwise."""
+        if self.encoder_mask is None:
+            raise ValueError(f"{estimator} treats q's and p's parameters differently: the model needs "
+                             "encoder_parameters() (and decoder_parameters()), as iwae.Model has")
+        return tuple(e if enc else d for e, d, enc in zip(encoder, decoder, self.encoder_mask))
+
+
+def check(bound, estimator, k, m=None, beta=None):
+    """Validate a configuration; returns (Objective, estimator module). Raises ValueError."""
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
+    objective = Objective(bound, k, m, beta)
+    est = ESTIMATORS[estimator]
+    if objective.name not in est.SUPPORTS:
+        raise ValueError(f"estimator {estimator!r} does not apply to bound {objective.name!r}; "
+                         f"it supports {', '.join(est.SUPPORTS)}")
+    return objective, est
+
+
+def loss(model, x, k, bound="iwae", estimator="standard", *, m=None, beta=None):
+    """-mean(bound) over the batch x [B, D], whose backward() gives the estimator's gradient.
+
+    model: anything with ``log_weights(x, k, stop_q=, stop_z=)``; estimators that treat
+    q and p differently (dreg, rws, and the piwae bound) also need
+    ``encoder_parameters()`` and ``decoder_parameters()``. The gradients are computed
+    here, by the estimator, and attached to the returned scalar (its value is exactly the
+    loss): ``loss.backward()`` then puts them in p.grad.
+    """
+    objective, est = check(bound, estimator, k, m, beta)
+    f = Functional(model)
+    params = f.parameters()
+    if not torch.is_grad_enabled() or not params:
+        return objective.surrogate(model.log_weights(x, k))
+    value, grads = est.gradients(f, tuple(p.detach() for p in params), x, objective)
+    attached = sum((p * g).sum() for p, g in zip(params, grads))
+    return value + (attached - attached.detach())

@@ -1,0 +1,230 @@
+"""Annealed importance sampling with HMC, and bidirectional Monte Carlo.
+
+L_5000 is a lower bound on log p(x); how far below, AIS says [Neal 2001; Wu, Burda,
+Salakhutdinov & Grosse 2017]. For each x, chains move along the geometric path
+    log f_b(z) = log f_0(z) + b * g(z),   g = log p(x, z) - log f_0(z),   b: 0 -> 1,
+from f_0 = q(z | x) (init="q") or the prior p(z) (init="prior") to f_1 = p(x, z), whose
+normaliser is p(x). Each chain accumulates log w = sum_t (b_t - b_{t-1}) g(z_{t-1}) in
+float64, with z_t from an HMC transition that leaves f_{b_t} invariant (``leapfrog``
+steps, a step size per chain and datapoint adapted toward TARGET_ACCEPT acceptance); the
+estimate is log mean_chains w, a stochastic lower bound on log p(x) (E[w] = p(x)).
+
+BDMC [Grosse, Ghahramani & Adams 2015]: on data simulated from the model, (x, z) ~ p, the
+exact posterior sample z starts the reverse chain (b: 1 -> 0), whose weight has
+E[w_rev] = 1 / p(x): -log mean w_rev is a stochastic upper bound. The gap between the two
+bounds bounds the error of forward AIS on such data.
+
+A model needs ``log_joint``, ``log_prior``, ``log_p_x_given_z``, ``log_q``, ``sample_q`` and
+``sample_prior`` (iwae.Model has them), with latents as lists [[chains, B, d_l]].
+"""
+import math
+
+import torch
+from tqdm import tqdm
+
+from ..core.validate import positive_int
+from ..runtime.compile import COMPILES, compiled, flushed_subnormals
+from ..runtime.rng import forked_rng
+
+SCHEDULES = ("sigmoid", "linear")
+INITS = ("q", "prior")
+COMPILE_MIN_WORK = 50_000       # steps x images from which compiling the transition pays (~0.7 ms saved each)
+TARGET_ACCEPT = 0.65
+ADAPT = 0.05                    # log step size moves by ADAPT * (accepted - TARGET_ACCEPT) per transition
+NEEDS = ("log_joint", "log_prior", "log_p_x_given_z", "log_q", "sample_q", "sample_prior")
+
+
+def inverse_temperatures(steps, kind="sigmoid", sharpness=4.0):
+    """The inverse temperatures b_0 = 0 < b_1 < ... < b_T = 1: float64 [steps + 1].
+
+    linear: t / T; sigmoid: sigma(sharpness (2t/T - 1)) rescaled to [0, 1], denser at both
+    ends [Grosse et al. 2015]."""
+    if kind not in SCHEDULES:
+        raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {kind!r}")
+    t = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if kind == "linear":
+        return t
+    s = torch.sigmoid(sharpness * (2 * t - 1))
+    return (s - s[0]) / (s[-1] - s[0])
+
+
+def check(model, steps, chains, leapfrog, init, kind):
+    missing = [name for name in NEEDS if not callable(getattr(model, name, None))]
+    if missing:
+        raise ValueError(f"AIS needs the model's {', '.join(missing)} (iwae.Model has them); "
+                         f"{type(model).__name__} lacks them")
+    for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
+        positive_int(name, value)
+    if init not in INITS:
+        raise ValueError(f"init must be one of {', '.join(INITS)}, got {init!r}")
+    inverse_temperatures(1, kind)
+
+
+def _terms(model, init, x, zs):
+    """(log f_0, g) at zs [[C, B, d_l]] for x [B, D], each [C, B]."""
+    if init == "q":
+        log_f0 = model.log_q(x, zs)
+        return log_f0, model.log_joint(x, zs) - log_f0
+    return model.log_prior(zs), model.log_p_x_given_z(x, zs)
+
+
+def _energy(zs, model, init, x, beta):
+    log_f0, g = _terms(model, init, x, zs)
+    log_f = log_f0 + beta * g                                     # [C, B]
+    return log_f.sum(), (log_f, g)
+
+
+def _start(model, init, x, chains):
+    """zs ~ f_0: [[C, B, d_l]]."""
+    if init == "q":
+        return [z.detach() for z in model.sample_q(x, chains)]
+    return [z.detach().view(chains, x.shape[0], -1) for z in model.sample_prior(chains * x.shape[0])]
+
+
+def hmc(model, x, zs, beta, step_size, leapfrog, init="q"):
+    """One HMC transition leaving f_beta invariant, for every chain and datapoint at once.
+
+    x [B, D]; zs [[C, B, d_l]]; beta: a 0-d tensor; step_size [C, B]. Returns (zs, accepted
+    [C, B] bool, g [C, B] at the zs it started from). A proposal with a non-finite energy is
+    rejected. A pure function of tensors (gradients by torch.func.grad), compiled whole."""
+    at = torch.func.grad(_energy, has_aux=True)
+    grad0, (log_f0, g0) = at(zs, model, init, x, beta)
+    eps = step_size.unsqueeze(-1).to(zs[0].dtype)                 # [C, B, 1]
+    momenta = [torch.randn_like(z) for z in zs]
+    kinetic0 = sum(0.5 * m.square().sum(-1) for m in momenta)
+    p = [m + 0.5 * eps * g for m, g in zip(momenta, grad0)]
+    q = list(zs)
+    for i in range(leapfrog):
+        q = [a + eps * b for a, b in zip(q, p)]
+        grads, (log_f, _) = at(q, model, init, x, beta)
+        half = 0.5 if i == leapfrog - 1 else 1.0
+        p = [b + half * eps * g for b, g in zip(p, grads)]
+    kinetic = sum(0.5 * m.square().sum(-1) for m in p)
+    log_ratio = (log_f.double() - kinetic.double()) - (log_f0.double() - kinetic0.double())
+    accepted = torch.log(torch.rand_like(log_ratio)) < torch.nan_to_num(log_ratio, nan=-math.inf)
+    keep = accepted.unsqueeze(-1)
+    return [torch.where(keep, a, z) for a, z in zip(q, zs)], accepted, g0
+
+
+_compiled_hmc = {}
+
+
+def _transition(x, steps, compile):
+    """hmc, or its compiled form when compile is "step", or "auto" and steps x N reaches
+    COMPILE_MIN_WORK."""
+    if compile not in COMPILES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
+    if x.device.type == "meta" or compile == "off" or (compile == "auto" and steps * x.shape[0] < COMPILE_MIN_WORK):
+        return hmc
+    return _compiled_transition
+
+
+def _compiled_transition(model, x, zs, beta, step_size, leapfrog, init):
+    """hmc compiled once per (device, dtype, batch, chains, leapfrog, init): each compiled
+    function sees one shape, so that no shape exhausts another's recompile limit."""
+    key = (x.device.type, x.dtype, tuple(x.shape), tuple(zs[0].shape), leapfrog, init)
+    if key not in _compiled_hmc:
+        _compiled_hmc[key] = compiled(hmc, x.device)
+    return _compiled_hmc[key](model, x, zs, beta, step_size, leapfrog, init)
+
+
+def _anneal(model, init, x, zs, betas, transition, leapfrog, step_size, bar):
+    """Run the chains through betas (increasing: forward; decreasing: reverse), starting at
+    zs [[C, B, d_l]]; returns the float64 log weights [C, B] sum_t (b_t - b_{t-1}) g(z_{t-1})."""
+    chains, B = zs[0].shape[:2]
+    log_w = torch.zeros(chains, B, dtype=torch.float64, device=x.device)
+    eps = torch.full((chains, B), step_size, dtype=torch.float64, device=x.device)
+    for previous, beta in zip(betas[:-1].tolist(), betas[1:].tolist()):
+        b = torch.tensor(beta, dtype=zs[0].dtype, device=x.device)
+        zs, accepted, g = transition(model, x, zs, b, eps, leapfrog, init)
+        log_w += (beta - previous) * g.double()
+        eps = (eps * torch.exp(ADAPT * (accepted.double() - TARGET_ACCEPT))).clamp(1e-4, 1.0)
+        bar.update(1)
+    return log_w
+
+
+def ais(model, x, *, steps=500, chains=8, leapfrog=10, schedule="sigmoid", init="q", seed=0,
+        step_size=0.05, batch_size=100, progress=False, with_chains=False, compile="auto"):
+    """log p^(x) per datapoint by AIS: x [N, D] -> float64 [N] (a stochastic lower bound).
+
+    steps: intermediate distributions; chains per datapoint; leapfrog steps per HMC
+    transition; schedule "sigmoid" | "linear"; init "q" (start at q(z | x)) | "prior";
+    step_size: the initial HMC step size (then adapted per chain). Memory grows with
+    chains x batch_size (the batches of x run one after another). Seeded: the caller's RNG
+    is left as it was. Model parameters are not differentiated. with_chains: also return
+    every chain's log weight, float64 [chains, N] (for standard errors). compile: "auto"
+    compiles the HMC transition whole (torch.compile; the same random draws) when steps x N
+    reaches COMPILE_MIN_WORK, where it pays for its ~30 s of compiling; "step" always; "off"
+    never.
+    """
+    check(model, steps, chains, leapfrog, init, schedule)
+    betas = inverse_temperatures(steps, schedule)
+    transition = _transition(x, steps, compile)
+
+    def forward(xb, bar):
+        zs = _start(model, init, xb, chains)
+        return _anneal(model, init, xb, zs, betas, transition, leapfrog, step_size, bar).T   # [b, C]
+    log_w = _batched(model, x, batch_size, seed, progress, steps, forward).T                  # [C, N]
+    return (_lse(log_w), log_w) if with_chains else _lse(log_w)
+
+
+def bdmc(model, n, *, steps=500, chains=8, leapfrog=10, schedule="sigmoid", init="q", seed=0,
+         step_size=0.05, batch_size=100, progress=False, compile="auto"):
+    """Bidirectional Monte Carlo on n examples simulated from the model.
+
+    Returns {"x": [n, D], "lower": float64 [n] (forward AIS), "upper": float64 [n] (reverse
+    AIS from the exact posterior sample), "gap": mean upper - lower, a 0-d tensor}. E[lower] <= log p(x)
+    <= E[upper] for each x; the gap shrinks as steps grow. The reverse chains of an example
+    all start at its one exact posterior sample. compile: as for ais.
+    """
+    check(model, steps, chains, leapfrog, init, schedule)
+    positive_int("n", n)
+    if not callable(getattr(model.likelihood, "sample", None)):
+        raise ValueError(f"BDMC simulates data from the model, and its likelihood "
+                         f"{type(model.likelihood).__name__} cannot be sampled")
+    betas = inverse_temperatures(steps, schedule)
+    device = next(model.parameters()).device
+    with forked_rng(device), torch.no_grad():
+        torch.manual_seed(seed)
+        zs = model.sample_prior(n)                                    # [[n, d_l]]
+        x = model.likelihood.sample(model.decode(zs[0]))
+    lower = ais(model, x, steps=steps, chains=chains, leapfrog=leapfrog, schedule=schedule, init=init,
+                seed=seed + 1, step_size=step_size, batch_size=batch_size, progress=progress, compile=compile)
+    transition = _transition(x, steps, compile)
+    exact = iter(range(0, n, batch_size))
+
+    def reverse(xb, bar):
+        start = next(exact)
+        posterior = [z[start:start + xb.shape[0]].unsqueeze(0).expand(chains, -1, -1).clone() for z in zs]
+        return -_lse(_anneal(model, init, xb, posterior, betas.flip(0), transition, leapfrog, step_size, bar))
+    upper = _batched(model, x, batch_size, seed + 2, progress, steps, reverse)
+    return {"x": x, "lower": lower, "upper": upper, "gap": (upper - lower).mean()}
+
+
+def _lse(log_w):
+    """log mean_chains w: [C, B] -> [B]."""
+    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
+
+
+def _batched(model, x, batch_size, seed, progress, steps, fn):
+    """fn(x_batch, bar) -> [b] over the batches of x, seeded, parameters frozen, subnormals flushed."""
+    if x.dim() != 2 or not x.is_floating_point():
+        raise ValueError(f"x must be a float tensor [N, D], got {x.dtype} {list(x.shape)}")
+    if x.device.type != "meta" and not bool(torch.isfinite(x).all()):
+        raise ValueError("x holds NaN or infinite values")
+    params = list(model.parameters())
+    saved = [p.requires_grad for p in params]
+    out = []
+    bar = tqdm(total=steps * math.ceil(x.shape[0] / batch_size), disable=not progress, desc="AIS", unit="step")
+    try:
+        for p in params:
+            p.requires_grad_(False)
+        with forked_rng(x.device), flushed_subnormals(x.device):
+            torch.manual_seed(seed)
+            for xb in x.split(batch_size):
+                out.append(fn(xb, bar))
+    finally:
+        for p, s in zip(params, saved):
+            p.requires_grad_(s)
+        bar.close()
+    return torch.cat(out)

@@ -1,0 +1,117 @@
+"""The L_k estimate of log p(x), for any module with ``log_weights(x, k)``, and its seeded
+form that gives the same numbers on any number of processes."""
+import math
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from ..core.validate import positive_int
+from ..runtime import distributed
+from ..runtime.compile import COMPILES, compiled, flushed_subnormals
+from ..runtime.rng import forked_rng
+
+EVAL_SEED = 1234            # binarization and sample noise of every evaluation
+
+CHUNK_BYTES = 24 << 20     # keep a chunk's [rows, D] float buffers below glibc's mmap limit
+COMPILE_MIN_WORK = 1 << 24  # compile log_weights when k * N * D reaches this (L_5000)
+
+
+def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False,
+                   compile="auto"):
+    """L_k = logsumexp_i log w_i - log k per datapoint: x [N, D] -> float64 [N].
+
+    Runs over x in batches of ``batch_size`` and over the k samples in chunks of at most
+    ``max_samples`` (datapoints x samples), combining chunks with a running logsumexp, so
+    memory depends on max_samples, not on k. Test NLL = -log_likelihood(...).mean().
+    with_elbo: also return the k-sample ELBO (mean log w) from the same samples, [N].
+
+    Chunks are further capped at CHUNK_BYTES of [rows, D] data (8024 rows of 784 floats):
+    larger buffers are fresh mmaps from the C allocator on every chunk, whose page faults
+    cost as much as a third of the matrix products. Runs ``model.log_weights`` under
+    torch.inference_mode with subnormals flushed (CPU); compile: "auto" compiles it
+    (torch.compile, the same samples) when k * N * D reaches COMPILE_MIN_WORK, "step"
+    always, "off" never.
+    """
+    positive_int("k", k)
+    if batch_size < 1 or max_samples < 1:
+        raise ValueError("batch_size and max_samples must be >= 1")
+    if compile not in COMPILES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
+    rows = max(1, min(max_samples, CHUNK_BYTES // max(1, x.element_size() * x[0].numel())))
+    log_weights = _log_weights
+    if compile == "step" or (compile == "auto" and k * x.numel() >= COMPILE_MIN_WORK):
+        log_weights = _compiled(x.device)
+    out, elbo = [], []
+    with torch.inference_mode(), flushed_subnormals(x.device):
+        for xb in x.split(batch_size):
+            chunk = max(1, rows // xb.shape[0])
+            total = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)
+            mean = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
+            for start in range(0, k, chunk):
+                log_w = log_weights(model, xb, min(chunk, k - start)).double()           # [c, b]
+                total = torch.logaddexp(total, torch.logsumexp(log_w, 0))
+                mean += log_w.sum(0) / k
+            out.append(total - math.log(k))
+            elbo.append(mean)
+        out, elbo = torch.cat(out), torch.cat(elbo)
+    out, elbo = out.clone(), elbo.clone()                  # ordinary tensors, not inference ones
+    return (out, elbo) if with_elbo else out
+
+
+def _log_weights(model, x, k):
+    return model.log_weights(x, k)
+
+
+_compiled_log_weights = {}
+
+
+def _compiled(device):
+    """_log_weights compiled for a device type (the model is an argument: one cache for all)."""
+    if device.type not in _compiled_log_weights:
+        _compiled_log_weights[device.type] = compiled(_log_weights, device)
+    return _compiled_log_weights[device.type]
+
+
+def fixed_binarization(x, binarization, seed=EVAL_SEED):
+    """Held-out images binarized once with a fixed seed (unchanged unless 'dynamic')."""
+    if binarization != "dynamic":
+        return x
+    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+
+
+def block_seed(seed, index):
+    """The seed of evaluation block `index` (a 63-bit integer mixing seed and index)."""
+    state = np.random.SeedSequence([seed % 2 ** 64, index]).generate_state(1, dtype=np.uint64)[0]
+    return int(state) & (2 ** 63 - 1)
+
+
+@torch.no_grad()
+def seeded_log_likelihood(model, x, k, *, seed=EVAL_SEED, block=100, max_samples=16384, with_elbo=False,
+                          ctx=distributed.SINGLE, progress=None):
+    """L_k per example of x [N, D] (float64 [N]) with the noise of block j of ``block`` examples
+    (examples j*block .. j*block+block-1) drawn after torch.manual_seed(block_seed(seed, j)).
+
+    With ctx.distributed, rank r evaluates its contiguous run of blocks and every rank gets
+    the full vector (zero-padded shares, summed: bitwise the single-process result).
+    The caller's RNG state is left as it was. progress: wraps the iterable of this
+    rank's blocks (tqdm, say). with_elbo: also the k-sample ELBO per example.
+    """
+    positive_int("block", block)
+    n = x.shape[0]
+    blocks = -(-n // block)
+    first, last = distributed.shard_range(blocks, ctx)
+    ll = torch.zeros(n, dtype=torch.float64, device=x.device)
+    elbo = torch.zeros(n, dtype=torch.float64, device=x.device)
+    mine = range(first, last)
+    with forked_rng(x.device):
+        for j in (progress(mine) if progress else mine):
+            torch.manual_seed(block_seed(seed, j))
+            rows = slice(j * block, min((j + 1) * block, n))
+            ll[rows], elbo[rows] = log_likelihood(model, x[rows], k, batch_size=block,
+                                                  max_samples=max_samples, with_elbo=True)
+    if ctx.distributed:
+        both = torch.stack([ll, elbo])
+        dist.all_reduce(both, op=dist.ReduceOp.SUM)
+        ll, elbo = both[0], both[1]
+    return (ll, elbo) if with_elbo else ll

@@ -1,0 +1,101 @@
+"""The training step: the estimator's (loss, gradients), the optimizer's update.
+
+    opt = make_optimizer(model.parameters(), lr, betas, eps)      # iwae.runtime.optim: fused Adam
+    step = make_step(model, opt, k, bound, estimator, m=m, beta=beta, planned_steps=n)
+    loss = step(x)     # the loss; p.grad = the estimator's gradients; the optimizer's update
+
+One function computes every step: ``estimator.gradients(Functional(model), params, x,
+objective)`` (see iwae.core.objective), i.e. ``model.log_weights`` differentiated by torch.func,
+for any model, bound and estimator. ``compile`` decides how it runs:
+
+- "off": eagerly.
+- "step": compiled by torch.compile (forward and backward in one graph; on the CPU with
+  the C++ wrapper, which removes the per-op overhead that dominates small steps and fuses
+  the elementwise work of large ones). 10-30 s of compiling once per batch shape.
+- "auto": "step" for runs known to be long (planned_steps >= STEP_MIN_STEPS, 10 epochs of
+  MNIST) and for any run on CUDA, else "off".
+
+On CUDA the compiled function and the capturable fused Adam update are each captured as a
+CUDA graph and replayed (``iwae.training.cudagraph.CudaGraphStep``). On the CPU every step runs with
+subnormal floats flushed to zero (``torch.set_flush_denormal``): normalised weights of
+samples 50-100 nats below the best are subnormal, and x86 CPUs process those ~100x
+slower, which made the first epochs of a run several times slower. The loss may be NaN
+(the gradients then are too); the caller checks it.
+"""
+import torch
+
+from ..core.objective import Functional, check
+from ..runtime.compile import COMPILES, compiled_step, flushed_subnormals
+from ..runtime.optim import AdamUpdate
+from .cudagraph import CudaGraphStep
+
+STEP_MIN_STEPS = 30_000      # compile the whole step for runs of this many steps (10 epochs)
+
+
+def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None, beta=None,
+              compile="auto", planned_steps=None, parallel=None):
+    """The training step for ``model`` and ``optimizer`` at k samples per datapoint.
+
+    compile: "auto" | "off" | "step" (see the module docstring). planned_steps: the number
+    of steps the run will take, if known (the trainer's epochs x batches). parallel: an
+    iwae.runtime.distributed.DataParallel; the step then computes this rank's share of each global
+    batch and averages the gradients over the ranks (it runs eagerly).
+    """
+    objective, est = check(bound, estimator, k, m, beta)
+    if compile not in COMPILES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
+    device = _device(model)
+    if compile == "auto":
+        long_run = planned_steps is not None and planned_steps >= STEP_MIN_STEPS
+        compile = "step" if (long_run or device.type == "cuda") and parallel is None else "off"
+    if device.type == "cuda" and parallel is None:
+        return CudaGraphStep(Step(model, optimizer, objective, est, compile=compile))
+    return Step(model, optimizer, objective, est, compile=compile, parallel=parallel)
+
+
+def _device(model):
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+class Step:
+    """step(x): one optimizer step on the batch x [B, D]; see the module docstring."""
+
+    def __init__(self, model, optimizer, objective, estimator, *, compile="off", parallel=None):
+        self.model, self.optimizer, self.objective, self.estimator = model, optimizer, objective, estimator
+        self.k, self.compile, self.parallel = objective.k, compile, parallel
+        self.functional = Functional(model)
+        self.params = self.functional.parameters()
+        # detached aliases of the parameters, made once: they share storage, so they follow
+        # the optimizer's in-place updates (and a checkpoint's load_state_dict)
+        self.values = tuple(p.detach() for p in self.params)
+        self.device = _device(model)
+        self.update = AdamUpdate(optimizer)
+        self.gradients = self.eager_gradients
+        if compile == "step" and parallel is None:
+            self.gradients = compiled_step(self.eager_gradients, self.device, model)
+
+    def eager_gradients(self, params, x):
+        """(loss, gradients) at the parameter values params: the function a step computes."""
+        return self.estimator.gradients(self.functional, params, x, self.objective)
+
+    def forward_backward(self, x):
+        """The loss (detached) at x, with this step's gradient in every p.grad (replaced, like
+        zero_grad(set_to_none=True) then backward; NaN ones when the loss is not finite)."""
+        if self.parallel is not None:
+            loss, grads = self.parallel.gradients(self.eager_gradients, self.model, self.values, x, self.k)
+        else:
+            loss, grads = self.gradients(self.values, x)
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        return loss
+
+    def __call__(self, x):
+        """forward_backward(x), then the optimizer's update; returns the loss (it may be NaN:
+        check it)."""
+        with flushed_subnormals(self.device):
+            loss = self.forward_backward(x)
+            self.update()
+        return loss
