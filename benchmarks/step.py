@@ -57,6 +57,9 @@ def arguments(argv=None):
     p.add_argument("--pretrain", type=int, default=200, help="shared training steps before timing")
     p.add_argument("--baseline", default=BASELINE, help="git revision of the previous main ('' to skip)")
     p.add_argument("--no-estimators", action="store_true", help="only iwae, main, plain and the floor")
+    p.add_argument("--bf16", action="store_true",
+                   help="also the step with --precision bf16 (standard, and dreg unless --no-estimators) "
+                        "and the matmul floor in bf16")
     p.add_argument("--bounds", action="store_true",
                    help="also the MIWAE(8, k/8) and CIWAE(0.5) bounds (k a multiple of 8)")
     p.add_argument("--no-pyro", action="store_true")
@@ -169,6 +172,11 @@ def paper_row(n_layers, k, train, args, base, pyro, clock):
         for estimator in ("stl", "dreg", "rws"):
             fns[estimator] = V.project(model, k, estimator=estimator, device=args.device)
         fns["piwae"] = V.project(model, k, bound="piwae", m=m, device=args.device)
+    if args.bf16:
+        fns["floor_bf16"] = MatmulFloor(linear_shapes(model, k, 20), device=args.device, dtype=torch.bfloat16)
+        fns["bf16"] = V.project(model, k, device=args.device, precision="bf16")
+        if not args.no_estimators:
+            fns["dreg_bf16"] = V.project(model, k, estimator="dreg", device=args.device, precision="bf16")
     if args.bounds and k % 8 == 0:
         fns["miwae"] = V.project(model, k, bound="miwae", m=8, device=args.device)
         fns["ciwae"] = V.project(model, k, bound="ciwae", beta=0.5, device=args.device)
@@ -182,10 +190,14 @@ def paper_row(n_layers, k, train, args, base, pyro, clock):
            "quartiles_ms": quartiles, "first_call_s": first,
            "iwae_compile": fns["iwae"].step.compile,
            "ratio_to_floor": {n: ms[n] / ms["floor"] for n in ms if n != "floor"},
-           "ratio_to_iwae": {n: ms[n] / ms["iwae"] for n in ms if n not in ("floor", "iwae")},
+           "ratio_to_iwae": {n: ms[n] / ms["iwae"] for n in ms
+                             if not n.startswith("floor") and n not in ("iwae", "bf16", "dreg_bf16")},
            "projected_hours": ms["iwae"] * 1e-3 * EPOCH_STEPS * EPOCHS / 3600}
     if "main" in ms:
         row["iwae_over_main"] = {c: med[c]["iwae"] / med[c]["main"] for c in med}
+    if "bf16" in ms:
+        row["bf16_over_fp32"] = {"standard": ms["bf16"] / ms["iwae"], "floor": ms["floor_bf16"] / ms["floor"],
+                                 **({"dreg": ms["dreg_bf16"] / ms["dreg"]} if "dreg_bf16" in ms else {})}
     return row
 
 
@@ -207,6 +219,8 @@ def row_line(row):
     if "iwae_over_main" in row:
         parts.append(f"main {ms['main']:.3f} ms (iwae/main {row['iwae_over_main'][c]:.3f})")
     parts += [f"{n} {row['ratio_to_iwae'][n]:.2f}x" for n in row["ratio_to_iwae"] if n != "main"]
+    if "bf16_over_fp32" in row:
+        parts.append("bf16/fp32: " + ", ".join(f"{n} {v:.2f}" for n, v in row["bf16_over_fp32"].items()))
     return ", ".join(parts)
 
 
@@ -247,6 +261,7 @@ def markdown(results, evaluation):
               "Projected time of the paper's schedule (3280 passes x 3000 steps) at the iwae step's median: "
               + ", ".join(f"{r['layers']}-layer k={r['k']}: {r['projected_hours']:.1f} h" for r in results["rows"])
               + ".", ""]
+    lines += bf16_markdown(results["rows"], c)
     conv = results.get("conv")
     if conv:
         lines += [f"Your own model (benchmarks/conv.py: two stride-2 convolutions each way, 16 latents), k=5: "
@@ -255,6 +270,28 @@ def markdown(results, evaluation):
     if evaluation:
         lines += evaluation_markdown(evaluation)
     return "\n".join(lines) + "\n"
+
+
+def bf16_markdown(rows, c):
+    """The --bf16 table: the step and the matmul floor in bf16 over fp32 (targets: <= 0.6 at
+    k=50, no slower at k=1 and 5)."""
+    rows = [r for r in rows if "bf16_over_fp32" in r]
+    if not rows:
+        return []
+    lines = ["## bf16 matmuls (`--precision bf16`)", "",
+             "The same step with the nets' large matmuls in bf16 (log densities, log w, the bound, the "
+             "parameters and Adam's state fp32), timed alongside the fp32 step; the matmul floor in bf16 "
+             "beside the fp32 one.", "",
+             "| net | k | floor fp32 ms | floor bf16 ms | step fp32 ms | step bf16 ms | bf16 / fp32 | "
+             "dreg bf16 / fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms, b = r["median_ms"][c], r["bf16_over_fp32"]
+        target = 0.6 if r["k"] >= 50 else 1.0
+        mark = lambda v: f"{v:.2f}{' ok' if v <= target else ' MISS'}"
+        lines.append(f"| {r['layers']}-layer | {r['k']} | {ms['floor']:.3f} | {ms['floor_bf16']:.3f} | "
+                     f"{ms['iwae']:.3f} | {ms['bf16']:.3f} | {mark(b['standard'])} | "
+                     f"{mark(b['dreg']) if 'dreg' in b else 'n/a'} |")
+    return lines + [""]
 
 
 def evaluation_markdown(ev):

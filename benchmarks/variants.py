@@ -33,13 +33,14 @@ def trainer_guard(opt):
 
 
 def project(model, k, bound="iwae", estimator="standard", m=None, beta=None, planned_steps=PAPER_STEPS,
-            device="cpu"):
+            device="cpu", precision="fp32"):
     """The project's step as ``iwae train`` builds it (make_optimizer + make_step for a run
     of the paper's length), with the trainer's non-finite guard on the optimizer."""
     model = copy.deepcopy(model)
     opt = make_optimizer(model.parameters(), LR, BETAS, EPS, capturable=device == "cuda")
     trainer_guard(opt)
-    step = make_step(model, opt, k, bound, estimator, m=m, beta=beta, planned_steps=planned_steps)
+    step = make_step(model, opt, k, bound, estimator, m=m, beta=beta, planned_steps=planned_steps,
+                     precision=precision)
 
     def run(x):
         return _check(step(x))

@@ -51,6 +51,15 @@ def test_a_training_step_on_meta(meta_model, estimator):
     assert all(p.device == META for p in meta_model.parameters())
 
 
+def test_a_bf16_training_step_on_meta(meta_model):
+    # k * batch = 1000 rows: the decoder's matmuls pass BF16_MIN_MACS and run in bf16
+    step = make_step(meta_model, make_optimizer(meta_model.parameters(), 1e-3), 50, compile="off",
+                     precision="bf16")
+    loss = step(x_meta(20))
+    assert loss.device == META and loss.dtype == torch.float32
+    assert all(p.device == META and p.dtype == torch.float32 for p in meta_model.parameters())
+
+
 def test_log_likelihood_on_meta(meta_model):
     ll, elbo = iwae.log_likelihood(meta_model, x_meta(), 10, max_samples=8, with_elbo=True, compile="off")
     assert ll.device == META and elbo.device == META and ll.shape == (3,)

@@ -24,6 +24,7 @@ from ..training.config import NONFINITE_POLICIES, Config
 from ..training.loop import Interrupted
 from ..training.rundir import TrainingError
 from ..training.schedule import SCHEDULES
+from ..training.step import PRECISIONS
 from .reproduce import TABLES, Settings
 from .runs import METHODS
 
@@ -129,6 +130,10 @@ def add_train(sub):
                    help="write TensorBoard events into RUN/tensorboard: the running bound every N steps "
                         "(default 100), per epoch the bounds, lr, steps/s, effective sample size, "
                         "active units and image grids (pip install \"iwae[tensorboard]\")")
+    p.add_argument("--precision", choices=PRECISIONS, default=d.precision,
+                   help="fp32; bf16: the nets' large matmuls in bf16 (log densities, log weights, the bound, "
+                        "parameters and Adam's state stay fp32; evaluation is always fp32), worth it where "
+                        "the hardware has bf16 units (AMX, AVX512-BF16, GPUs) and at large k; tf32: CUDA only")
     p.add_argument("--compile", choices=COMPILES, default=d.compile,
                    help="auto: compile the whole step (torch.compile) for runs of 10+ epochs and on CUDA; "
                         "step: always; off: never (10-30 s of compiling saved on short runs)")
@@ -164,6 +169,7 @@ def cmd_train(args):
                     validation=args.validation, likelihood=args.likelihood, scale=args.scale,
                     schedule=args.schedule, lr=args.lr, adam_betas=args.adam_betas, adam_eps=args.adam_eps,
                     eval_examples=args.eval_examples, device=args.device, compile=args.compile,
+                    precision=args.precision,
                     tensorboard=args.tensorboard,
                     init_from=args.init_from, on_nonfinite=args.on_nonfinite).validate()
     if args.resume and not args.out:

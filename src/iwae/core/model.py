@@ -44,7 +44,7 @@ class GaussianLayer(nn.Module):
         """
         flat = h.reshape(-1, h.shape[-1])
         out = self.net(flat) if params is None else functional_call(self.net, params, (flat,))
-        out = out.reshape(*h.shape[:-1], out.shape[-1])
+        out = out.reshape(*h.shape[:-1], out.shape[-1]).to(h.dtype)    # fp32 after bf16 matmuls
         mu, head = out.chunk(2, dim=-1)
         if self.scale == "exp":
             return mu, head
@@ -183,7 +183,7 @@ class Model(nn.Module):
 
     def decode(self, z):
         """z_1 [..., d_1] -> likelihood parameters [..., D * params_per_dim]."""
-        out = self.decoder(z.reshape(-1, z.shape[-1]))
+        out = self.decoder(z.reshape(-1, z.shape[-1])).to(z.dtype)      # fp32 after bf16 matmuls
         return out.reshape(*z.shape[:-1], out.shape[-1])
 
     @torch.no_grad()

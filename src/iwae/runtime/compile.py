@@ -25,6 +25,21 @@ def flushed_subnormals(device):
         torch.set_flush_denormal(False)
 
 
+@contextlib.contextmanager
+def tf32_matmuls(on):
+    """CUDA fp32 matmuls on TF32 tensor cores for the block, if on (a cuBLAS switch read when a
+    kernel is launched or captured, not traced)."""
+    if not on:
+        yield
+        return
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
 def own_code(fn):
     """fn with a code object of its own. torch.compile keeps its cache of compiled graphs
     (at most torch.compiler.config's recompile limit of them) on the code object, which

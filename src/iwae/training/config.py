@@ -19,6 +19,7 @@ from ..runtime.atomic import write_json
 from ..runtime.compile import COMPILES
 from ..runtime.devices import parse_device
 from .schedule import SCHEDULES
+from .step import check_precision
 
 NONFINITE_POLICIES = ("stop", "skip")
 
@@ -43,6 +44,7 @@ class TrainConfig:
     on_nonfinite: str = "stop"         # a NaN/Inf loss or gradient: stop | skip the batch
     device: str = "auto"               # auto | cpu | cuda | cuda:N
     compile: str = "auto"              # auto | off | step (see iwae.training.step)
+    precision: str = "fp32"            # fp32 | bf16 (the nets' matmuls) | tf32 (CUDA matmuls)
     tensorboard: int = 0               # TensorBoard events, the running bound every N steps (0: none)
     model: str | None = None           # iwae.fit: the model's class (None: the paper's nets)
     data: str | None = None            # iwae.fit: a dataset name or "tensor [N, D]"
@@ -51,7 +53,8 @@ class TrainConfig:
              "beta": (float, int, type(None)), "epochs": int, "seed": int, "batch_size": int,
              "schedule": str, "lr": (float, int), "adam_betas": (tuple, list),
              "adam_eps": (float, int), "eval_examples": int, "on_nonfinite": str, "device": str,
-             "compile": str, "tensorboard": int, "model": (str, type(None)), "data": (str, type(None))}
+             "compile": str, "precision": str, "tensorboard": int, "model": (str, type(None)),
+             "data": (str, type(None))}
 
     def validate(self):
         """Raise ValueError naming the first bad setting."""
@@ -81,6 +84,7 @@ class TrainConfig:
             raise ValueError(f"tensorboard must be >= 0 (steps between running-bound events), got {self.tensorboard}")
         if self.compile not in COMPILES:
             raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {self.compile!r}")
+        check_precision(self.precision)
         parse_device(self.device)
         return self
 

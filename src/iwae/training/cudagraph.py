@@ -2,6 +2,7 @@
 import torch
 
 from ..runtime import torch_private
+from ..runtime.compile import tf32_matmuls
 
 
 class CudaGraphStep:
@@ -54,7 +55,8 @@ class CudaGraphStep:
         device = x.device
         side = torch.cuda.Stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):                          # warm-up: compiling, allocations
+        tf32 = self.inner.precision == "tf32"                # cuBLAS picks its kernels at capture
+        with torch.cuda.stream(side), tf32_matmuls(tf32):      # warm-up: compiling, allocations
             for _ in range(3):
                 self._forward_backward(self._x)
                 torch_private.step_without_hooks(self.optimizer)
@@ -67,7 +69,7 @@ class CudaGraphStep:
                     if isinstance(v, torch.Tensor):
                         v.copy_(saved_state[p][n]) if p in saved_state else v.zero_()
         self._fb_graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self._fb_graph):
+        with torch.cuda.graph(self._fb_graph), tf32_matmuls(tf32):
             self._loss = self._forward_backward(self._x)
         self._opt_graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self._opt_graph):

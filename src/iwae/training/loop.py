@@ -49,8 +49,8 @@ from .step import make_step
 def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs=10, m=None,
         beta=None, batch_size=20, lr=1e-3, schedule="paper", adam_betas=(0.9, 0.999),
         adam_eps=1e-4, seed=0, eval_data=None, eval_examples=1000, device="auto",
-        compile="auto", on_nonfinite="stop", tensorboard=0, image_shape=None, resume=False,
-        quiet=False, data_dir=None):
+        compile="auto", precision="fp32", on_nonfinite="stop", tensorboard=0, image_shape=None,
+        resume=False, quiet=False, data_dir=None):
     """Train ``model`` on ``data`` into the run directory ``out``; returns the model (on device).
 
     data: a float tensor [N, D] (values in [0, 1] for a Bernoulli likelihood: grey levels are
@@ -61,7 +61,8 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
     held-out bound. The optimizer is Adam(lr, adam_betas, adam_eps) on the schedule
     ("paper": lr * 10^(-i/7) for 3^i epochs; "constant"); seed seeds the training noise and
     the data order. device: "auto" | "cpu" | "cuda" | "cuda:N" (the model and data are moved
-    there). compile: "auto" | "off" | "step" (iwae.training.step). tensorboard: N > 0 writes
+    there). compile: "auto" | "off" | "step" (iwae.training.step). precision: "fp32" | "bf16"
+    (the nets' matmuls in bf16, all else fp32) | "tf32" (CUDA only; iwae.training.step). tensorboard: N > 0 writes
     TensorBoard events into out/tensorboard, the running bound every N steps (iwae.training.tracking;
     image_shape (H, W) for the image grids, default square images). resume=True continues the run in
     ``out`` up to ``epochs``: the model must be built as the run's was. Raises ValueError
@@ -72,7 +73,8 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
                          epochs=epochs, seed=seed, batch_size=batch_size, schedule=schedule, lr=lr,
                          adam_betas=tuple(adam_betas) if isinstance(adam_betas, (list, tuple)) else adam_betas,
                          adam_eps=adam_eps, eval_examples=eval_examples, on_nonfinite=on_nonfinite,
-                         device=device, compile=compile, tensorboard=tensorboard, model=name,
+                         device=device, compile=compile, precision=precision, tensorboard=tensorboard,
+                         model=name,
                          data=data if isinstance(data, str) else None).validate()
     if tensorboard:
         tracking.require_tensorboard()         # one line before anything is loaded or trained
@@ -254,7 +256,7 @@ class _Trainer:
                                   capturable=device.type == "cuda")
         self.batches = math.ceil(train_x.shape[0] / config.batch_size)
         self.step = make_step(model, self.opt, config.k, config.objective, config.estimator, m=config.m,
-                              beta=config.beta, compile=config.compile,
+                              beta=config.beta, compile=config.compile, precision=config.precision,
                               planned_steps=config.epochs * self.batches, parallel=self.dp)
         self.data_rng = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(
             config.seed + 1)

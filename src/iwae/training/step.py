@@ -24,33 +24,50 @@ slower, which made the first epochs of a run several times slower. The loss may 
 """
 import torch
 
+from ..core.nets import matmul_dtype
 from ..core.objective import Functional, check
-from ..runtime.compile import COMPILES, compiled_step, flushed_subnormals
+from ..runtime.compile import COMPILES, compiled_step, flushed_subnormals, tf32_matmuls
 from ..runtime.optim import AdamUpdate
 from .cudagraph import CudaGraphStep
 
 STEP_MIN_STEPS = 30_000      # compile the whole step for runs of this many steps (10 epochs)
+PRECISIONS = ("fp32", "bf16", "tf32")
+MATMUL_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}   # tf32: a CUDA switch
 
 
 def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None, beta=None,
-              compile="auto", planned_steps=None, parallel=None):
+              compile="auto", planned_steps=None, parallel=None, precision="fp32"):
     """The training step for ``model`` and ``optimizer`` at k samples per datapoint.
 
     compile: "auto" | "off" | "step" (see the module docstring). planned_steps: the number
     of steps the run will take, if known (the trainer's epochs x batches). parallel: an
     iwae.runtime.distributed.DataParallel; the step then computes this rank's share of each global
-    batch and averages the gradients over the ranks (it runs eagerly).
+    batch and averages the gradients over the ranks (it runs eagerly). precision: "fp32";
+    "bf16": the nets' large matmuls in bf16 (iwae.core.nets.matmul_dtype), everything else
+    (log densities, log w, the bound, gradients, parameters, Adam's state) fp32; "tf32": CUDA's
+    fp32 matmuls on TF32 tensor cores (ValueError elsewhere).
     """
     objective, est = check(bound, estimator, k, m, beta)
     if compile not in COMPILES:
         raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
+    check_precision(precision)
     device = _device(model)
+    if precision == "tf32" and device.type != "cuda":
+        raise ValueError(f"precision tf32 is for CUDA matmuls only, and this step runs on {device.type}; "
+                         "use fp32 or bf16")
     if compile == "auto":
         long_run = planned_steps is not None and planned_steps >= STEP_MIN_STEPS
         compile = "step" if (long_run or device.type == "cuda") and parallel is None else "off"
     if device.type == "cuda" and parallel is None:
-        return CudaGraphStep(Step(model, optimizer, objective, est, compile=compile))
-    return Step(model, optimizer, objective, est, compile=compile, parallel=parallel)
+        return CudaGraphStep(Step(model, optimizer, objective, est, compile=compile, precision=precision))
+    return Step(model, optimizer, objective, est, compile=compile, parallel=parallel, precision=precision)
+
+
+def check_precision(precision):
+    """precision if it is one of PRECISIONS, else ValueError."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
 
 
 def _device(model):
@@ -63,7 +80,9 @@ def _device(model):
 class Step:
     """step(x): one optimizer step on the batch x [B, D]; see the module docstring."""
 
-    def __init__(self, model, optimizer, objective, estimator, *, compile="off", parallel=None):
+    def __init__(self, model, optimizer, objective, estimator, *, compile="off", parallel=None,
+                 precision="fp32"):
+        self.precision, self.matmul_dtype = precision, MATMUL_DTYPES[check_precision(precision)]
         self.model, self.optimizer, self.objective, self.estimator = model, optimizer, objective, estimator
         self.k, self.compile, self.parallel = objective.k, compile, parallel
         self.functional = Functional(model)
@@ -78,16 +97,19 @@ class Step:
             self.gradients = compiled_step(self.eager_gradients, self.device, model)
 
     def eager_gradients(self, params, x):
-        """(loss, gradients) at the parameter values params: the function a step computes."""
-        return self.estimator.gradients(self.functional, params, x, self.objective)
+        """(loss, gradients) at the parameter values params: the function a step computes
+        (and compiles: the matmul precision is set inside it, so its casts are traced)."""
+        with matmul_dtype(self.matmul_dtype):
+            return self.estimator.gradients(self.functional, params, x, self.objective)
 
     def forward_backward(self, x):
         """The loss (detached) at x, with this step's gradient in every p.grad (replaced, like
         zero_grad(set_to_none=True) then backward; NaN ones when the loss is not finite)."""
-        if self.parallel is not None:
-            loss, grads = self.parallel.gradients(self.eager_gradients, self.model, self.values, x, self.k)
-        else:
-            loss, grads = self.gradients(self.values, x)
+        with tf32_matmuls(self.precision == "tf32"):
+            if self.parallel is not None:
+                loss, grads = self.parallel.gradients(self.eager_gradients, self.model, self.values, x, self.k)
+            else:
+                loss, grads = self.gradients(self.values, x)
         for p, g in zip(self.params, grads):
             p.grad = g
         return loss
