@@ -3,8 +3,8 @@
 #   bash benchmarks/gpu.sh [DATA_DIR]          (DATA_DIR: default $IWAE_DATA_DIR, else ../shared/data)
 # 1. the CUDA tests (graph-captured and compiled steps against the eager one, devices);
 # 2. the step benchmark on CUDA: both nets, k = 1, 5, 50, iwae against plain PyTorch and the
-#    matmul floor (benchmarks/results/step_cuda.*; the estimators and the conv net left out to
-#    keep the script within 8 minutes);
+#    matmul floor, and the step with --precision bf16 (benchmarks/results/step_cuda.*; the
+#    estimators and the conv net left out to keep the script within 8 minutes);
 # 3. one epoch of `iwae train --device cuda` (the paper's 1-layer IWAE, k=5) and L_5000 on the
 #    first 1,000 test images;
 # 4. AIS (default schedule: 500 steps x 8 chains, compiled) of that model on the same 1,000 images;
@@ -28,7 +28,7 @@ PY
   echo "tests: $((SECONDS - start)) s"
   echo "== step benchmark on CUDA"
   start=$SECONDS
-  python3 -m benchmarks.step --device cuda --steps 100 --pretrain 50 --no-estimators --no-conv --no-eval --out "$LOG_DIR"
+  python3 -m benchmarks.step --device cuda --steps 100 --pretrain 50 --no-estimators --no-conv --no-eval --bf16 --out "$LOG_DIR"
   echo "benchmark: $((SECONDS - start)) s"
   echo "== 1 epoch of iwae train --device cuda, then L_5000 on 1,000 test images"
   start=$SECONDS
