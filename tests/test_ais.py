@@ -19,16 +19,19 @@ def test_schedules_run_from_zero_to_one():
 
 @pytest.mark.parametrize("init", ["q", "prior"])
 def test_ais_matches_the_exact_log_likelihood(lg, init):
-    # q perturbed away from the posterior; default schedule. Tolerance: 3 standard errors of
-    # each example's estimate (from its 8 chains' weights) plus 0.01 nats; observed max error
-    # ~0.1 nats at 200 steps; L_5000 is no tighter than AIS on average
+    # q perturbed away from the posterior; default schedule. Tolerance: 4 standard errors of
+    # each example's estimate (from its 8 chains' weights, by the delta method: itself noisy)
+    # plus 0.02 nats. At 3 standard errors plus 0.01 over these 12 examples, seeds 0-3 x both
+    # inits failed 3 of 8 times with the step sizes adapted per chain and 1 of 8 (seed 0, at
+    # 1.24x the tolerance, below the truth) with the pilot's frozen ones: not a calibrated
+    # check; the bias is tested over 1,024 examples below
     model = lg.model(mean_shift=0.8, log_sigma_shift=0.4)
     x = lg.data(12)
     exact = lg.log_px(x)
     est, chains = ais(model, x, init=init, with_chains=True)
     w = torch.exp(chains - chains.max(0).values)
     se = w.std(0) / (w.mean(0) * math.sqrt(chains.shape[0]))       # delta method
-    assert bool(((est - exact).abs() <= 3 * se + 0.01).all()), (est - exact, se)
+    assert bool(((est - exact).abs() <= 4 * se + 0.02).all()), (est - exact, se)
     assert (est - exact).abs().mean() < 0.1                          # observed 0.04
 
 
@@ -57,8 +60,8 @@ def test_ais_is_not_above_the_truth_and_bdmc_brackets_it_over_many_datapoints():
     estimators whose mean error is <= 0 (resp. >= 0), less still since AIS at finite steps
     sits below. Measured: with the step sizes adapted per chain during the counted run (the
     code before issue 30) the lower bound's mean error was +0.0127 +- 0.0022 nats, z = +5.8,
-    and this test failed; with the pilot-tuned frozen step sizes, -0.0101 +- 0.0027 (z =
-    -3.7) and the upper bound +0.0059 +- 0.0027 (z = +2.2). About 40 s of CPU."""
+    and this test failed; with the pilot-tuned frozen (and jittered) step sizes, -0.0028 +-
+    0.0018 (z = -1.6) and the upper bound +0.0025 +- 0.0019 (z = +1.3). About 15 s of CPU."""
     from benchmarks.closed_form import LinearGaussian
     lg = LinearGaussian(D=8, d=3)
     threads = torch.get_num_threads()
