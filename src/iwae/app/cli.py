@@ -170,7 +170,7 @@ def add_evaluate(sub):
                    help="iwae: L_k (default); ais: annealed importance sampling with HMC, a tighter "
                         "stochastic lower bound; bdmc: forward and reverse AIS on --limit-test (default 100) "
                         "images simulated from the model, which bracket log p(x)")
-    p.add_argument("--steps", type=positive_int, default=500, help="AIS: intermediate distributions")
+    p.add_argument("--steps", type=positive_int, default=2000, help="AIS: intermediate distributions")
     p.add_argument("--chains", type=positive_int, default=8, help="AIS: chains per image")
 
 
@@ -238,11 +238,11 @@ def cmd_evaluate(args):
         elif args.method == "ais":
             print(f"{split} NLL (AIS, {args.steps} steps x {args.chains} chains, {result[f'n_{split}']} images): "
                   f"{result[f'{split}_nll']:.2f} nats (standard error {result['standard_error'] or 0:.2f}); "
-                  f"{result['seconds']:.0f} s")
+                  f"{result['seconds']:.0f} s (step-size pilot {result['pilot_seconds']:.0f} s)")
         else:
             print(f"BDMC on {result['n_simulated']} simulated images ({args.steps} steps x {args.chains} chains): "
                   f"NLL between {result['upper_nll']:.2f} and {result['lower_nll']:.2f} nats, gap "
-                  f"{result['gap']:.2f}; {result['seconds']:.0f} s")
+                  f"{result['gap']:.2f}; {result['seconds']:.0f} s (step-size pilot {result['pilot_seconds']:.0f} s)")
         return
     result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
                           seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json,

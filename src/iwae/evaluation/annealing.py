@@ -202,13 +202,16 @@ def _steps_and_pilot(steps, pilot):
     return pilot
 
 
-def ais(model, x, *, steps=500, chains=8, leapfrog=10, schedule="sigmoid", init="q", seed=0,
+def ais(model, x, *, steps=2000, chains=8, leapfrog=5, schedule="sigmoid", init="q", seed=0,
         step_size=0.05, pilot="auto", batch_size=100, progress=False, with_chains=False, compile="auto",
         timings=None, step_sizes=None):
     """log p^(x) per datapoint by AIS: x [N, D] -> float64 [N] (a stochastic lower bound).
 
     steps: intermediate distributions; chains per datapoint; leapfrog steps per HMC
-    transition; schedule "sigmoid" | "linear"; init "q" (start at q(z | x)) | "prior".
+    transition; schedule "sigmoid" | "linear"; init "q" (start at q(z | x)) | "prior". The
+    defaults (2000 steps, 8 chains, 5 leapfrog steps) come from results/ais_study.md: mean
+    absolute errors of 0.032 and 0.073 nats on its two closed-form models (500 steps, 10
+    leapfrog: 0.070 and 0.157) at 0.82 s per MNIST image on one thread, plus 0.09 s of pilot.
     Step sizes: HMC leaves f_b invariant only with a step size that does not depend on the
     chain's state or history, so the step sizes of the counted chains are fixed before they
     start (pilot_step_sizes): a pilot run of `pilot` temperatures (default "auto":
@@ -260,7 +263,7 @@ def _pilot_seed(seed, batch):
     return (seed * 1_000_003 + 7_919 * (batch + 1)) % (2 ** 63)
 
 
-def bdmc(model, n, *, steps=500, chains=8, leapfrog=10, schedule="sigmoid", init="q", seed=0,
+def bdmc(model, n, *, steps=2000, chains=8, leapfrog=5, schedule="sigmoid", init="q", seed=0,
          step_size=0.05, pilot="auto", batch_size=100, progress=False, compile="auto", timings=None):
     """Bidirectional Monte Carlo on n examples simulated from the model.
 
