@@ -80,7 +80,7 @@ def run(args, test=None):
     for n_layers in [int(v) for v in args.layers.split(",")]:
         torch.manual_seed(0)
         model = iwae.paper_model(n_layers).eval().to(args.device)
-        variants = {"iwae": lambda m=model: iwae.log_likelihood(m, x, args.k),
+        variants = {"iwae": lambda m=model: iwae.log_likelihood(m, x, args.k, compile="step"),
                     "eager": lambda m=model: iwae.log_likelihood(m, x, args.k, compile="off"),
                     "floor": EvalFloor(model, x.shape[0], args.k, device=args.device)}
         if base is not None:

@@ -19,16 +19,19 @@ def test_schedules_run_from_zero_to_one():
 
 @pytest.mark.parametrize("init", ["q", "prior"])
 def test_ais_matches_the_exact_log_likelihood(lg, init):
-    # q perturbed away from the posterior; default schedule. Tolerance: 3 standard errors of
-    # each example's estimate (from its 8 chains' weights) plus 0.01 nats; observed max error
-    # ~0.1 nats at 200 steps; L_5000 is no tighter than AIS on average
+    # q perturbed away from the posterior; default schedule. Tolerance: 4 standard errors of
+    # each example's estimate (from its 8 chains' weights, by the delta method: itself noisy)
+    # plus 0.02 nats. At 3 standard errors plus 0.01 over these 12 examples, seeds 0-3 x both
+    # inits failed 3 of 8 times with the step sizes adapted per chain and 1 of 8 (seed 0, at
+    # 1.24x the tolerance, below the truth) with the pilot's frozen ones: not a calibrated
+    # check; the bias is tested over 1,024 examples below
     model = lg.model(mean_shift=0.8, log_sigma_shift=0.4)
     x = lg.data(12)
     exact = lg.log_px(x)
     est, chains = ais(model, x, init=init, with_chains=True)
     w = torch.exp(chains - chains.max(0).values)
     se = w.std(0) / (w.mean(0) * math.sqrt(chains.shape[0]))       # delta method
-    assert bool(((est - exact).abs() <= 3 * se + 0.01).all()), (est - exact, se)
+    assert bool(((est - exact).abs() <= 4 * se + 0.02).all()), (est - exact, se)
     assert (est - exact).abs().mean() < 0.1                          # observed 0.04
 
 
@@ -42,6 +45,38 @@ def test_bdmc_brackets_the_exact_log_likelihood_and_its_gap_shrinks(lg):
         assert lower.mean() <= 3 * lower.std() / 4 and upper.mean() >= -3 * upper.std() / 4
     assert torch.equal(short["x"], long["x"])                          # the same simulated data
     assert long["gap"] < short["gap"] / 5 and long["gap"] >= -0.01
+
+
+def test_ais_is_not_above_the_truth_and_bdmc_brackets_it_over_many_datapoints():
+    """AIS is a stochastic lower bound: over many datapoints its mean error against the
+    closed-form log p(x) must not be significantly above zero; BDMC's reverse bound must not
+    be significantly below. Linear-Gaussian model, 8 observed and 3 latent dimensions, an
+    encoder off the posterior (mean +0.8, log sigma +0.4); 1,024 images simulated from it,
+    1,000 steps, 8 chains, defaults otherwise (BDMC's forward run is iwae.ais on those images).
+
+    The test: one-sided z tests on the mean per-image error, z = mean / (sd / sqrt(n)),
+    failing when z > 3.09 for the lower bound or z < -3.09 for the upper: tolerance 3.09
+    standard errors (here about 0.008 nats), a false-alarm rate of at most 0.1% each for
+    estimators whose mean error is <= 0 (resp. >= 0), less still since AIS at finite steps
+    sits below. Measured: with the step sizes adapted per chain during the counted run (the
+    code before issue 30) the lower bound's mean error was +0.0127 +- 0.0022 nats, z = +5.8,
+    and this test failed; with the pilot-tuned frozen (and jittered) step sizes, -0.0028 +-
+    0.0018 (z = -1.6) and the upper bound +0.0025 +- 0.0019 (z = +1.3). About 15 s of CPU."""
+    from benchmarks.closed_form import LinearGaussian
+    lg = LinearGaussian(D=8, d=3)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                # tiny tensors: a second thread costs CPU, saves no time
+    try:
+        r = bdmc(lg.model(mean_shift=0.8, log_sigma_shift=0.4), 1024, steps=1000, chains=8, batch_size=1024)
+    finally:
+        torch.set_num_threads(threads)
+    exact = lg.log_px(r["x"])
+    n = exact.shape[0]
+    z = {side: ((r[side] - exact).mean() / ((r[side] - exact).std() / math.sqrt(n))).item()
+         for side in ("lower", "upper")}
+    assert z["lower"] <= 3.09, ("AIS above log p(x)", z, (r["lower"] - exact).mean().item())
+    assert z["upper"] >= -3.09, ("BDMC's upper bound below log p(x)", z, (r["upper"] - exact).mean().item())
+    assert r["gap"] > 0
 
 
 def test_hmc_leaves_the_posterior_invariant(lg):
@@ -78,7 +113,7 @@ def test_ais_beats_l5000_on_a_trained_net(data_dir):
     x = torch.bernoulli(data.test[:10], generator=g)
     torch.manual_seed(1)
     l5000 = iwae.log_likelihood(model, x, 5000)
-    est = ais(model, x, steps=100, chains=4)
+    est = ais(model, x, steps=100, chains=4, leapfrog=10)
     diff = est - l5000
     # paired over the 10 images: AIS not below L_5000, i.e. the mean difference above -2
     # standard errors (a one-sided false alarm rate of 2.3% were they equally tight);
@@ -152,7 +187,11 @@ def test_the_optimized_q_is_the_exact_posterior_and_its_approximation_gap_vanish
     torch.testing.assert_close(local.means[0].detach(), mu, atol=0.05, rtol=0)
     torch.testing.assert_close(local.log_sigmas[0].detach(), log_sigma, atol=0.1, rtol=0)
     gaps = inference_gaps(model, x, q_steps=800, q_k=100, ais_steps=200, chains=8, k=2000)["mean"]
-    assert abs(gaps["approximation_gap"]) < 0.05                         # q* is exact here
+    # q* is exact here, so the approximation gap is AIS's own error on 6 images at 200 steps
+    # and 8 chains: per-image sd ~0.08 nats, so 0.1 is 3 standard errors of the mean (observed
+    # -0.006 with step sizes adapted per chain, +0.054 with the pilot's frozen ones; seeds 3
+    # and 4 give -0.060 / +0.028 and +0.033 / +0.022)
+    assert abs(gaps["approximation_gap"]) < 0.1
     assert gaps["amortization_gap"] > 1.0                                # the shifted encoder: 1.8
     log_px = lg.log_px(x).mean().item()
     # L_2000 is a lower bound in expectation only: one draw may pass log p(x) by its noise

@@ -103,3 +103,30 @@ def test_unit_kl_matches_the_closed_form():
     one = iwae.paper_model(layers=1)
     _constant_gaussian(one.encoder[0], 0.0, 0.0)                 # q = the prior: nothing learnt
     assert unit_kl(one, torch.rand(5, 784).bernoulli())[0].abs().max() < 1e-7
+
+
+def test_evaluations_use_every_core_and_bad_thread_counts_are_one_line(tmp_path, capsys, monkeypatch):
+    # iwae evaluate / gaps set torch's threads to the cores unless --threads says otherwise;
+    # --threads 0 is refused, more threads than cores is allowed with a one-line warning
+    from iwae.app import cli
+    threads = torch.get_num_threads()
+    calls = []
+    monkeypatch.setattr(cli, "COMMANDS", {**cli.COMMANDS, "evaluate": lambda args: calls.append(torch.get_num_threads()),
+                                          "gaps": lambda args: calls.append(torch.get_num_threads())})
+    try:
+        assert cli.main(["evaluate", str(tmp_path)]) == 0 and calls[-1] == cli.cores()
+        assert cli.main(["gaps", str(tmp_path)]) == 0 and calls[-1] == cli.cores()
+        assert cli.main(["evaluate", str(tmp_path), "--threads", "1"]) == 0 and calls[-1] == 1
+        capsys.readouterr()
+        assert cli.main(["gaps", str(tmp_path), "--threads", str(cli.cores() + 1)]) == 0
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == [f"iwae: warning: --threads {cli.cores() + 1} is more than the {cli.cores()} cores here; "
+                       "oversubscribed threads slow torch down"] and calls[-1] == cli.cores() + 1
+        for command in (["evaluate", str(tmp_path)], ["gaps", str(tmp_path)], ["train"]):
+            with pytest.raises(SystemExit) as exit_:
+                cli.main(command + ["--threads", "0"])
+            err = capsys.readouterr().err
+            assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+            assert err.startswith("iwae: error: argument --threads: must be >= 1, got 0")
+    finally:
+        torch.set_num_threads(threads)

@@ -5,6 +5,7 @@ Every user error ends in one line on stderr ("iwae: error: ...") and exit status
 import argparse
 import dataclasses
 import json
+import os
 import re
 import sys
 import time
@@ -53,6 +54,22 @@ def int_at_least(low):
 
 
 positive_int, nonnegative_int = int_at_least(1), int_at_least(0)
+
+
+def cores():
+    """The cores this process may run on (its CPU affinity), shared by torchrun's local processes."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    except ValueError:
+        local = 1
+    return max(1, n // max(1, local))
+
+
+def set_threads(n):
+    """torch threads for the work ahead: n, or all the cores when n is None."""
+    import torch
+    torch.set_num_threads(n or cores())
 
 
 def names(choices):
@@ -123,8 +140,10 @@ def add_train(sub):
                         "skip the batch (counted as skipped_steps in metrics.jsonl)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=positive_int, default=1,
-                   help="torch threads (default 1: a batch-20 step is too small for threads to pay, "
-                        "and oversubscribed cores slow it many times over; run jobs side by side instead)")
+                   help="torch threads of the training (default 1: a batch-20 step is too small for threads to "
+                        "pay, and oversubscribed cores slow it many times over; run jobs side by side instead)")
+    p.add_argument("--eval-threads", type=positive_int,
+                   help="torch threads of the final L_k evaluation (default: all the cores)")
     add_device(p)
     p.add_argument("--tensorboard", type=positive_int, nargs="?", const=100, default=d.tensorboard, metavar="N",
                    help="write TensorBoard events into RUN/tensorboard: the running bound every N steps "
@@ -149,14 +168,14 @@ def add_evaluate(sub):
     p.add_argument("--data-dir")
     p.add_argument("--seed", type=int, default=EVAL_SEED, help="binarization and sampling seed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("--threads", type=positive_int, help="torch threads (default: torch's choice)")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: all the cores)")
     p.add_argument("--quiet", action="store_true")
     add_device(p)
     p.add_argument("--method", choices=METHODS, default=METHODS[0],
                    help="iwae: L_k (default); ais: annealed importance sampling with HMC, a tighter "
                         "stochastic lower bound; bdmc: forward and reverse AIS on --limit-test (default 100) "
                         "images simulated from the model, which bracket log p(x)")
-    p.add_argument("--steps", type=positive_int, default=500, help="AIS: intermediate distributions")
+    p.add_argument("--steps", type=positive_int, default=2000, help="AIS: intermediate distributions")
     p.add_argument("--chains", type=positive_int, default=8, help="AIS: chains per image")
 
 
@@ -184,6 +203,7 @@ def cmd_train(args):
     if main:
         print(f"trained {out} in {time.perf_counter() - started:.0f} s")
     if args.final_k > 0:                           # every rank takes its share of the test images
+        set_threads(args.eval_threads)             # L_k's big matmuls use every core
         result = evaluate_run(out, k=args.final_k, limit=args.final_limit_test, data_dir=args.data_dir,
                               quiet=args.quiet, device=config.device)
         if not main:
@@ -224,11 +244,11 @@ def cmd_evaluate(args):
         elif args.method == "ais":
             print(f"{split} NLL (AIS, {args.steps} steps x {args.chains} chains, {result[f'n_{split}']} images): "
                   f"{result[f'{split}_nll']:.2f} nats (standard error {result['standard_error'] or 0:.2f}); "
-                  f"{result['seconds']:.0f} s")
+                  f"{result['seconds']:.0f} s (step-size pilot {result['pilot_seconds']:.0f} s)")
         else:
             print(f"BDMC on {result['n_simulated']} simulated images ({args.steps} steps x {args.chains} chains): "
                   f"NLL between {result['upper_nll']:.2f} and {result['lower_nll']:.2f} nats, gap "
-                  f"{result['gap']:.2f}; {result['seconds']:.0f} s")
+                  f"{result['gap']:.2f}; {result['seconds']:.0f} s (step-size pilot {result['pilot_seconds']:.0f} s)")
         return
     result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
                           seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json,
@@ -343,6 +363,7 @@ def add_gaps(sub):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for gaps.json and gaps.png (default: RUN)")
     p.add_argument("--data-dir")
+    p.add_argument("--threads", type=positive_int, help="torch threads (default: all the cores)")
     add_device(p)
 
 
@@ -410,9 +431,12 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_repro
 def main(argv=None):
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
-    if getattr(args, "threads", None):
-        import torch
-        torch.set_num_threads(args.threads)
+    if args.command in ("evaluate", "gaps") or getattr(args, "threads", None):
+        set_threads(getattr(args, "threads", None))  # evaluations: all the cores unless --threads
+    for flag in ("threads", "eval_threads"):
+        if (getattr(args, flag, None) or 0) > cores():
+            print(f"iwae: warning: --{flag.replace('_', '-')} {getattr(args, flag)} is more than the {cores()} "
+                  "cores here; oversubscribed threads slow torch down", file=sys.stderr)
     try:
         if args.command not in ("train", "evaluate") and launched():
             raise ValueError(f"`iwae {args.command}` runs in one process; under torchrun only train and "

@@ -117,7 +117,7 @@ def finished(table, out):
 
 def train_command(run, run_dir, settings, threads, init_from=None):
     cmd = [sys.executable, "-m", "iwae", "train", "--out", str(run_dir), "--threads", str(threads),
-           "--dataset", run["dataset"],
+           "--eval-threads", str(threads), "--dataset", run["dataset"],
            "--layers", str(run["layers"]), "--objective", run["objective"], "--k", str(run["k"]),
            "--epochs", str(run["epochs"]), "--seed", str(settings.seed), "--final-k", str(settings.final_k), "--quiet",
            "--device", settings.device]

@@ -14,7 +14,10 @@ from ..runtime.rng import forked_rng
 EVAL_SEED = 1234            # binarization and sample noise of every evaluation
 
 CHUNK_BYTES = 24 << 20     # keep a chunk's [rows, D] float buffers below glibc's mmap limit
-COMPILE_MIN_WORK = 1 << 24  # compile log_weights when k * N * D reaches this (L_5000)
+COMPILE_MIN_WORK = 1 << 32  # compile log_weights when k * N * D reaches this: L_5000 on ~1,100 MNIST images.
+# Compiling costs ~10 s of CPU (importing torch._dynamo included) and saves ~7 ms per image of
+# L_5000 (1-layer 37.3 against 44.4 eager, 2-layer 54.9 against 62.1; one thread, Intel Xeon
+# with AVX-512/AMX, python -m benchmarks.evaluate): it pays from ~1,400 images
 
 
 def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False,
