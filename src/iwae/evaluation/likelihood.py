@@ -91,16 +91,19 @@ def block_seed(seed, index):
 
 @torch.no_grad()
 def seeded_log_likelihood(model, x, k, *, seed=EVAL_SEED, block=100, max_samples=16384, with_elbo=False,
-                          ctx=distributed.SINGLE, progress=None):
+                          ctx=distributed.SINGLE, progress=None, compile="auto"):
     """L_k per example of x [N, D] (float64 [N]) with the noise of block j of ``block`` examples
     (examples j*block .. j*block+block-1) drawn after torch.manual_seed(block_seed(seed, j)).
 
     With ctx.distributed, rank r evaluates its contiguous run of blocks and every rank gets
     the full vector (zero-padded shares, summed: bitwise the single-process result).
     The caller's RNG state is left as it was. progress: wraps the iterable of this
-    rank's blocks (tqdm, say). with_elbo: also the k-sample ELBO per example.
+    rank's blocks (tqdm, say). with_elbo: also the k-sample ELBO per example. compile: as
+    for log_likelihood, "auto" deciding on the whole of x (k * N * D), not on one block.
     """
     positive_int("block", block)
+    if compile == "auto":
+        compile = "step" if k * x.numel() >= COMPILE_MIN_WORK else "off"
     n = x.shape[0]
     blocks = -(-n // block)
     first, last = distributed.shard_range(blocks, ctx)
@@ -112,7 +115,7 @@ def seeded_log_likelihood(model, x, k, *, seed=EVAL_SEED, block=100, max_samples
             torch.manual_seed(block_seed(seed, j))
             rows = slice(j * block, min((j + 1) * block, n))
             ll[rows], elbo[rows] = log_likelihood(model, x[rows], k, batch_size=block,
-                                                  max_samples=max_samples, with_elbo=True)
+                                                  max_samples=max_samples, with_elbo=True, compile=compile)
     if ctx.distributed:
         both = torch.stack([ll, elbo])
         dist.all_reduce(both, op=dist.ReduceOp.SUM)
