@@ -81,6 +81,7 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
     if not isinstance(model, torch.nn.Module) or not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"iwae.fit needs an nn.Module with trainable parameters; {name} has none")
     bernoulli = isinstance(getattr(model, "likelihood", None), Bernoulli)
+    missing = bool(getattr(model, "missing", False))     # NaN = missing (iwae.Model(missing=True))
     split = "test"
     if isinstance(data, str):
         dataset = load_dataset(data, data_dir)
@@ -88,12 +89,15 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
         if eval_data is None:
             split, eval_data = ("valid", dataset.valid) if dataset.valid is not None else ("test", dataset.test)
     else:
-        train_x = check_data(data, "data", bernoulli)
-        binarization = "dynamic" if bernoulli and not is_binary(train_x) else "none"
+        train_x = check_data(data, "data", bernoulli, missing)
+        binarization = "dynamic" if bernoulli and not is_binary(_observed(train_x)) else "none"
+        if missing and binarization == "dynamic" and bool(torch.isnan(train_x).any()):
+            raise ValueError("data has grey levels and missing (NaN) entries; binarize the observed "
+                             "entries first (a Bernoulli model with missing data trains on 0/1 data)")
         config.data = f"tensor {list(train_x.shape)}"
     held_x = None
     if eval_data is not None:
-        held_x = check_data(eval_data, "eval_data", bernoulli)[:eval_examples]
+        held_x = check_data(eval_data, "eval_data", bernoulli, missing)[:eval_examples]
         if held_x.shape[1] != train_x.shape[1]:
             raise ValueError(f"eval_data has {held_x.shape[1]} columns and data {train_x.shape[1]}")
         held_x = fixed_binarization(held_x, binarization)
@@ -105,8 +109,15 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
                image_shape=image_shape or tracking.image_shape_of(train_x.shape[1]))
 
 
-def check_data(data, what, bernoulli):
-    """A float tensor [N, D] of finite values (in [0, 1] for a Bernoulli likelihood), else ValueError."""
+def _observed(x):
+    """The entries of x that are not NaN (missing), flattened; x itself when none is NaN."""
+    nan = torch.isnan(x)
+    return x[~nan] if bool(nan.any()) else x
+
+
+def check_data(data, what, bernoulli, missing=False):
+    """A float tensor [N, D] of finite values (in [0, 1] for a Bernoulli likelihood), else ValueError.
+    missing: NaN entries are allowed (missing values, for a model built with missing=True)."""
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"{what} must be a torch.Tensor [N, D] or a dataset name, got {type(data).__name__}")
     if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1:
@@ -114,11 +125,14 @@ def check_data(data, what, bernoulli):
     if not data.is_floating_point():
         raise ValueError(f"{what} must be a float tensor, got {data.dtype}")
     if data.device.type != "meta":
-        if not bool(torch.isfinite(data).all()):
+        if missing and bool(torch.isinf(data).any()):
+            raise ValueError(f"{what} holds infinite values (missing entries are NaN)")
+        if not missing and not bool(torch.isfinite(data).all()):
             raise ValueError(f"{what} holds NaN or infinite values")
-        if bernoulli and not bool(((data >= 0) & (data <= 1)).all()):
+        observed = _observed(data) if missing else data
+        if bernoulli and not bool(((observed >= 0) & (observed <= 1)).all()):
             raise ValueError(f"{what} has values outside [0, 1], which a Bernoulli likelihood cannot "
-                             f"model (min {data.min().item():g}, max {data.max().item():g})")
+                             f"model (min {observed.min().item():g}, max {observed.max().item():g})")
     return data
 
 
