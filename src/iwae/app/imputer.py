@@ -100,7 +100,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             model = self._build(d, self.latent or latent, self.hidden or hidden)
             train(model, self._standardised(values), out=out, k=self.k, estimator=self.estimator,
                   epochs=self.epochs_, batch_size=self.batch_size, lr=self.lr, schedule="constant", seed=self.seed,
-                  device=str(device), compile=self.compile, quiet=not self.verbose)
+                  device=str(device), compile=self.compile, quiet=not self.verbose,
+                  checkpoint_every=self.epochs_)    # a throw-away run directory: one write, at the end
             self.train_bound_ = _last_train_bound(out)
         self.fit_seconds_ = time.perf_counter() - began
         self.model_ = model.eval()
