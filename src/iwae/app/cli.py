@@ -1,4 +1,4 @@
-"""The ``iwae`` command: train, evaluate, reproduce, sample, plot, diagnose, gaps, datasets.
+"""The ``iwae`` command: train, evaluate, reproduce, sample, plot, diagnose, gaps, datasets, impute.
 
 Every user error ends in one line on stderr ("iwae: error: ...") and exit status 2.
 """
@@ -382,6 +382,31 @@ def cmd_datasets(args):
     print("your own data: --dataset FILE.npy|FILE.npz|FOLDER (of PNG/JPEG images)")
 
 
+def add_impute(sub):
+    p = sub.add_parser("impute", help="fill the missing cells of a table (.csv, .npy, .npz) with an iwae.Imputer")
+    p.add_argument("file", help=".csv (header; empty, NA and NaN cells missing), .npy or .npz (NaN missing)")
+    p.add_argument("--out", required=True, help="the table to write (.csv, .npy or .npz)")
+    p.add_argument("--multiple", type=positive_int, metavar="M",
+                   help="write M multiple imputations [M, N, D] instead of the single imputation")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: from the table's shape)")
+    p.add_argument("--likelihood", default="auto", help="auto | gaussian | student-t | bernoulli")
+    p.add_argument("--k", type=positive_int, default=20, help="importance samples of the training bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's)")
+    add_device(p)
+
+
+def cmd_impute(args):
+    from .tables import impute_file
+    r = impute_file(args.file, args.out, multiple=args.multiple, epochs=args.epochs, likelihood=args.likelihood,
+                    k=args.k, seed=args.seed, device=args.device)
+    what = f"{args.multiple} multiple imputations" if args.multiple else "the single imputation"
+    print(f"{r['rows']} x {r['columns']}, {r['missing']} missing; trained {r['epochs']} epochs in "
+          f"{r['fit_seconds']:.1f} s (train bound {r['train_bound']:.3f}, standardised)")
+    print(f"bound on the observed entries: {r['bound']:.3f} nats per row; {what} written to {args.out} "
+          f"({r['seconds']:.1f} s in all)")
+
+
 def parser():
     p = ArgumentParser(prog="iwae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -393,12 +418,14 @@ def parser():
     add_diagnose(sub)
     add_gaps(sub)
     add_datasets(sub)
+    add_impute(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce,
             "sample": cmd_sample, "plot": cmd_plot,
-            "diagnose": cmd_diagnose, "gaps": cmd_gaps, "datasets": cmd_datasets}
+            "diagnose": cmd_diagnose, "gaps": cmd_gaps, "datasets": cmd_datasets,
+            "impute": cmd_impute}
 
 
 def main(argv=None):
