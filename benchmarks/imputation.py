@@ -8,7 +8,10 @@ removed; every imputer sees only the incomplete table; the score is the MSE on t
 cells of the data standardised with the *complete* data's mean and standard deviation (for
 scoring only). Methods: the column mean (SimpleImputer), KNNImputer, IterativeImputer with
 BayesianRidge ("MICE"), IterativeImputer with ExtraTreesRegressor(100) ("missForest"), and
-iwae.Imputer at its defaults (and with likelihood="student-t"). One thread for everything.
+iwae.Imputer at its defaults (and with likelihood="student-t"). The scikit-learn imputers get
+the table standardised with its *observed* values' statistics (StandardScaler ignores NaN) and
+their output scaled back, as iwae.Imputer does inside: kNN's distances are not scale-free.
+One thread for everything.
 
 Resumable: each (data set, seed, method) is one line of results/imputation.jsonl, written as
 it finishes; a rerun skips the lines it finds and rewrites the table from all of them.
@@ -63,7 +66,12 @@ def run_one(name, seed, method):
     removed = mcar(x.shape, seed)
     holes = np.where(removed, np.nan, x)
     began = time.perf_counter()
-    filled = imputer(method, seed).fit_transform(holes)
+    if method.startswith("iwae"):
+        filled = imputer(method, seed).fit_transform(holes)
+    else:
+        from sklearn.preprocessing import StandardScaler
+        scaler = StandardScaler().fit(holes)
+        filled = scaler.inverse_transform(imputer(method, seed).fit_transform(scaler.transform(holes)))
     seconds = time.perf_counter() - began
     error = (filled - x) / x.std(0)
     return {"dataset": name, "seed": seed, "method": method, "shape": list(x.shape),
