@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..core.densities import Bernoulli
 from ..data import is_binary, load_dataset
-from ..evaluation.likelihood import EVAL_SEED, fixed_binarization, seeded_log_likelihood
+from ..evaluation.likelihood import EVAL_SEED, binarize_observed, fixed_binarization, seeded_log_likelihood
 from ..evaluation.units import ACTIVE_UNIT_EXAMPLES
 from ..runtime import distributed, torch_private
 from ..runtime.atomic import remove_stale_temporaries
@@ -278,6 +278,7 @@ class _Trainer:
         self.data_rng = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(
             config.seed + 1)
         self.fingerprint = _fingerprint(train_x)
+        self.holes = train_x.device.type != "meta" and bool(torch.isnan(train_x).any())
         self.start, self.steps, self.history, self.position = 0, 0, [], None
         self.saved_any, self.guard, self.board, self.bar = False, None, None, None
         self.ckpt_path, self.metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
@@ -356,7 +357,9 @@ class _Trainer:
         """Batch b of the epoch's order, binarized if dynamic: one step; its (global) loss."""
         bs = self.config.batch_size
         x = self.train_x[order[b * bs:(b + 1) * bs]]                      # [bs, D]
-        if self.binarization == "dynamic":
+        if self.binarization == "dynamic" and self.holes:              # NaN = a missing pixel
+            x = binarize_observed(x, self.data_rng)
+        elif self.binarization == "dynamic":
             x = torch.bernoulli(x, generator=self.data_rng)
         loss = self.step(x)                    # p.grad = the estimator's gradients; the update
         if self.dp is not None:                # the global batch's loss, the same on every rank
