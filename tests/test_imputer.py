@@ -159,11 +159,12 @@ FITTED = None
     (lambda: bad(_with(X0, (0, 0), np.inf)), r"^X holds infinite values; mark missing entries as NaN$"),
     (lambda: bad(X0, likelihood="bernoulli"), r"^likelihood='bernoulli' needs 0/1 data; non-binary columns: 0, 1, 2, 3, 4$"),
     (lambda: bad(X0, likelihood="poisson"), r"^likelihood must be one of auto, gaussian, student-t, bernoulli, got 'poisson'$"),
-    (lambda: bad(np.zeros(5)), r"^X must be 2-d \[N, D\] with N, D >= 1, got shape \[5\]$"),
+    (lambda: bad(np.zeros(5)), r"^Expected a 2-d array \[N, D\], got shape \[5\]; Reshape your data"),
+    (lambda: bad(X0[:1]), r"^Found array with 1 sample\(s\) \(shape=\(1, 5\)\) while the Imputer needs at least 2"),
     (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
-     r"^X has 4 columns; this Imputer was fitted on 5$"),
+     r"^X has 4 features, but Imputer is expecting 5 features as input$"),
 ], ids=["empty-column", "constant-column", "non-numeric-columns", "non-numeric-array", "inf", "bernoulli-on-reals",
-        "unknown-likelihood", "1-d", "other-column-count"])
+        "unknown-likelihood", "1-d", "one-row", "other-column-count"])
 def test_bad_input_is_one_line_and_modifies_nothing(make, message):
     call = make()
     before = X0.copy()
@@ -171,3 +172,16 @@ def test_bad_input_is_one_line_and_modifies_nothing(make, message):
         call()
     assert len(str(err.value).splitlines()) == 1
     assert np.array_equal(X0, before, equal_nan=True)
+
+
+def test_sparse_input_is_refused_in_one_line():
+    from scipy import sparse
+    with pytest.raises(TypeError, match=r"^a sparse matrix was passed, but the Imputer needs dense data"):
+        iwae.Imputer(**FAST).fit(sparse.csr_matrix(np.eye(4)))
+
+
+def test_scikit_learns_estimator_checks_pass():
+    from sklearn.utils.estimator_checks import check_estimator
+    results = check_estimator(iwae.Imputer(epochs=1, k=2, latent=2, hidden=4, draws=5, batch_size=16), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert len(results) > 40 and not failed

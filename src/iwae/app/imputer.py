@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy import sparse
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
@@ -195,6 +196,9 @@ def _as_array(X, imputer, reset):
     elif reset and hasattr(imputer, "feature_names_in_"):
         del imputer.feature_names_in_
     values = _numeric(X)
+    if reset and values.shape[0] < 2:
+        raise ValueError(f"Found array with {values.shape[0]} sample(s) (shape={values.shape}) while the "
+                         "Imputer needs at least 2 rows to fit")
     if kind[0] == "numpy":
         kind = ("numpy", values.dtype if np.asarray(X).dtype.kind == "f" else np.float64)
         values = values.astype(np.float64)
@@ -203,18 +207,29 @@ def _as_array(X, imputer, reset):
     if reset:
         imputer.n_features_in_ = values.shape[1]
     elif values.shape[1] != imputer.n_features_in_:
-        raise ValueError(f"X has {values.shape[1]} columns; this Imputer was fitted on {imputer.n_features_in_}")
+        raise ValueError(f"X has {values.shape[1]} features, but Imputer is expecting {imputer.n_features_in_} "
+                         "features as input")
     return values, kind
 
 
 def _numeric(X):
+    """A float copy of X (float32 stays float32) with scikit-learn's messages, each one line."""
+    if sparse.issparse(X):
+        raise TypeError("a sparse matrix was passed, but the Imputer needs dense data (NaN = missing); "
+                        "use X.toarray()")
+    given = np.asarray(X)
+    if np.iscomplexobj(given):
+        raise ValueError("Complex data not supported")
     try:
-        values = np.array(X, dtype=np.float64) if np.asarray(X).dtype.kind not in "f" else np.array(X)
-    except (TypeError, ValueError):
+        values = np.array(given) if given.dtype.kind == "f" else np.array(given, dtype=np.float64)
+    except ValueError:
         raise ValueError("X has non-numeric entries; encode them as numbers first (one-hot or ordinal, "
                          "e.g. sklearn.preprocessing.OneHotEncoder)") from None
-    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
-        raise ValueError(f"X must be 2-d [N, D] with N, D >= 1, got shape {list(values.shape)}")
+    if values.ndim != 2:
+        raise ValueError(f"Expected a 2-d array [N, D], got shape {list(values.shape)}; Reshape your data "
+                         "with array.reshape(-1, 1) for a single feature or array.reshape(1, -1) for a single sample")
+    if values.shape[1] < 1:
+        raise ValueError(f"Found array with 0 feature(s) (shape={values.shape}) while a minimum of 1 is required.")
     return values
 
 
