@@ -76,6 +76,7 @@ def test_sample_and_score():
     imp = iwae.Imputer(**FAST).fit(x)
     draws = imp.sample(x, 4)
     assert draws.shape == (4, 40, 5) and not np.isnan(draws).any()
+    assert imp.sample(x.astype(np.float32), 2).dtype == np.float32
     observed = ~np.isnan(x)
     assert all(np.array_equal(d[observed], x[observed]) for d in draws)
     assert draws[:, ~observed].std(0).mean() > 0                     # the draws differ
@@ -158,13 +159,15 @@ FITTED = None
     (lambda: bad(np.array([[1.0, "x"], [2.0, "y"]], dtype=object)), r"^X has non-numeric entries; encode them"),
     (lambda: bad(_with(X0, (0, 0), np.inf)), r"^X holds infinite values; mark missing entries as NaN$"),
     (lambda: bad(X0, likelihood="bernoulli"), r"^likelihood='bernoulli' needs 0/1 data; non-binary columns: 0, 1, 2, 3, 4$"),
+    (lambda: (lambda: iwae.Imputer(epochs=0).fit(X0)),
+     r"^epochs must be None \(from the data's shape\) or an integer >= 1, got 0$"),
     (lambda: bad(X0, likelihood="poisson"), r"^likelihood must be one of auto, gaussian, student-t, bernoulli, got 'poisson'$"),
     (lambda: bad(np.zeros(5)), r"^Expected a 2-d array \[N, D\], got shape \[5\]; Reshape your data"),
     (lambda: bad(X0[:1]), r"^Found array with 1 sample\(s\) \(shape=\(1, 5\)\) while the Imputer needs at least 2"),
     (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
      r"^X has 4 features, but Imputer is expecting 5 features as input$"),
 ], ids=["empty-column", "constant-column", "non-numeric-columns", "non-numeric-array", "inf", "bernoulli-on-reals",
-        "unknown-likelihood", "1-d", "one-row", "other-column-count"])
+        "zero-epochs", "unknown-likelihood", "1-d", "one-row", "other-column-count"])
 def test_bad_input_is_one_line_and_modifies_nothing(make, message):
     call = make()
     before = X0.copy()

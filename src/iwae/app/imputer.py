@@ -80,6 +80,10 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
+        for name in ("epochs", "latent", "hidden"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"{name} must be None (from the data's shape) or an integer >= 1, got {value!r}")
         values, _ = _as_array(X, self, reset=True)
         observed = ~np.isnan(values)
         _check_columns(values, observed, self._column_names())
@@ -121,7 +125,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         values, kind = self._checked(X)
         draws = self._run(lambda model, x: multiple_impute(model, x, m, draws=self.draws), values)
         out = np.where(np.isnan(values)[None], draws, values[None])
-        return _like(out, kind if kind[0] == "torch" else ("numpy", out.dtype))
+        return _like(out, kind if kind[0] in ("torch", "numpy") else ("numpy", np.float64))
 
     def score(self, X, y=None):
         """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units)."""
