@@ -129,7 +129,7 @@ def write_report(rows, datasets, methods, out):
             "`python -m benchmarks.imputation` (docs/missing.md): exactly half the cells removed at random "
             "(seeds 0..4), MSE on the removed cells of the data standardised with the complete data's "
             "statistics (scoring only), mean ± standard error over seeds, seconds per fit in brackets. "
-            f"One thread; {cpu_model()}; iwae at {revision()}.", "",
+            f"One thread; {cpu_model()}; this page written at {revision()} (each line of imputation.jsonl is one fit).", "",
             table(rows, datasets, methods), ""]
     (out / "imputation.md").write_text("\n".join(text))
     plot(rows, datasets, methods, out / "imputation.png")
