@@ -35,6 +35,21 @@ def test_log_weights_on_meta(meta_model):
     assert meta_model.log_weights(x_meta(), 2, zs=zs, stop_q=True).device == META
 
 
+def test_masked_log_weights_and_imputation_on_meta(meta_model):
+    from iwae.evaluation.imputation import impute, multiple_impute
+    mask = torch.empty(3, 784, dtype=torch.bool, device=META)
+    assert meta_model.log_weights(x_meta(), 4, mask=mask).shape == (4, 3)
+    reader = iwae.Model(list(meta_model.encoder), meta_model.decoder, meta_model.likelihood,
+                        list(meta_model.decoder_layers), missing=True)     # NaN-coded x
+    assert reader.log_weights(x_meta(), 4).device == META
+    for estimator in ("standard", "stl", "dreg"):
+        iwae.loss(reader, x_meta(), 4, "iwae", estimator).backward()
+        assert all(p.grad.device == META for p in reader.parameters())
+    assert impute(meta_model, x_meta(), mask, draws=5).device == META
+    draws = multiple_impute(meta_model, x_meta(), 2, mask, draws=5)
+    assert draws.device == META and draws.shape == (2, 3, 784)
+
+
 @pytest.mark.parametrize("bound,estimator,kw", CONFIGS)
 def test_loss_and_gradients_on_meta(meta_model, bound, estimator, kw):
     loss = iwae.loss(meta_model, x_meta(), 4, bound, estimator, **kw)

@@ -166,3 +166,23 @@ def test_batch_norm_with_running_statistics_is_refused_in_one_line(tmp_path):
         iwae.fit(model, torch.rand(20, 784), out=tmp_path / "run", **SMALL)
     encoder[1] = nn.BatchNorm1d(16, track_running_stats=False)           # batch statistics only: fine
     iwae.fit(model, torch.rand(20, 784), out=tmp_path / "run", **{**SMALL, "epochs": 1})
+
+
+def test_checkpoint_every_writes_after_every_nth_epoch_and_the_last_and_resumes_the_same(tmp_path):
+    x = torch.rand(40, 12)
+
+    def model():
+        torch.manual_seed(0)
+        return iwae.paper_model(1, input_dim=12, likelihood=iwae.Gaussian())
+    options = dict(k=2, batch_size=20, compile="off", quiet=True, device="cpu")
+    every = iwae.fit(model(), x, out=tmp_path / "every", epochs=5, checkpoint_every=2, **options)
+    assert len((tmp_path / "every" / "metrics.jsonl").read_text().splitlines()) == 5
+    assert torch.load(tmp_path / "every" / "checkpoint.pt", weights_only=False)["epoch"] == 5
+    plain = iwae.fit(model(), x, out=tmp_path / "plain", epochs=5, **options)
+    assert states_equal(every.state_dict(), plain.state_dict())
+    part = iwae.fit(model(), x, out=tmp_path / "part", epochs=3, checkpoint_every=2, **options)
+    assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["epoch"] == 3
+    resumed = iwae.fit(model(), x, out=tmp_path / "part", epochs=5, resume=True, checkpoint_every=2, **options)
+    assert states_equal(resumed.state_dict(), plain.state_dict())
+    with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1, got 0$"):
+        iwae.fit(model(), x, out=tmp_path / "bad", epochs=1, checkpoint_every=0, **options)

@@ -7,15 +7,25 @@ importing only those below it (docs/architecture.md): core (the math), runtime, 
 evaluation, training, app (the command line).
 """
 from .core import bounds, estimators
-from .core.densities import Bernoulli, Gaussian
+from .core.densities import Bernoulli, Gaussian, StudentT
 from .core.model import GaussianLayer, Model, paper_gaussian_layer, paper_model
 from .core.nets import mlp
 from .core.objective import loss
 from .evaluation.annealing import ais, bdmc
+from .evaluation.imputation import impute, multiple_impute
 from .evaluation.likelihood import log_likelihood
 from .training.loop import fit
 from .training.rundir import load_model
 
-__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Model", "ais", "bdmc", "bounds", "estimators", "fit",
-           "log_likelihood", "load_model", "loss", "mlp", "paper_gaussian_layer", "paper_model"]
+__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Imputer", "Model", "StudentT", "ais", "bdmc", "bounds",
+           "estimators", "fit", "impute", "log_likelihood", "load_model", "loss", "mlp", "multiple_impute",
+           "paper_gaussian_layer", "paper_model"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name):
+    """iwae.Imputer, imported on first use: it needs scikit-learn, which ``import iwae`` does not load."""
+    if name == "Imputer":
+        from .app.imputer import Imputer
+        return Imputer
+    raise AttributeError(f"module 'iwae' has no attribute {name!r}")

@@ -1,4 +1,4 @@
-"""The ``iwae`` command: train, evaluate, reproduce, sample, plot, diagnose, gaps, datasets.
+"""The ``iwae`` command: train, evaluate, reproduce, sample, plot, diagnose, gaps, datasets, impute.
 
 Every user error ends in one line on stderr ("iwae: error: ...") and exit status 2.
 """
@@ -86,6 +86,17 @@ def device(text):
     return text
 
 
+def fraction(text):
+    """--missing: a number in [0, 1)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
 def add_device(p):
     p.add_argument("--device", type=device, default="auto",
                    help="auto (a GPU where CUDA is available, else the CPU) | cpu | cuda | cuda:N")
@@ -129,6 +140,9 @@ def add_train(sub):
     p.add_argument("--eval-examples", type=positive_int, default=d.eval_examples,
                    help="held-out images for the per-epoch L_k")
     p.add_argument("--init-from", help="start from another run's weights")
+    p.add_argument("--missing", type=fraction, default=d.missing, metavar="P",
+                   help="remove this fraction of every training image's pixels at random (MCAR, seeded by "
+                        "--seed) and train with the bound over the observed pixels (docs/missing.md)")
     p.add_argument("--final-k", type=nonnegative_int, default=5000,
                    help="k of the test NLL printed at the end (0: skip it)")
     p.add_argument("--final-limit-test", type=positive_int, help="evaluate on the first N test images")
@@ -175,6 +189,9 @@ def add_evaluate(sub):
                    help="iwae: L_k (default); ais: annealed importance sampling with HMC, a tighter "
                         "stochastic lower bound; bdmc: forward and reverse AIS on --limit-test (default 100) "
                         "images simulated from the model, which bracket log p(x)")
+    p.add_argument("--missing", type=fraction, metavar="P",
+                   help="remove this fraction of every test image's pixels (seeded by --seed): the bound of "
+                        "the observed pixels and the imputation of the removed ones (default: the run's --missing)")
     p.add_argument("--steps", type=positive_int, default=2000, help="AIS: intermediate distributions")
     p.add_argument("--chains", type=positive_int, default=8, help="AIS: chains per image")
 
@@ -189,7 +206,7 @@ def cmd_train(args):
                     schedule=args.schedule, lr=args.lr, adam_betas=args.adam_betas, adam_eps=args.adam_eps,
                     eval_examples=args.eval_examples, device=args.device, compile=args.compile,
                     precision=args.precision,
-                    tensorboard=args.tensorboard,
+                    tensorboard=args.tensorboard, missing=args.missing,
                     init_from=args.init_from, on_nonfinite=args.on_nonfinite).validate()
     if args.resume and not args.out:
         raise ValueError("--resume needs --out, the run directory to continue")
@@ -211,6 +228,7 @@ def cmd_train(args):
         write_eval_record(out, result, made_by)
         print(f"test NLL (L_{args.final_k}, {result['n_test']} test images): {result['test_nll']:.2f} nats; "
               f"active units {'+'.join(map(str, result['active_units']))}")
+        print_imputation(result)
 
 
 def resume_config(args, config):
@@ -252,7 +270,7 @@ def cmd_evaluate(args):
         return
     result = evaluate_run(args.run, k=args.k, limit=args.limit_test, split=split, data_dir=args.data_dir,
                           seed=args.seed, per_example=args.per_example, quiet=args.quiet or args.json,
-                          device=args.device)
+                          device=args.device, missing=args.missing)
     if not is_main():                              # under torchrun, rank 0 alone prints
         return
     if args.json:
@@ -262,6 +280,17 @@ def cmd_evaluate(args):
         print(f"ELBO NLL: {result['elbo_nll']:.2f} nats; KL gap L_k - ELBO: {result['kl_gap']:.2f} nats")
         print(f"active units: {'+'.join(map(str, result['active_units']))} (Burda's A_u > 1e-2); "
               f"informative units: {'+'.join(map(str, result['informative_units']))} (KL(q || prior) > 0.05 nats)")
+        print_imputation(result)
+
+
+def print_imputation(result):
+    """The lines --missing adds: what the NLL is of, and how well the removed pixels are imputed."""
+    if "missing" not in result:
+        return
+    score = (f"{100 * result['imputation_accuracy']:.2f}% of the removed pixels imputed right"
+             if "imputation_accuracy" in result else f"imputation MSE {result['imputation_mse']:.4f}")
+    print(f"with {100 * result['missing']:.0f}% of every image's pixels removed: the NLL above is of the "
+          f"observed pixels; {score} (single imputation, {result['impute_draws']} importance samples)")
 
 
 def add_reproduce(sub):
@@ -409,6 +438,31 @@ def cmd_datasets(args):
     print("your own data: --dataset FILE.npy|FILE.npz|FOLDER (of PNG/JPEG images)")
 
 
+def add_impute(sub):
+    p = sub.add_parser("impute", help="fill the missing cells of a table (.csv, .npy, .npz) with an iwae.Imputer")
+    p.add_argument("file", help=".csv (header; empty, NA and NaN cells missing), .npy or .npz (NaN missing)")
+    p.add_argument("--out", required=True, help="the table to write (.csv, .npy or .npz)")
+    p.add_argument("--multiple", type=positive_int, metavar="M",
+                   help="write M multiple imputations [M, N, D] instead of the single imputation")
+    p.add_argument("--epochs", type=positive_int, help="training epochs (default: from the table's shape)")
+    p.add_argument("--likelihood", default="auto", help="auto | gaussian | student-t | bernoulli")
+    p.add_argument("--k", type=positive_int, default=20, help="importance samples of the training bound")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's)")
+    add_device(p)
+
+
+def cmd_impute(args):
+    from .tables import impute_file
+    r = impute_file(args.file, args.out, multiple=args.multiple, epochs=args.epochs, likelihood=args.likelihood,
+                    k=args.k, seed=args.seed, device=args.device)
+    what = f"{args.multiple} multiple imputations" if args.multiple else "the single imputation"
+    print(f"{r['rows']} x {r['columns']}, {r['missing']} missing; trained {r['epochs']} epochs in "
+          f"{r['fit_seconds']:.1f} s (train bound {r['train_bound']:.3f}, standardised)")
+    print(f"bound on the observed entries: {r['bound']:.3f} nats per row; {what} written to {args.out} "
+          f"({r['seconds']:.1f} s in all)")
+
+
 def parser():
     p = ArgumentParser(prog="iwae", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -420,12 +474,14 @@ def parser():
     add_diagnose(sub)
     add_gaps(sub)
     add_datasets(sub)
+    add_impute(sub)
     return p
 
 
 COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_reproduce,
             "sample": cmd_sample, "plot": cmd_plot,
-            "diagnose": cmd_diagnose, "gaps": cmd_gaps, "datasets": cmd_datasets}
+            "diagnose": cmd_diagnose, "gaps": cmd_gaps, "datasets": cmd_datasets,
+            "impute": cmd_impute}
 
 
 def main(argv=None):

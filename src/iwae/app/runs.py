@@ -14,7 +14,11 @@ from ..evaluation.annealing import ais, bdmc
 from ..core.validate import positive_int
 from ..evaluation.diagnostics import (DEFAULT_ESTIMATORS, DEFAULT_K, check_draws, diagnose_model, header, parse_ks,
                                       specs_of)
+from ..core.densities import Bernoulli
+from ..data import remove_pixels
 from ..evaluation.gaps import inference_gaps
+from ..evaluation.imputation import impute
+from ..runtime.rng import forked_rng
 from ..evaluation.likelihood import EVAL_SEED, fixed_binarization, seeded_log_likelihood
 from ..evaluation.units import units
 from ..runtime import distributed
@@ -24,13 +28,15 @@ from ..training.config import read_config
 from ..training.rundir import METRICS, load_model, prepare, recorded_epochs
 from .provenance import hardware, revision
 
+IMPUTE_DRAWS = 100          # importance samples per image for the imputation scores of --missing
 METHODS = ("iwae", "ais", "bdmc")  # iwae evaluate --method: L_k (the first), AIS, BDMC
 BDMC_EXAMPLES = 100         # images simulated from the model for `iwae evaluate --method bdmc`
 EVAL_RECORD = "eval.json"
 
 
 def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, seed=EVAL_SEED,
-                 per_example=None, quiet=True, batch_size=100, device="cpu"):
+                 per_example=None, quiet=True, batch_size=100, device="cpu", missing=None,
+                 impute_draws=IMPUTE_DRAWS):
     """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
 
     Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
@@ -40,8 +46,21 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     seeded from (seed, block index), so under torchrun the ranks share the blocks and every
     rank returns the single-process numbers. device: where the model runs ('auto', 'cpu',
     'cuda', 'cuda:N'); the numbers are computed in float32 there and accumulated in float64.
+
+    missing: a fraction P in [0, 1) of every image's pixels removed at random (seeded) before
+    the bound, which is then L_k of the observed pixels, log p(x_o); default: the run's
+    ``--missing``. With P > 0 the result also has ``missing`` and the imputation of the removed
+    pixels from ``impute_draws`` importance samples: ``imputation_accuracy`` (the fraction of
+    removed binary pixels that the single imputation, thresholded at 1/2, gets right) or
+    ``imputation_mse`` (a Gaussian likelihood). docs/missing.md.
     """
     model, data, train_x, x = load_split(run_dir, split, limit, data_dir, seed, device)
+    missing = getattr(read_config(run_dir), "missing", 0.0) if missing is None else missing
+    imputed = {}
+    if missing:
+        model.missing, complete = True, x
+        x = remove_pixels(x, missing, seed)
+        imputed = imputation_scores(model, complete, x, data.binarization, seed, impute_draws)
     ctx = distributed.init()                       # under torchrun: join the process group (once)
     bar = lambda blocks: tqdm(blocks, disable=quiet or not ctx.is_main, desc=f"L_{k}", unit="batch")
     ll, elbo = seeded_log_likelihood(model, x, k, seed=seed, block=batch_size, with_elbo=True,
@@ -51,7 +70,22 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     nll = -ll.mean().item()
     return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]),
             "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll,
-            **units(model, train_x, data.binarization, seed)}
+            **imputed, **units(model, train_x, data.binarization, seed)}
+
+
+def imputation_scores(model, complete, holes, binarization, seed=EVAL_SEED, draws=IMPUTE_DRAWS):
+    """How well the single imputation of ``holes`` (NaN = removed) recovers ``complete``:
+    {missing, imputation_accuracy or imputation_mse, impute_draws}."""
+    removed = torch.isnan(holes)
+    with forked_rng(holes.device):
+        torch.manual_seed(seed)
+        filled = impute(model, holes, draws=draws)
+    out = {"missing": removed.double().mean().item(), "impute_draws": draws}
+    if binarization != "none" or isinstance(getattr(model, "likelihood", None), Bernoulli):
+        out["imputation_accuracy"] = ((filled[removed] > 0.5) == (complete[removed] > 0.5)).double().mean().item()
+    else:
+        out["imputation_mse"] = (filled[removed] - complete[removed]).double().square().mean().item()
+    return out
 
 
 def load_split(run_dir, split, limit, data_dir, seed=EVAL_SEED, device="cpu"):

@@ -2,6 +2,11 @@
 
 Every log density is summed over the last (event) dimension and includes its
 full normalising constant, so that log weights are true log densities.
+
+Missing data: each likelihood's ``log_prob(x, params, mask)`` takes an optional mask [B, D]
+(bool, True = observed) and then sums over the observed entries only, log p(x_o | z); the
+values of x at missing positions are never read (they may be NaN). With every entry
+observed the masked sum is bitwise the unmasked one.
 """
 import math
 
@@ -19,6 +24,24 @@ def normal_log_prob(z, mu, log_sigma):
     """
     scaled = (z - mu) * torch.exp(-log_sigma)
     return -(0.5 * scaled.square() + log_sigma).sum(-1) - HALF_LOG_2PI * z.shape[-1]
+
+
+def observed_values(x, mask):
+    """x with its missing entries (mask False) set to 0: whatever they held (NaN included)
+    reaches neither a value nor a gradient."""
+    return torch.where(mask, x, torch.zeros((), dtype=x.dtype, device=x.device))
+
+
+def masked_normal_log_prob(x, mu, log_sigma, mask):
+    """normal_log_prob over the entries where mask [B, D] is True: [k, B].
+
+    The constant is written as -HALF_LOG_2PI * D + HALF_LOG_2PI * (number missing), so that
+    with every entry observed the result is bitwise normal_log_prob's."""
+    m = mask.to(mu.dtype)
+    scaled = (x - mu) * torch.exp(-log_sigma)
+    missing = x.shape[-1] - m.sum(-1)
+    return (-((0.5 * scaled.square() + log_sigma) * m).sum(-1) - HALF_LOG_2PI * x.shape[-1]
+            + HALF_LOG_2PI * missing)
 
 
 def reparameterize(mu, log_sigma, eps=None):
@@ -42,10 +65,16 @@ class Bernoulli:
 
     params_per_dim = 1
 
-    def log_prob(self, x, logits):
+    def log_prob(self, x, logits, mask=None):
         """x [B, D], logits [k, B, D] -> [k, B]: a dot product (no [k, B, D] product
-        tensor) minus one softplus pass, which a compiled step fuses into its reduction."""
-        return torch.linalg.vecdot(logits, x.expand_as(logits)) - F.softplus(logits).sum(-1)
+        tensor) minus one softplus pass, which a compiled step fuses into its reduction.
+        mask [B, D]: the observed entries only (x's missing entries are read as 0, so that
+        the dot product skips them)."""
+        if mask is None:
+            return torch.linalg.vecdot(logits, x.expand_as(logits)) - F.softplus(logits).sum(-1)
+        x = observed_values(x, mask)
+        return (torch.linalg.vecdot(logits, x.expand_as(logits))
+                - (F.softplus(logits) * mask.to(logits.dtype)).sum(-1))
 
     def mean(self, logits):
         """The Bernoulli means sigmoid(logits) (grey-level images)."""
@@ -77,10 +106,13 @@ class Gaussian:
             return params.chunk(2, dim=-1)
         return params, torch.full_like(params, math.log(self.scale))
 
-    def log_prob(self, x, params):
-        """x [B, D], params [k, B, D * params_per_dim] -> [k, B]."""
+    def log_prob(self, x, params, mask=None):
+        """x [B, D], params [k, B, D * params_per_dim] -> [k, B]; mask [B, D]: the observed
+        entries only."""
         mu, log_sigma = self._split(params)
-        return normal_log_prob(x, mu, log_sigma)
+        if mask is None:
+            return normal_log_prob(x, mu, log_sigma)
+        return masked_normal_log_prob(observed_values(x, mask), mu, log_sigma, mask)
 
     def mean(self, params):
         return self._split(params)[0]
@@ -92,3 +124,91 @@ class Gaussian:
 
     def config(self):
         return {"name": "gaussian", "scale": self.scale}
+
+
+class StudentT:
+    """p(x | z) = prod_d t_nu_d(x_d; mu_d, sigma_d): Student's t with learned location, scale
+    and degrees of freedom per entry (the observation model of Mattei & Frellsen 2019).
+
+    The decoder outputs [mu, a, b] (3 numbers per dimension): sigma = softplus(a) + 1e-3,
+    nu = softplus(b) + 3, so that nu >= 3 and the mean (mu) and variance
+    (sigma^2 nu / (nu - 2)) exist.
+    """
+
+    params_per_dim = 3
+    MIN_SCALE, MIN_DF = 1e-3, 3.0
+
+    def _split(self, params):
+        mu, a, b = params.chunk(3, dim=-1)
+        return mu, F.softplus(a) + self.MIN_SCALE, F.softplus(b) + self.MIN_DF
+
+    def log_prob(self, x, params, mask=None):
+        """x [B, D], params [k, B, 3 D] -> [k, B]; mask [B, D]: the observed entries only."""
+        mu, sigma, nu = self._split(params)
+        if mask is not None:
+            x = observed_values(x, mask)
+        half = 0.5 * (nu + 1)
+        terms = (torch.lgamma(half) - torch.lgamma(0.5 * nu) - 0.5 * torch.log(nu * math.pi)
+                 - torch.log(sigma) - half * torch.log1p(((x - mu) / sigma).square() / nu))
+        if mask is not None:
+            terms = terms * mask.to(terms.dtype)
+        return terms.sum(-1)
+
+    def mean(self, params):
+        return params.chunk(3, dim=-1)[0]
+
+    def variance(self, params):
+        _, sigma, nu = self._split(params)
+        return sigma.square() * nu / (nu - 2)
+
+    def sample(self, params):
+        """x ~ t_nu(mu, sigma^2): a normal over the root of a scaled chi-square draw."""
+        mu, sigma, nu = self._split(params)
+        chi2 = 2 * torch._standard_gamma(0.5 * nu)
+        return mu + sigma * torch.randn_like(mu) * torch.rsqrt(chi2 / nu)
+
+    def config(self):
+        return {"name": "student-t"}
+
+
+class Columns:
+    """A different likelihood for each group of columns (binary columns Bernoulli, the others
+    Gaussian, say): ``Columns([(Bernoulli(), [0, 3]), (Gaussian(), [1, 2])])``.
+
+    The decoder's output is the parts' parameters side by side, part after part (each part's
+    block laid out as that likelihood lays out its own); ``n_params`` is their number.
+    """
+
+    def __init__(self, parts):
+        self.parts = [(like, torch.as_tensor(list(cols), dtype=torch.long)) for like, cols in parts]
+        order = torch.cat([cols for _, cols in self.parts])
+        if order.numel() == 0 or not torch.equal(order.sort().values, torch.arange(order.numel())):
+            raise ValueError("Columns needs every column 0..D-1 in exactly one part")
+        self.inverse = order.argsort()
+        self.sizes = [like.params_per_dim * cols.numel() for like, cols in self.parts]
+        self.n_params = sum(self.sizes)
+
+    def _each(self, params):
+        for (like, cols), block in zip(self.parts, params.split(self.sizes, dim=-1)):
+            yield like, cols.to(params.device), block
+
+    def log_prob(self, x, params, mask=None):
+        """x [B, D], params [k, B, n_params] -> [k, B]; mask [B, D]: the observed entries only."""
+        total = 0.0
+        for like, cols, block in self._each(params):
+            part_mask = None if mask is None else mask[..., cols]
+            total = total + like.log_prob(x[..., cols], block, part_mask)
+        return total
+
+    def _joined(self, params, what):
+        out = torch.cat([getattr(like, what)(block) for like, _, block in self._each(params)], -1)
+        return out[..., self.inverse.to(params.device)]
+
+    def mean(self, params):
+        return self._joined(params, "mean")
+
+    def sample(self, params):
+        return self._joined(params, "sample")
+
+    def config(self):
+        return {"name": "columns", "parts": [dict(like.config(), columns=cols.tolist()) for like, cols in self.parts]}

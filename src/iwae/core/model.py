@@ -7,13 +7,32 @@ and its single product is ``log_weights(x, k)``: the [k, batch] tensor of
     log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x)
 at k samples z_i ~ q(z | x), every stochastic layer included [Burda et al. 2016, eq. 8].
 Bounds and gradient estimators are functions of that tensor alone.
+
+Missing data [Mattei & Frellsen 2019]. With a mask s (True = observed) the log weights are
+    log w_i = log p(x_o | z_i) + log p(z_i) - log q(z_i | x_o),
+log p(x_o | z) summing the likelihood over the observed entries only and the encoder reading
+x with its missing entries set to 0 (and, with ``mask_input=True``, the mask beside it). The
+mask reaches them in one of two ways:
+- ``log_weights(x, k, mask=s)``, explicitly;
+- carried by the data: a model built with ``missing=True`` reads NaN entries of x as missing
+  wherever it reads x. This is how masked data goes through everything that passes x along
+  untouched: the estimators (``f.log_weights(params, x, k, **options)``), the compiled
+  training step, the loop's batches, L_k and the diagnostics. One tensor is indexed,
+  shuffled, moved and checkpointed as before; no mask has to follow it through the stack.
+The values at missing positions reach neither the log weights nor their gradients (they are
+replaced by 0 through torch.where before any arithmetic). With mask=None (and missing=False,
+or no NaN) the computation is today's, op for op; with an all-True mask it is bitwise equal.
+A missingness model p(s | x) (values missing not at random) enters as one more term of
+``log_joint(x, zs, mask)``, log p(s | x_o, x_m) at x_m drawn from the likelihood at the decoded
+parameters; bounds, estimators and imputation read log w only, so they take it unchanged.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from .densities import HALF_LOG_2PI, Bernoulli, normal_log_prob, reparameterize, standard_normal_log_prob
+from .densities import (HALF_LOG_2PI, Bernoulli, normal_log_prob, observed_values, reparameterize,
+                        standard_normal_log_prob)
 from .nets import glorot_, mlp
 from .validate import positive_int
 
@@ -73,9 +92,14 @@ class Model(nn.Module):
         likelihood: ``Bernoulli()`` or ``Gaussian(scale)`` from ``iwae.core.densities``.
         decoder_layers: GaussianLayers p(z_{L-1} | z_L), ..., p(z_1 | z_2), top-down
             (L - 1 of them; empty for one stochastic layer). p(z_L) = N(0, I).
+        missing: NaN entries of x are missing values (the mask is ~isnan(x)) wherever the
+            model reads x; see the module docstring.
+        mask_input: the first encoder layer reads [x with missing entries 0, mask] (2 D
+            inputs; an all-True mask when none is given) instead of x.
     """
 
-    def __init__(self, encoder, decoder, likelihood=None, decoder_layers=()):
+    def __init__(self, encoder, decoder, likelihood=None, decoder_layers=(), *, missing=False,
+                 mask_input=False):
         super().__init__()
         encoder = list(encoder) if isinstance(encoder, (list, tuple, nn.ModuleList)) else [encoder]
         if len(decoder_layers) != len(encoder) - 1:
@@ -86,6 +110,7 @@ class Model(nn.Module):
         self.decoder_layers = nn.ModuleList(decoder_layers)
         self.decoder = decoder
         self.likelihood = likelihood if likelihood is not None else Bernoulli()
+        self.missing, self.mask_input = bool(missing), bool(mask_input)
 
     def encoder_parameters(self):
         """phi: the parameters of q(z | x)."""
@@ -96,7 +121,26 @@ class Model(nn.Module):
         yield from self.decoder_layers.parameters()
         yield from self.decoder.parameters()
 
-    def log_weights(self, x, k, *, stop_q=False, stop_z=False, zs=None):
+    def observe(self, x, mask=None):
+        """(x with its missing entries 0, mask [B, D] bool or None): the mask given, else
+        ~isnan(x) for a model built with missing=True, else None (x is returned as it is)."""
+        if mask is None and self.missing:
+            mask = ~torch.isnan(x)
+        if mask is None:
+            return x, None
+        if mask.shape != x.shape or mask.dtype != torch.bool:
+            raise ValueError(f"mask must be a bool tensor shaped like x {list(x.shape)}, got "
+                             f"{mask.dtype} {list(mask.shape)}")
+        return observed_values(x, mask), mask
+
+    def encoder_input(self, x, mask):
+        """What q(z_1 | .) reads: x (missing entries 0), with the mask beside it if mask_input."""
+        if not self.mask_input:
+            return x
+        observed = torch.ones_like(x) if mask is None else mask.to(x.dtype)
+        return torch.cat([x, observed.expand_as(x)], -1)
+
+    def log_weights(self, x, k, *, mask=None, stop_q=False, stop_z=False, zs=None):
         """log w [k, B] for x [B, D] at k samples per datapoint:
         log w = log_joint(x, z) - log q(z | x).
 
@@ -107,11 +151,15 @@ class Model(nn.Module):
         stop_z: the samples carry no gradient (score-function / wake-sleep updates).
         zs: evaluate at these samples ([[k, B, d_l]], bottom layer first, as ``sample_q``
             returns them) instead of drawing new ones; k is then their first dimension.
+        mask: [B, D] bool, True = observed: log p(x_o | z) over the observed entries only
+            (see the module docstring; NaN entries are the mask of a missing=True model).
         """
         if zs is None:
             positive_int("k", k)
+        x, mask = self.observe(x, mask)
         log_q, drawn = 0.0, []
-        for depth, (layer, h, mu, log_sigma, eps, z) in enumerate(self._posterior(x, k, zs, stop_z)):
+        posterior = self._posterior(self.encoder_input(x, mask), k, zs, stop_z)
+        for depth, (layer, h, mu, log_sigma, eps, z) in enumerate(posterior):
             if stop_z or (zs is not None and not stop_q):
                 log_q = log_q + normal_log_prob(z, mu, log_sigma)
             elif stop_q:
@@ -125,11 +173,12 @@ class Model(nn.Module):
                 log_q = log_q - (0.5 * eps.square() + log_sigma).sum(-1) \
                     - HALF_LOG_2PI * z.shape[-1]
             drawn.append(z)
-        return self.log_joint(x, drawn) - log_q
+        return self.log_joint(x, drawn, mask) - log_q
 
-    def sample_q(self, x, k):
+    def sample_q(self, x, k, mask=None):
         """k reparameterised draws z ~ q(z | x) of every layer: [[k, B, d_l]], bottom first."""
-        return [z for *_, z in self._posterior(x, k)]
+        x, mask = self.observe(x, mask)
+        return [z for *_, z in self._posterior(self.encoder_input(x, mask), k)]
 
     def _posterior(self, x, k, zs=None, stop_z=False):
         """Per q layer, bottom first: (layer, its input h, mu, log sigma, eps, z), with
@@ -146,9 +195,10 @@ class Model(nn.Module):
             yield layer, h, mu, log_sigma, eps, z
             h = z
 
-    def log_joint(self, x, zs):
-        """log p(x, z) = log p(z) + log p(x | z_1): [k, B] at samples zs [[k, B, d_l]]."""
-        return self.log_prior(zs) + self.log_p_x_given_z(x, zs)
+    def log_joint(self, x, zs, mask=None):
+        """log p(x, z) = log p(z) + log p(x | z_1): [k, B] at samples zs [[k, B, d_l]]; with a
+        mask, log p(x_o, z) (x's missing entries already 0: see ``observe``)."""
+        return self.log_prior(zs) + self.log_p_x_given_z(x, zs, mask)
 
     def log_prior(self, zs):
         """log p(z) [k, B]: N(0, I) on the top layer, the generative layers below it."""
@@ -160,14 +210,20 @@ class Model(nn.Module):
             h = below
         return log_p
 
-    def log_p_x_given_z(self, x, zs):
-        """log p(x | z_1) [k, B] for x [B, D] at samples zs (bottom first). (Not
-        ``iwae.log_likelihood``, which estimates log p(x) by L_k.)"""
-        return self.likelihood.log_prob(x, self.decode(zs[0]))
+    def log_p_x_given_z(self, x, zs, mask=None):
+        """log p(x | z_1) [k, B] for x [B, D] at samples zs (bottom first); with a mask
+        [B, D], log p(x_o | z_1) over the observed entries. (Not ``iwae.log_likelihood``,
+        which estimates log p(x) by L_k.)"""
+        if mask is None:
+            x, mask = self.observe(x)
+        if mask is None:
+            return self.likelihood.log_prob(x, self.decode(zs[0]))
+        return self.likelihood.log_prob(x, self.decode(zs[0]), mask)
 
-    def log_q(self, x, zs):
+    def log_q(self, x, zs, mask=None):
         """log q(z | x) [k, B] at samples zs [[k, B, d_l]] (bottom first)."""
-        return sum(normal_log_prob(z, mu, log_sigma) for _, _, mu, log_sigma, _, z in self._posterior(x, None, zs))
+        h = self.encoder_input(*self.observe(x, mask))
+        return sum(normal_log_prob(z, mu, log_sigma) for _, _, mu, log_sigma, _, z in self._posterior(h, None, zs))
 
     def sample_prior(self, n):
         """n draws z ~ p(z) of every layer: [[n, d_l]], bottom first."""
@@ -187,9 +243,9 @@ class Model(nn.Module):
         return out.reshape(*z.shape[:-1], out.shape[-1])
 
     @torch.no_grad()
-    def encode(self, x):
+    def encode(self, x, mask=None):
         """The mean of each q layer, the upper ones at one sample of the layer below: [[B, d_l]]."""
-        means, h = [], x
+        means, h = [], self.encoder_input(*self.observe(x, mask))
         for layer in self.encoder:
             mu, log_sigma = layer(h)
             means.append(mu)
@@ -202,9 +258,9 @@ class Model(nn.Module):
         return self.likelihood.mean(self.decode(self.sample_prior(n)[0]))
 
     @torch.no_grad()
-    def reconstruct(self, x):
+    def reconstruct(self, x, mask=None):
         """The likelihood's mean at z_1 = the mean of q(z_1 | x): [B, D]."""
-        return self.likelihood.mean(self.decode(self.encode(x)[0]))
+        return self.likelihood.mean(self.decode(self.encode(x, mask)[0]))
 
     def set_output_bias(self, pixel_mean, clip=1e-3):
         """Decoder output bias = logit(clip(mean training pixel)) [Burda et al.'s code].

@@ -46,6 +46,19 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return torch.bernoulli(x, generator=generator)
 
 
+def remove_pixels(x: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """MCAR: the same number, floor(fraction * D), of entries of every row set to NaN (missing),
+    the entries drawn uniformly at random, seeded; a new tensor [N, D]."""
+    if not (isinstance(fraction, (int, float)) and not isinstance(fraction, bool) and 0 <= fraction < 1):
+        raise DataError(f"the missing fraction must be in [0, 1), got {fraction!r}")
+    count = int(fraction * x.shape[1])
+    if count == 0:
+        return x.clone()
+    g = torch.Generator().manual_seed(seed)
+    chosen = torch.rand(x.shape, generator=g).argsort(1)[:, :count]
+    return x.scatter(1, chosen.to(x.device), float("nan"))
+
+
 def check_likelihood(likelihood: str) -> None:
     """Raise DataError unless likelihood is one the loaders understand."""
     if likelihood not in LIKELIHOODS:

@@ -77,10 +77,19 @@ def _compiled(device):
 
 
 def fixed_binarization(x, binarization, seed=EVAL_SEED):
-    """Held-out images binarized once with a fixed seed (unchanged unless 'dynamic')."""
+    """Held-out images binarized once with a fixed seed (unchanged unless 'dynamic'); NaN
+    entries (missing pixels) stay NaN, the others get the same draws as without them."""
     if binarization != "dynamic":
         return x
-    return torch.bernoulli(x, generator=torch.Generator().manual_seed(seed))
+    return binarize_observed(x, torch.Generator().manual_seed(seed))
+
+
+def binarize_observed(x, generator=None):
+    """torch.bernoulli(x) where x is not NaN, NaN where it is (one draw per entry either way)."""
+    nan = torch.isnan(x)
+    if x.device.type == "meta" or not bool(nan.any()):
+        return torch.bernoulli(x, generator=generator)
+    return torch.where(nan, x, torch.bernoulli(x.nan_to_num(0.0), generator=generator))
 
 
 def block_seed(seed, index):

@@ -33,7 +33,7 @@ def unit_kl(model, x):
     its prior's mean p(u | z_{l+1}) varies with x and passes the 1e-2 threshold.
     Needs a Model built from GaussianLayers (encoder, decoder_layers).
     """
-    qs, h = [], x
+    qs, h = [], model.encoder_input(*model.observe(x)) if callable(getattr(model, "observe", None)) else x
     for layer in model.encoder:
         mu, log_sigma = layer(h)                                  # [N, d_l]
         h = reparameterize(mu, log_sigma)

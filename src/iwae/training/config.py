@@ -126,9 +126,11 @@ class Config(TrainConfig):
     likelihood: str = "bernoulli"      # bernoulli | gaussian (learned variance)
     scale: str = "exp"                 # sigma = exp(head) (paper) | softplus(head)
     init_from: str | None = None       # continue from another run's final weights (Table 2)
+    missing: float = 0.0               # MCAR: this fraction of every training image's pixels removed
 
     TYPES = {**TrainConfig.TYPES, "dataset": str, "layers": int, "limit_train": (int, type(None)),
-             "validation": str, "likelihood": str, "scale": str, "init_from": (str, type(None))}
+             "validation": str, "likelihood": str, "scale": str, "init_from": (str, type(None)),
+             "missing": (float, int)}
 
     def validate(self):
         super().validate()
@@ -144,15 +146,31 @@ class Config(TrainConfig):
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOODS)}, got {self.likelihood!r}")
         if self.scale not in SCALES:
             raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
+        if not (math.isfinite(self.missing) and 0 <= self.missing < 1):
+            raise ValueError(f"missing must be in [0, 1), got {self.missing!r}")
         if "\0" in self.dataset or (self.init_from is not None and "\0" in self.init_from):
             raise ValueError("dataset and init_from must not contain NUL characters")
         return self
 
 
+    def to_dict(self):
+        """As TrainConfig's; ``missing`` only when > 0, so that the config.json of a run on
+        complete data is what it was before --missing existed (older code reads it)."""
+        d = super().to_dict()
+        if not self.missing:
+            d.pop("missing")
+        return d
+
+    def comparable(self):
+        return {**super().comparable(), "missing": self.missing}
+
+
 def build_model(config, input_dim, device="cpu"):
     """The paper network for a config, freshly initialised, on device."""
     likelihood = Bernoulli() if config.likelihood == "bernoulli" else Gaussian()
-    return paper_model(config.layers, input_dim, likelihood, config.scale).to(device)
+    model = paper_model(config.layers, input_dim, likelihood, config.scale)
+    model.missing = config.missing > 0         # NaN = a removed pixel (docs/missing.md)
+    return model.to(device)
 
 
 def write_config(config, run_dir):

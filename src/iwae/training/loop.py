@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..core.densities import Bernoulli
 from ..data import is_binary, load_dataset
-from ..evaluation.likelihood import EVAL_SEED, fixed_binarization, seeded_log_likelihood
+from ..evaluation.likelihood import EVAL_SEED, binarize_observed, fixed_binarization, seeded_log_likelihood
 from ..evaluation.units import ACTIVE_UNIT_EXAMPLES
 from ..runtime import distributed, torch_private
 from ..runtime.atomic import remove_stale_temporaries
@@ -50,7 +50,7 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
         beta=None, batch_size=20, lr=1e-3, schedule="paper", adam_betas=(0.9, 0.999),
         adam_eps=1e-4, seed=0, eval_data=None, eval_examples=1000, device="auto",
         compile="auto", precision="fp32", on_nonfinite="stop", tensorboard=0, image_shape=None,
-        resume=False, quiet=False, data_dir=None):
+        resume=False, quiet=False, data_dir=None, checkpoint_every=1):
     """Train ``model`` on ``data`` into the run directory ``out``; returns the model (on device).
 
     data: a float tensor [N, D] (values in [0, 1] for a Bernoulli likelihood: grey levels are
@@ -62,11 +62,14 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
     ("paper": lr * 10^(-i/7) for 3^i epochs; "constant"); seed seeds the training noise and
     the data order. device: "auto" | "cpu" | "cuda" | "cuda:N" (the model and data are moved
     there). compile: "auto" | "off" | "step" (iwae.training.step). precision: "fp32" | "bf16"
-    (the nets' matmuls in bf16, all else fp32) | "tf32" (CUDA only; iwae.training.step). tensorboard: N > 0 writes
-    TensorBoard events into out/tensorboard, the running bound every N steps (iwae.training.tracking;
+    (the nets' matmuls in bf16, all else fp32) | "tf32" (CUDA only; iwae.training.step).
+    tensorboard: N > 0 writes TensorBoard events into out/tensorboard, the running bound every
+    N steps (iwae.training.tracking;
     image_shape (H, W) for the image grids, default square images). resume=True continues the run in
-    ``out`` up to ``epochs``: the model must be built as the run's was. Raises ValueError
-    naming the problem for bad arguments.
+    ``out`` up to ``epochs``: the model must be built as the run's was. checkpoint_every: N
+    writes the checkpoint and metrics.jsonl after every N-th epoch and the last (a signal
+    still saves at once); N > 1 spares short epochs (small tables) the cost of a durable
+    write each. Raises ValueError naming the problem for bad arguments.
     """
     name = type(model).__name__
     config = TrainConfig(objective=objective, estimator=estimator, k=k, m=m, beta=beta,
@@ -83,6 +86,7 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
     if not isinstance(model, torch.nn.Module) or not any(p.requires_grad for p in model.parameters()):
         raise ValueError(f"iwae.fit needs an nn.Module with trainable parameters; {name} has none")
     bernoulli = isinstance(getattr(model, "likelihood", None), Bernoulli)
+    missing = bool(getattr(model, "missing", False))     # NaN = missing (iwae.Model(missing=True))
     split = "test"
     if isinstance(data, str):
         dataset = load_dataset(data, data_dir)
@@ -90,25 +94,37 @@ def fit(model, data, *, out, k=5, objective="iwae", estimator="standard", epochs
         if eval_data is None:
             split, eval_data = ("valid", dataset.valid) if dataset.valid is not None else ("test", dataset.test)
     else:
-        train_x = check_data(data, "data", bernoulli)
-        binarization = "dynamic" if bernoulli and not is_binary(train_x) else "none"
+        train_x = check_data(data, "data", bernoulli, missing)
+        binarization = "dynamic" if bernoulli and not is_binary(_observed(train_x)) else "none"
+        if missing and binarization == "dynamic" and bool(torch.isnan(train_x).any()):
+            raise ValueError("data has grey levels and missing (NaN) entries; binarize the observed "
+                             "entries first (a Bernoulli model with missing data trains on 0/1 data)")
         config.data = f"tensor {list(train_x.shape)}"
     held_x = None
     if eval_data is not None:
-        held_x = check_data(eval_data, "eval_data", bernoulli)[:eval_examples]
+        held_x = check_data(eval_data, "eval_data", bernoulli, missing)[:eval_examples]
         if held_x.shape[1] != train_x.shape[1]:
             raise ValueError(f"eval_data has {held_x.shape[1]} columns and data {train_x.shape[1]}")
         held_x = fixed_binarization(held_x, binarization)
     dev = parse_device(config.device)
     model.to(dev)
     _check_model_takes(model, train_x[:2].to(dev), name)
+    if not (isinstance(checkpoint_every, int) and checkpoint_every >= 1):
+        raise ValueError(f"checkpoint_every must be an integer >= 1, got {checkpoint_every!r}")
     return run(model, config, train_x, held_x, binarization, Path(out), resume=resume, quiet=quiet,
-               init=lambda: torch.manual_seed(seed), split=split,
+               init=lambda: torch.manual_seed(seed), split=split, checkpoint_every=checkpoint_every,
                image_shape=image_shape or tracking.image_shape_of(train_x.shape[1]))
 
 
-def check_data(data, what, bernoulli):
-    """A float tensor [N, D] of finite values (in [0, 1] for a Bernoulli likelihood), else ValueError."""
+def _observed(x):
+    """The entries of x that are not NaN (missing), flattened; x itself when none is NaN."""
+    nan = torch.isnan(x)
+    return x[~nan] if bool(nan.any()) else x
+
+
+def check_data(data, what, bernoulli, missing=False):
+    """A float tensor [N, D] of finite values (in [0, 1] for a Bernoulli likelihood), else ValueError.
+    missing: NaN entries are allowed (missing values, for a model built with missing=True)."""
     if not isinstance(data, torch.Tensor):
         raise ValueError(f"{what} must be a torch.Tensor [N, D] or a dataset name, got {type(data).__name__}")
     if data.dim() != 2 or data.shape[0] < 1 or data.shape[1] < 1:
@@ -116,11 +132,14 @@ def check_data(data, what, bernoulli):
     if not data.is_floating_point():
         raise ValueError(f"{what} must be a float tensor, got {data.dtype}")
     if data.device.type != "meta":
-        if not bool(torch.isfinite(data).all()):
+        if missing and bool(torch.isinf(data).any()):
+            raise ValueError(f"{what} holds infinite values (missing entries are NaN)")
+        if not missing and not bool(torch.isfinite(data).all()):
             raise ValueError(f"{what} holds NaN or infinite values")
-        if bernoulli and not bool(((data >= 0) & (data <= 1)).all()):
+        observed = _observed(data) if missing else data
+        if bernoulli and not bool(((observed >= 0) & (observed <= 1)).all()):
             raise ValueError(f"{what} has values outside [0, 1], which a Bernoulli likelihood cannot "
-                             f"model (min {data.min().item():g}, max {data.max().item():g})")
+                             f"model (min {observed.min().item():g}, max {observed.max().item():g})")
     return data
 
 
@@ -143,7 +162,7 @@ def _check_model_takes(model, x, name):
 
 
 def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, quiet=False,
-        init=None, data_dir=None, input_dim=None, split="test", image_shape=None):
+        init=None, data_dir=None, input_dim=None, split="test", image_shape=None, checkpoint_every=1):
     """The training loop behind ``fit`` and ``iwae train``: config (a TrainConfig) into
     run_dir. Epoch e trains at the schedule's lr(e). init() runs before training on a new
     run (it seeds the noise).
@@ -163,7 +182,7 @@ def run(model, config, train_x, held_x, binarization, run_dir, *, resume=False, 
     held_x = None if held_x is None else held_x.to(device, train_x.dtype)
     if state is None and init is not None:
         init()
-    trainer = _Trainer(model, config, train_x, held_x, binarization, run_dir, data_dir)
+    trainer = _Trainer(model, config, train_x, held_x, binarization, run_dir, data_dir, checkpoint_every)
     if state is not None:
         trainer.restore(state)
     distributed.barrier(trainer.ctx)           # every rank has read the run directory; rank 0 writes it
@@ -245,8 +264,9 @@ class _Trainer:
     """The state of one training run between its steps: the model, its optimizer and step,
     the data and its RNG, the position (epoch, steps, metrics) and where it is written."""
 
-    def __init__(self, model, config, train_x, held_x, binarization, run_dir, data_dir):
+    def __init__(self, model, config, train_x, held_x, binarization, run_dir, data_dir, checkpoint_every=1):
         self.model, self.config, self.run_dir, self.data_dir = model, config, run_dir, data_dir
+        self.checkpoint_every = checkpoint_every
         self.train_x, self.held_x, self.binarization = train_x, held_x, binarization
         self.device = device = train_x.device
         self.units_x = fixed_binarization(train_x[:ACTIVE_UNIT_EXAMPLES].cpu(), binarization).to(device)
@@ -261,6 +281,7 @@ class _Trainer:
         self.data_rng = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(
             config.seed + 1)
         self.fingerprint = _fingerprint(train_x)
+        self.holes = train_x.device.type != "meta" and bool(torch.isnan(train_x).any())
         self.start, self.steps, self.history, self.position = 0, 0, [], None
         self.saved_any, self.guard, self.board, self.bar = False, None, None, None
         self.ckpt_path, self.metrics_path = run_dir / CHECKPOINT, run_dir / METRICS
@@ -339,7 +360,9 @@ class _Trainer:
         """Batch b of the epoch's order, binarized if dynamic: one step; its (global) loss."""
         bs = self.config.batch_size
         x = self.train_x[order[b * bs:(b + 1) * bs]]                      # [bs, D]
-        if self.binarization == "dynamic":
+        if self.binarization == "dynamic" and self.holes:              # NaN = a missing pixel
+            x = binarize_observed(x, self.data_rng)
+        elif self.binarization == "dynamic":
             x = torch.bernoulli(x, generator=self.data_rng)
         loss = self.step(x)                    # p.grad = the estimator's gradients; the update
         if self.dp is not None:                # the global batch's loss, the same on every rank
@@ -367,9 +390,10 @@ class _Trainer:
                        "skipped_steps": skipped})
         record.update(tracking.diagnostics(self.model, self.config.k, self.held_x, self.units_x, EVAL_SEED))
         self.history.append(record)
-        self._save(epoch + 1, None)
-        if self.ctx.is_main:
-            rundir.write_metrics(self.metrics_path, self.history)
+        if (epoch + 1) % self.checkpoint_every == 0 or epoch + 1 == self.config.epochs:
+            self._save(epoch + 1, None)
+            if self.ctx.is_main:
+                rundir.write_metrics(self.metrics_path, self.history)
         if self.board is not None:
             self.board.epoch(record, self.model, self.held_x, EVAL_SEED)
 

@@ -19,7 +19,7 @@ def init_model(config, data, train, device="cpu"):
         source = Path(config.init_from) / CHECKPOINT
         checkpoint.load_state_dict(model, checkpoint.load(source)["model"], source)
     elif config.likelihood == "bernoulli":
-        model.set_output_bias(train.mean(0))
+        model.set_output_bias(train.nanmean(0) if config.missing else train.mean(0))   # observed pixels
     return model.to(device)
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from ..data import DataError, is_binary, load_dataset
-from ..evaluation.likelihood import fixed_binarization
+from ..data import DataError, is_binary, load_dataset, remove_pixels
+from ..evaluation.likelihood import EVAL_SEED, fixed_binarization
 from ..runtime.atomic import write_text
 from ..runtime.devices import parse_device
 from . import checkpoint
@@ -36,6 +36,9 @@ def prepare(config, data_dir=None):
     train = data.train[: config.limit_train] if config.limit_train else data.train
     split, held = ("valid", data.valid) if data.valid is not None else ("test", data.test)
     held = fixed_binarization(held[: config.eval_examples], data.binarization)
+    if getattr(config, "missing", 0):          # --missing P: MCAR, the same P of every image
+        train = remove_pixels(train, config.missing, config.seed)
+        held = remove_pixels(held, config.missing, EVAL_SEED)
     return data, train, held, split
 
 

@@ -1,0 +1,96 @@
+"""Imputation of missing entries by importance sampling [Mattei & Frellsen 2019, sec. 3].
+
+For x = (x_o, x_m) with mask s (True = observed), at L draws z_l ~ q(z | x_o) with
+normalised weights w~_l = softmax_l(log w_l), log w_l = log p(x_o | z_l) + log p(z_l)
+- log q(z_l | x_o) (the model's masked ``log_weights``):
+
+- single imputation: E[x_m | x_o] ~= sum_l w~_l E[x_m | z_l], self-normalised importance
+  sampling with the likelihood's conditional *mean* at each z_l (not a sampled x, whose
+  noise would only add variance);
+- multiple imputation: sampling importance resampling: L pairs (z_l, x_l ~ p(x | z_l)),
+  then m draws of l with probabilities w~_l (with replacement, by inverse-CDF sampling),
+  each giving x_m = x_l's missing entries.
+
+Observed entries come back exactly as given. A row with nothing observed is imputed from
+the prior (its weights are p(z) / q(z | 0)). Both need a model with ``sample_q(x, k,
+mask)``, ``log_weights(x, k, mask=, zs=)``, ``decode`` and ``likelihood`` (iwae.Model).
+"""
+import torch
+
+from ..core.validate import positive_int
+
+DRAWS = 1000               # L, the importance samples per row
+CHUNK_ELEMENTS = 2 ** 22   # rows are taken in chunks of about this many L x rows x D numbers
+
+
+def _mask_of(x, mask):
+    if mask is None:
+        mask = ~torch.isnan(x)
+    if mask.shape != x.shape or mask.dtype != torch.bool:
+        raise ValueError(f"mask must be a bool tensor shaped like x {list(x.shape)}, got "
+                         f"{mask.dtype} {list(mask.shape)}")
+    return mask
+
+
+def _chunks(x, draws):
+    rows = max(1, CHUNK_ELEMENTS // max(1, draws * x.shape[1]))
+    return range(0, x.shape[0], rows), rows
+
+
+def _weighted_draws(model, x, mask, draws):
+    """(log w [L, B], likelihood parameters [L, B, P]) at L draws z ~ q(z | x_o)."""
+    zs = model.sample_q(x, draws, mask)
+    log_w = model.log_weights(x, draws, mask=mask, zs=zs)
+    return log_w, model.decode(zs[0])
+
+
+def _resample(log_w, m):
+    """m indices l per column of log_w [L, B], drawn with probabilities softmax(log w)
+    (inverse-CDF sampling of the normalised weights; with replacement): [m, B]."""
+    cdf = torch.softmax(log_w.double(), 0).cumsum(0).T.contiguous()      # [B, L]
+    u = torch.rand(cdf.shape[0], m, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).clamp_max(log_w.shape[0] - 1).T
+
+
+@torch.no_grad()
+def impute(model, x, mask=None, draws=DRAWS):
+    """Single imputation: x [B, D] with each missing entry replaced by sum_l w~_l E[x_j | z_l].
+
+    mask: [B, D] bool, True = observed (default: ~isnan(x)). Returns a new tensor; the
+    observed entries are x's, bit for bit.
+    """
+    positive_int("draws", draws)
+    mask = _mask_of(x, mask)
+    starts, rows = _chunks(x, draws)
+    out = []
+    for start in starts:
+        xb, mb = x[start:start + rows], mask[start:start + rows]
+        log_w, params = _weighted_draws(model, xb, mb, draws)
+        w = torch.softmax(log_w, 0).unsqueeze(-1)                       # [L, B, 1]
+        mean = (w * model.likelihood.mean(params)).sum(0)               # [B, D]
+        out.append(torch.where(mb, xb, mean.to(xb.dtype)))
+    return torch.cat(out) if out else x.clone()
+
+
+@torch.no_grad()
+def multiple_impute(model, x, m, mask=None, draws=DRAWS):
+    """m multiple imputations by sampling importance resampling: [m, B, D].
+
+    Each of the m draws picks one of L pairs (z_l, x_l ~ p(x | z_l)) with probability w~_l
+    (independently, with replacement) and fills the missing entries with x_l's; the observed
+    entries are x's, bit for bit.
+    """
+    positive_int("m", m)
+    positive_int("draws", draws)
+    mask = _mask_of(x, mask)
+    starts, rows = _chunks(x, draws)
+    out = []
+    for start in starts:
+        xb, mb = x[start:start + rows], mask[start:start + rows]
+        log_w, params = _weighted_draws(model, xb, mb, draws)
+        sampled = model.likelihood.sample(params)                       # [L, B, D]
+        pick = _resample(log_w, m)                                      # [m, B]: l per draw
+        index = pick.unsqueeze(-1).expand(m, xb.shape[0], xb.shape[1])  # [m, B, D]
+        chosen = sampled.gather(0, index)
+        out.append(torch.where(mb, xb, chosen.to(xb.dtype)))
+    return torch.cat(out, 1) if out else x.expand(m, *x.shape).clone()

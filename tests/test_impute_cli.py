@@ -1,0 +1,74 @@
+"""`iwae impute FILE --out FILE`: .csv (header kept; empty, NA and NaN cells missing), .npy,
+.npz, --multiple; bad input is one line and exit status 2, and the input file is untouched."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from iwae.app.cli import main
+
+FAST = ["--epochs", "2", "--k", "2", "--threads", "1"]
+CSV = "a,b,c\n1,2,3\n2,,5\nNA,4,7\n3,NaN,8\n4,5,\n5,6,10\n6,7,12.5\n"
+
+
+def run(args, capsys):
+    code = main(args)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_a_csv_keeps_its_header_and_observed_cells(tmp_path, capsys):
+    src, dst = tmp_path / "t.csv", tmp_path / "filled.csv"
+    src.write_text(CSV)
+    code, out, _ = run(["impute", str(src), "--out", str(dst)] + FAST, capsys)
+    assert code == 0 and "7 x 3, 4 missing; trained 2 epochs" in out and "nats per row" in out
+    got, given = pd.read_csv(dst), pd.read_csv(src)
+    assert list(got.columns) == ["a", "b", "c"] and not got.isna().any().any()
+    observed = given.notna().to_numpy()
+    assert np.array_equal(got.to_numpy()[observed], given.to_numpy()[observed])
+    assert src.read_text() == CSV
+
+
+def test_npy_npz_and_multiple_imputations(tmp_path, capsys):
+    x = pd.read_csv(io.StringIO(CSV)).to_numpy()
+    np.save(tmp_path / "t.npy", x)
+    assert run(["impute", str(tmp_path / "t.npy"), "--out", str(tmp_path / "m.npy"), "--multiple", "3"] + FAST,
+               capsys)[0] == 0
+    draws = np.load(tmp_path / "m.npy")
+    assert draws.shape == (3, 7, 3) and not np.isnan(draws).any()
+    np.savez(tmp_path / "t.npz", table=x)
+    assert run(["impute", str(tmp_path / "t.npz"), "--out", str(tmp_path / "f.npz")] + FAST, capsys)[0] == 0
+    with np.load(tmp_path / "f.npz") as f:
+        assert list(f.keys()) == ["table"] and np.array_equal(f["table"][~np.isnan(x)], x[~np.isnan(x)])
+    assert run(["impute", str(tmp_path / "t.npy"), "--out", str(tmp_path / "m.csv"), "--multiple", "2"] + FAST,
+               capsys)[0] == 0
+    long = pd.read_csv(tmp_path / "m.csv")
+    assert list(long.columns) == ["imputation", "x0", "x1", "x2"] and long["imputation"].tolist() == [1] * 7 + [2] * 7
+
+
+@pytest.mark.parametrize("content,out,message", [
+    ("a,b\n1,x\n2,y\n3,z\n", "o.csv", "non-numeric column(s) b; encode them as numbers first"),
+    ("a,b\n1,2\n,3\n2,4\n", "o.txt", "--out"),
+    ("a,b\n1,2\n1,3\n1,4\n", "o.csv", "constant column(s) (one observed value): a; drop them"),
+    ("a,b\n,2\n,3\n,4\n", "o.csv", "column(s) with no observed value: a; drop them"),
+    ("a,b\n1,2\ninf,3\n2,4\n", "o.csv", "X holds infinite values"),
+    (None, "o.csv", "no such file"),
+], ids=["non-numeric", "extension", "constant", "empty-column", "inf", "missing-file"])
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, out, message):
+    src = tmp_path / "t.csv"
+    if content is not None:
+        src.write_text(content)
+    code, _, err = run(["impute", str(src), "--out", str(tmp_path / out)] + FAST, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and err.startswith("iwae: error: ")
+    assert message in err
+    assert not (tmp_path / out).exists()
+    if content is not None:
+        assert src.read_text() == content
+
+
+def test_out_must_not_be_the_input(tmp_path, capsys):
+    src = tmp_path / "t.csv"
+    src.write_text(CSV)
+    code, _, err = run(["impute", str(src), "--out", str(src)] + FAST, capsys)
+    assert code == 2 and "is the input file" in err and src.read_text() == CSV

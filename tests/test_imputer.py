@@ -1,0 +1,190 @@
+"""iwae.Imputer, the scikit-learn estimator (docs/missing.md): the sklearn contract, the kinds
+of input it takes and gives back, and its one-line refusals of bad input."""
+import pickle
+import subprocess
+import sys
+
+import joblib
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+
+import iwae
+from iwae.app.imputer import default_sizes
+from iwae.core.densities import Columns, StudentT
+
+FAST = dict(epochs=2, k=3, latent=2, hidden=8, draws=20, batch_size=16)
+
+
+def table(n=40, d=5, seed=0, missing=0.3):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, 2))
+    x = z @ rng.normal(size=(2, d)) + 0.3 * rng.normal(size=(n, d))
+    holes = rng.random((n, d)) < missing
+    out = x.copy()
+    out[holes] = np.nan
+    return x, out
+
+
+def test_import_iwae_stays_light_and_imputer_is_lazy():
+    code = ("import sys, iwae; before = 'sklearn' in sys.modules; iwae.Imputer; "
+            "print(before, 'sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
+
+
+def test_fit_transform_fills_every_hole_keeps_observed_bits_and_leaves_the_input_alone():
+    _, x = table()
+    before = x.copy()
+    out = iwae.Imputer(**FAST).fit_transform(x)
+    assert np.array_equal(x, before, equal_nan=True)                 # the caller's array
+    observed = ~np.isnan(x)
+    assert not np.isnan(out).any() and out.dtype == x.dtype
+    assert np.array_equal(out[observed], x[observed])
+    again = iwae.Imputer(**FAST).fit(x)
+    assert np.array_equal(again.transform(x), out)                   # seeded: deterministic
+
+
+def test_new_rows_and_float32_and_torch_and_pandas_come_back_as_they_went_in():
+    _, x = table()
+    imp = iwae.Imputer(**FAST).fit(x)
+    new = table(seed=3)[1]
+    assert not np.isnan(imp.transform(new)).any()
+    f32 = imp.transform(new.astype(np.float32))
+    assert f32.dtype == np.float32 and np.array_equal(f32[~np.isnan(new)], new.astype(np.float32)[~np.isnan(new)])
+    t = torch.tensor(new, dtype=torch.float32)
+    out = imp.transform(t)
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float32 and not torch.isnan(out).any()
+    assert torch.equal(out[~torch.isnan(t)], t[~torch.isnan(t)])
+    frame = pd.DataFrame(x, columns=list("abcde"), index=range(100, 140))
+    imp = iwae.Imputer(**FAST).fit(frame)
+    got = imp.transform(frame)
+    assert isinstance(got, pd.DataFrame) and list(got.columns) == list("abcde") and list(got.index) == list(frame.index)
+    assert list(imp.get_feature_names_out()) == list("abcde")
+    out = iwae.Imputer(**FAST).set_output(transform="pandas").fit_transform(x)
+    assert isinstance(out, pd.DataFrame) and list(out.columns) == [f"x{j}" for j in range(5)]
+
+
+def test_sample_and_score():
+    _, x = table()
+    imp = iwae.Imputer(**FAST).fit(x)
+    draws = imp.sample(x, 4)
+    assert draws.shape == (4, 40, 5) and not np.isnan(draws).any()
+    assert imp.sample(x.astype(np.float32), 2).dtype == np.float32
+    observed = ~np.isnan(x)
+    assert all(np.array_equal(d[observed], x[observed]) for d in draws)
+    assert draws[:, ~observed].std(0).mean() > 0                     # the draws differ
+    assert np.isfinite(imp.score(x))
+
+
+def test_not_fitted_clone_and_params():
+    imp = iwae.Imputer(k=7, epochs=3, likelihood="student-t")
+    for call in (lambda: imp.transform(np.zeros((2, 2))), lambda: imp.sample(np.zeros((2, 2)), 2),
+                 lambda: imp.score(np.zeros((2, 2)))):
+        with pytest.raises(NotFittedError):
+            call()
+    twin = clone(imp)
+    assert twin.get_params() == imp.get_params() and twin is not imp
+    twin.set_params(k=9)
+    assert twin.k == 9 and imp.k == 7
+
+
+def test_pipeline_cross_val_score_and_grid_search_on_nan_data():
+    _, x = table(n=60)
+    y = (np.nan_to_num(x[:, 1]) > 0).astype(int)
+    pipe = make_pipeline(iwae.Imputer(**FAST), LogisticRegression())
+    assert pipe.fit(x, y).score(x, y) > 0.5
+    assert len(cross_val_score(pipe, x, y, cv=2)) == 2
+    search = GridSearchCV(iwae.Imputer(**FAST), {"k": [2, 4]}, cv=2).fit(x)
+    assert search.best_params_["k"] in (2, 4)
+
+
+def test_pickle_and_joblib_round_trips_give_the_same_imputations(tmp_path):
+    _, x = table()
+    imp = iwae.Imputer(**FAST).fit(x)
+    joblib.dump(imp, tmp_path / "imp.joblib")
+    assert np.array_equal(joblib.load(tmp_path / "imp.joblib").transform(x), imp.transform(x))
+    assert np.array_equal(pickle.loads(pickle.dumps(imp)).sample(x, 2), imp.sample(x, 2))
+
+
+def test_auto_gives_binary_columns_a_bernoulli_and_student_t_fits():
+    _, x = table()
+    x[:, 2] = np.where(np.isnan(x[:, 2]), np.nan, (x[:, 2] > 0).astype(float))
+    imp = iwae.Imputer(**FAST).fit(x)
+    assert isinstance(imp.model_.likelihood, Columns) and imp.binary_.tolist() == [False, False, True, False, False]
+    filled = imp.transform(x)[:, 2]
+    assert ((filled >= 0) & (filled <= 1)).all() and imp.scale_[2] == 1 and imp.mean_[2] == 0
+    st = iwae.Imputer(likelihood="student-t", **FAST).fit(x)
+    assert isinstance(st.model_.likelihood, StudentT) and not np.isnan(st.transform(x)).any()
+
+
+def test_a_row_with_nothing_observed_is_imputed_from_the_prior():
+    _, x = table()
+    x[3] = np.nan
+    out = iwae.Imputer(**FAST).fit_transform(x)
+    assert np.isfinite(out[3]).all()
+
+
+def test_the_default_sizes_follow_the_shape():
+    assert default_sizes(569, 30) == (10, 128, 334)
+    assert default_sizes(150, 4) == (2, 128, 1000)
+    assert default_sizes(100_000, 200) == (10, 128, 20)
+
+
+def bad(x, **kw):
+    return lambda: iwae.Imputer(**FAST, **kw).fit(x)
+
+
+def _with(x, where, value):
+    x = x.copy()
+    x[where] = value
+    return x
+
+
+X0 = table()[1]
+FITTED = None
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: bad(_with(X0, (slice(None), 1), np.nan)), r"^column\(s\) with no observed value: 1; drop them$"),
+    (lambda: bad(_with(X0, (slice(None), 2), 4.0)), r"^constant column\(s\) \(one observed value\): 2; drop them$"),
+    (lambda: bad(pd.DataFrame({"a": [1.0, 2.0, np.nan], "b": ["x", "y", "z"], "c": ["u", "v", "w"]})),
+     r"^non-numeric column\(s\) b, c; encode them as numbers first"),
+    (lambda: bad(np.array([[1.0, "x"], [2.0, "y"]], dtype=object)), r"^X has non-numeric entries; encode them"),
+    (lambda: bad(_with(X0, (0, 0), np.inf)), r"^X holds infinite values; mark missing entries as NaN$"),
+    (lambda: bad(X0, likelihood="bernoulli"), r"^likelihood='bernoulli' needs 0/1 data; non-binary columns: 0, 1, 2, 3, 4$"),
+    (lambda: (lambda: iwae.Imputer(epochs=0).fit(X0)),
+     r"^epochs must be None \(from the data's shape\) or an integer >= 1, got 0$"),
+    (lambda: bad(X0, likelihood="poisson"), r"^likelihood must be one of auto, gaussian, student-t, bernoulli, got 'poisson'$"),
+    (lambda: bad(np.zeros(5)), r"^Expected a 2-d array \[N, D\], got shape \[5\]; Reshape your data"),
+    (lambda: bad(X0[:1]), r"^Found array with 1 sample\(s\) \(shape=\(1, 5\)\) while the Imputer needs at least 2"),
+    (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
+     r"^X has 4 features, but Imputer is expecting 5 features as input$"),
+], ids=["empty-column", "constant-column", "non-numeric-columns", "non-numeric-array", "inf", "bernoulli-on-reals",
+        "zero-epochs", "unknown-likelihood", "1-d", "one-row", "other-column-count"])
+def test_bad_input_is_one_line_and_modifies_nothing(make, message):
+    call = make()
+    before = X0.copy()
+    with pytest.raises(ValueError, match=message) as err:
+        call()
+    assert len(str(err.value).splitlines()) == 1
+    assert np.array_equal(X0, before, equal_nan=True)
+
+
+def test_sparse_input_is_refused_in_one_line():
+    from scipy import sparse
+    with pytest.raises(TypeError, match=r"^a sparse matrix was passed, but the Imputer needs dense data"):
+        iwae.Imputer(**FAST).fit(sparse.csr_matrix(np.eye(4)))
+
+
+def test_scikit_learns_estimator_checks_pass():
+    from sklearn.utils.estimator_checks import check_estimator
+    results = check_estimator(iwae.Imputer(epochs=1, k=2, latent=2, hidden=4, draws=5, batch_size=16), on_fail=None)
+    failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
+    assert len(results) > 40 and not failed
