@@ -26,6 +26,9 @@ __version__ = "0.1.0"
 def __getattr__(name):
     """iwae.Imputer, imported on first use: it needs scikit-learn, which ``import iwae`` does not load."""
     if name == "Imputer":
-        from .app.imputer import Imputer
+        try:
+            from .app.imputer import Imputer
+        except ModuleNotFoundError as err:
+            raise ImportError(f"iwae.Imputer needs {err.name}: pip install \"iwae[missing]\"") from None
         return Imputer
     raise AttributeError(f"module 'iwae' has no attribute {name!r}")

@@ -453,7 +453,10 @@ def add_impute(sub):
 
 
 def cmd_impute(args):
-    from .tables import impute_file
+    try:
+        from .tables import impute_file
+    except ModuleNotFoundError as err:
+        raise ValueError(f"iwae impute needs {err.name}: pip install \"iwae[missing]\"") from None
     r = impute_file(args.file, args.out, multiple=args.multiple, epochs=args.epochs, likelihood=args.likelihood,
                     k=args.k, seed=args.seed, device=args.device)
     what = f"{args.multiple} multiple imputations" if args.multiple else "the single imputation"
