@@ -155,7 +155,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return _like(out, kind if kind[0] in ("torch", "numpy") else ("numpy", np.float64))
 
     def score(self, X, y=None):
-        """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units)."""
+        """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units); with a
+        mechanism other than "mar", of log p(x_o, s) (the missingness model's term included)."""
         values, _ = self._checked(X)
         bound = self._run(lambda m, x: log_likelihood(m, x, self.draws, compile="off"), values, units=False)
         observed = ~np.isnan(values)
