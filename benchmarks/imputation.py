@@ -62,6 +62,17 @@ def imputer(method, seed):
             "iwae-t": lambda: iwae.Imputer(likelihood="student-t", seed=seed)}[method]()
 
 
+def fill(model, holes):
+    """model's imputation of holes (NaN = missing); a scikit-learn imputer gets the table
+    standardised with its observed values' statistics and its output scaled back (iwae.Imputer
+    standardises inside)."""
+    if type(model).__module__.startswith("iwae"):
+        return model.fit_transform(holes)
+    from sklearn.preprocessing import StandardScaler
+    scaler = StandardScaler().fit(holes)
+    return scaler.inverse_transform(model.fit_transform(scaler.transform(holes)))
+
+
 def run_one(name, seed, method):
     x = load(name)
     removed = mcar(x.shape, seed)
@@ -69,12 +80,7 @@ def run_one(name, seed, method):
     varied = np.nanmax(holes, 0) > np.nanmin(holes, 0)      # digits: some pixels keep one observed value
     x, removed, holes = x[:, varied], removed[:, varied], holes[:, varied]
     began = time.perf_counter()
-    if method.startswith("iwae"):
-        filled = imputer(method, seed).fit_transform(holes)
-    else:
-        from sklearn.preprocessing import StandardScaler
-        scaler = StandardScaler().fit(holes)
-        filled = scaler.inverse_transform(imputer(method, seed).fit_transform(scaler.transform(holes)))
+    filled = fill(imputer(method, seed), holes)
     seconds = time.perf_counter() - began
     error = (filled - x) / x.std(0)
     return {"dataset": name, "seed": seed, "method": method, "shape": list(x.shape),

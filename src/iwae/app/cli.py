@@ -446,6 +446,10 @@ def add_impute(sub):
                    help="write M multiple imputations [M, N, D] instead of the single imputation")
     p.add_argument("--epochs", type=positive_int, help="training epochs (default: from the table's shape)")
     p.add_argument("--likelihood", default="auto", help="auto | gaussian | student-t | bernoulli")
+    p.add_argument("--mechanism", default="mar",
+                   help="mar (missing at random) | self-masking | linear (missing not at random, docs/missing.md)")
+    p.add_argument("--sign", choices=("positive", "negative"),
+                   help="self-masking: the sign of w_j when known (positive: high values go missing)")
     p.add_argument("--k", type=positive_int, default=20, help="importance samples of the training bound")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=positive_int, help="CPU threads for torch (default: torch's)")
@@ -458,12 +462,19 @@ def cmd_impute(args):
     except ModuleNotFoundError as err:
         raise ValueError(f"iwae impute needs {err.name}: pip install \"iwae[missing]\"") from None
     r = impute_file(args.file, args.out, multiple=args.multiple, epochs=args.epochs, likelihood=args.likelihood,
-                    k=args.k, seed=args.seed, device=args.device)
+                    k=args.k, seed=args.seed, device=args.device, mechanism=args.mechanism, sign=args.sign)
     what = f"{args.multiple} multiple imputations" if args.multiple else "the single imputation"
     print(f"{r['rows']} x {r['columns']}, {r['missing']} missing; trained {r['epochs']} epochs in "
           f"{r['fit_seconds']:.1f} s (train bound {r['train_bound']:.3f}, standardised)")
     print(f"bound on the observed entries: {r['bound']:.3f} nats per row; {what} written to {args.out} "
           f"({r['seconds']:.1f} s in all)")
+    fitted = r.get("missingness")
+    if fitted is not None and "w" in fitted:
+        print("self-masking p(observed | x_j) = sigmoid(-w_j (x_j - b_j)): " + ", ".join(
+            f"{name} w={w:.3g} b={b:.4g}" for name, w, b in zip(fitted["feature"], fitted["w"], fitted["b"])))
+    elif fitted is not None:
+        print(f"linear p(observed | x) = sigmoid(weight @ x + bias), weight {len(fitted['bias'])} x "
+              f"{len(fitted['bias'])} (iwae.Imputer(mechanism='linear').missingness_)")
 
 
 def parser():

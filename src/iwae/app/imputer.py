@@ -14,6 +14,7 @@ import json
 import math
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +24,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..core.densities import Bernoulli, Columns, Gaussian, StudentT
+from ..core.missingness import SIGNS, Linear, SelfMasking
 from ..core.model import GaussianLayer, Model
 from ..core.nets import mlp
 from ..evaluation.imputation import DRAWS, impute, multiple_impute
@@ -33,6 +35,7 @@ from ..training.loop import fit as train
 
 LIKELIHOOD_NAMES = ("auto", "gaussian", "student-t", "bernoulli")
 CONTINUOUS = {"gaussian": Gaussian, "student-t": StudentT}
+MECHANISMS = {"mar": None, "self-masking": SelfMasking, "linear": Linear}
 AUTO_CONTINUOUS = "gaussian"   # the continuous likelihood of likelihood="auto" (docs/missing.md)
 TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_size rows
 MIN_EPOCHS = 20
@@ -61,20 +64,27 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         imputation noise (transform is deterministic for a fitted imputer). device: "auto",
         "cpu", "cuda", "cuda:N". compile: "off" | "step" | "auto" (the training step).
     verbose: the loop's progress bar.
+    mechanism: "mar" (missing at random: MIWAE), "self-masking" (each value's missingness
+        depends on that value: logit p(observed) = -w_j (x_j - b_j), learned) or "linear"
+        (logistic on all of x); the last two are not-MIWAE [Ipsen et al. 2021] and need
+        continuous columns. sign: self-masking's w_j sign when known, None, "positive" (high
+        values go missing) or "negative".
 
     Fitted attributes: ``model_`` (an iwae.Model on standardised data), ``mean_``, ``scale_``
     (of the observed values only; 0 and 1 for Bernoulli columns), ``binary_`` (Bernoulli
     columns), ``n_features_in_`` (and ``feature_names_in_`` for a DataFrame), ``epochs_``,
-    ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``.
+    ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``,
+    ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
 
     def __init__(self, likelihood="auto", k=20, epochs=None, *, latent=None, hidden=None, hidden_layers=2,
                  batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input=False, seed=0,
-                 device="auto", compile="off", verbose=False):
+                 device="auto", compile="off", verbose=False, mechanism="mar", sign=None):
         self.likelihood, self.k, self.epochs = likelihood, k, epochs
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
         self.batch_size, self.lr, self.draws, self.estimator = batch_size, lr, draws, estimator
         self.mask_input, self.seed, self.device, self.compile, self.verbose = mask_input, seed, device, compile, verbose
+        self.mechanism, self.sign = mechanism, sign
 
     def fit(self, X, y=None):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
@@ -93,6 +103,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                              + _names(self._column_names(), ~self.binary_))
         if self.likelihood in CONTINUOUS:
             self.binary_ = np.zeros_like(self.binary_)
+        self._check_mechanism(observed)
         self.mean_ = np.where(self.binary_, 0.0, np.nanmean(values, 0))
         self.scale_ = np.where(self.binary_, 1.0, np.nanstd(values, 0))
         n, d = values.shape
@@ -110,7 +121,23 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             self.train_bound_ = _last_train_bound(out)
         self.fit_seconds_ = time.perf_counter() - began
         self.model_ = model.eval()
+        self.missingness_ = missingness(self)
         return self
+
+    def _check_mechanism(self, observed):
+        if self.mechanism not in MECHANISMS:
+            raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}")
+        if self.sign not in SIGNS:
+            raise ValueError(f"sign must be None, 'positive' or 'negative', got {self.sign!r}")
+        if self.mechanism == "mar":
+            return
+        if self.binary_.any():
+            raise ValueError(f"mechanism={self.mechanism!r} draws the missing values by reparameterisation, which "
+                             "binary (Bernoulli) column(s) cannot give: " + _names(self._column_names(), self.binary_)
+                             + "; use mechanism='mar', or likelihood='gaussian' to treat them as continuous")
+        if observed.all():
+            warnings.warn(f"mechanism={self.mechanism!r} on data with nothing missing: p(s | x) is fitted to an "
+                          "all-observed mask and tells nothing about the mechanism", UserWarning, stacklevel=3)
 
     def transform(self, X):
         """X with every missing entry replaced by E[x_m | x_o] (self-normalised importance
@@ -128,7 +155,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return _like(out, kind if kind[0] in ("torch", "numpy") else ("numpy", np.float64))
 
     def score(self, X, y=None):
-        """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units)."""
+        """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units); with a
+        mechanism other than "mar", of log p(x_o, s) (the missingness model's term included)."""
         values, _ = self._checked(X)
         bound = self._run(lambda m, x: log_likelihood(m, x, self.draws, compile="off"), values, units=False)
         observed = ~np.isnan(values)
@@ -170,12 +198,32 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
         sizes = [hidden] * self.hidden_layers
         encoder = GaussianLayer(mlp([d * (2 if self.mask_input else 1)] + sizes, 2 * latent))
-        return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=self.mask_input)
+        kind = MECHANISMS[self.mechanism]
+        mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else Linear(d)
+        return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=self.mask_input,
+                     missingness=mechanism)
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
         tags.input_tags.allow_nan = True
         return tags
+
+
+def missingness(imputer):
+    """A fitted Imputer's p(s | x) in X's units (None for mechanism="mar"), as a dict:
+    self-masking: {"feature", "w", "b"} with logit p(s_j = 1 | x_j) = -w_j (x_j - b_j);
+    linear: {"feature", "weight" [D, D], "bias" [D]} with logit p(s = 1 | x) = weight @ x + bias.
+    The model's parameters act on standardised x_std = (x - mean_) / scale_; they are mapped back."""
+    model = imputer.model_.missingness
+    if model is None:
+        return None
+    mean, scale, names = imputer.mean_, imputer.scale_, imputer._column_names()
+    if isinstance(model, SelfMasking):
+        w, b = (t.detach().double().cpu().numpy() for t in (model.w, model.b))
+        return {"feature": names, "w": w / scale, "b": mean + b * scale}
+    weight = model.linear.weight.detach().double().cpu().numpy() / scale[None]
+    bias = model.linear.bias.detach().double().cpu().numpy() - weight @ mean
+    return {"feature": names, "weight": weight, "bias": bias}
 
 
 def _as_array(X, imputer, reset):

@@ -22,9 +22,15 @@ mask reaches them in one of two ways:
 The values at missing positions reach neither the log weights nor their gradients (they are
 replaced by 0 through torch.where before any arithmetic). With mask=None (and missing=False,
 or no NaN) the computation is today's, op for op; with an all-True mask it is bitwise equal.
-A missingness model p(s | x) (values missing not at random) enters as one more term of
-``log_joint(x, zs, mask)``, log p(s | x_o, x_m) at x_m drawn from the likelihood at the decoded
-parameters; bounds, estimators and imputation read log w only, so they take it unchanged.
+
+Values missing not at random [Ipsen, Mattei & Frellsen 2021]: with ``missingness=`` a model
+p(s | x) (``iwae.core.missingness``) enters ``log_joint(x, zs, mask)`` as one more term,
+    log w_i = log p(x_o | z_i) + log p(s | x_o, x_m,i) + log p(z_i) - log q(z_i | x_o),
+x_m,i ~ p(x_m | z_i) drawn by reparameterisation from the likelihood at the decoded parameters
+(after z_i, so the z draws are the MAR model's under the same RNG; ``xm=`` gives them instead).
+The proposal is q(z | x_o) p(x_m | z), whose second factor cancels against the joint's. The
+draw is a differentiable function of z and theta, so the path gradients through z (STL, DReG)
+and theta's gradient include it; bounds and estimators read log w only and take it unchanged.
 """
 import torch
 import torch.nn as nn
@@ -33,6 +39,7 @@ from torch.func import functional_call
 
 from .densities import (HALF_LOG_2PI, Bernoulli, normal_log_prob, observed_values, reparameterize,
                         standard_normal_log_prob)
+from .missingness import check_likelihood
 from .nets import glorot_, mlp
 from .validate import positive_int
 
@@ -96,10 +103,13 @@ class Model(nn.Module):
             model reads x; see the module docstring.
         mask_input: the first encoder layer reads [x with missing entries 0, mask] (2 D
             inputs; an all-True mask when none is given) instead of x.
+        missingness: None (missing at random: MIWAE) or a module with ``log_prob(s, x)``
+            (``iwae.core.missingness.SelfMasking`` or ``Linear``): log p(s | x) joins the log
+            weights (module docstring); it needs a Gaussian or Student's t likelihood.
     """
 
     def __init__(self, encoder, decoder, likelihood=None, decoder_layers=(), *, missing=False,
-                 mask_input=False):
+                 mask_input=False, missingness=None):
         super().__init__()
         encoder = list(encoder) if isinstance(encoder, (list, tuple, nn.ModuleList)) else [encoder]
         if len(decoder_layers) != len(encoder) - 1:
@@ -111,6 +121,9 @@ class Model(nn.Module):
         self.decoder = decoder
         self.likelihood = likelihood if likelihood is not None else Bernoulli()
         self.missing, self.mask_input = bool(missing), bool(mask_input)
+        if missingness is not None:
+            check_likelihood(self.likelihood)
+        self.missingness = missingness
 
     def encoder_parameters(self):
         """phi: the parameters of q(z | x)."""
@@ -120,6 +133,8 @@ class Model(nn.Module):
         """theta: the parameters of p(x, z)."""
         yield from self.decoder_layers.parameters()
         yield from self.decoder.parameters()
+        if self.missingness is not None:
+            yield from self.missingness.parameters()
 
     def observe(self, x, mask=None):
         """(x with its missing entries 0, mask [B, D] bool or None): the mask given, else
@@ -140,7 +155,7 @@ class Model(nn.Module):
         observed = torch.ones_like(x) if mask is None else mask.to(x.dtype)
         return torch.cat([x, observed.expand_as(x)], -1)
 
-    def log_weights(self, x, k, *, mask=None, stop_q=False, stop_z=False, zs=None):
+    def log_weights(self, x, k, *, mask=None, stop_q=False, stop_z=False, zs=None, xm=None):
         """log w [k, B] for x [B, D] at k samples per datapoint:
         log w = log_joint(x, z) - log q(z | x).
 
@@ -153,6 +168,8 @@ class Model(nn.Module):
             returns them) instead of drawing new ones; k is then their first dimension.
         mask: [B, D] bool, True = observed: log p(x_o | z) over the observed entries only
             (see the module docstring; NaN entries are the mask of a missing=True model).
+        xm: with a missingness model, the draws x ~ p(x | z_1) [k, B, D] whose missing
+            entries are x_m (``sample_missing``) instead of new ones.
         """
         if zs is None:
             positive_int("k", k)
@@ -173,7 +190,7 @@ class Model(nn.Module):
                 log_q = log_q - (0.5 * eps.square() + log_sigma).sum(-1) \
                     - HALF_LOG_2PI * z.shape[-1]
             drawn.append(z)
-        return self.log_joint(x, drawn, mask) - log_q
+        return self.log_joint(x, drawn, mask, xm) - log_q
 
     def sample_q(self, x, k, mask=None):
         """k reparameterised draws z ~ q(z | x) of every layer: [[k, B, d_l]], bottom first."""
@@ -195,10 +212,25 @@ class Model(nn.Module):
             yield layer, h, mu, log_sigma, eps, z
             h = z
 
-    def log_joint(self, x, zs, mask=None):
+    def log_joint(self, x, zs, mask=None, xm=None):
         """log p(x, z) = log p(z) + log p(x | z_1): [k, B] at samples zs [[k, B, d_l]]; with a
-        mask, log p(x_o, z) (x's missing entries already 0: see ``observe``)."""
-        return self.log_prior(zs) + self.log_p_x_given_z(x, zs, mask)
+        mask, log p(x_o, z) (x's missing entries already 0: see ``observe``); with a
+        missingness model, + log p(s | x_o, x_m) at x_m = xm or drawn from p(x_m | z_1)."""
+        if self.missingness is None:
+            return self.log_prior(zs) + self.log_p_x_given_z(x, zs, mask)
+        if mask is None:
+            x, mask = self.observe(x)
+        mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
+        params = self.decode(zs[0])
+        xm = self.likelihood.sample(params) if xm is None else xm       # [k, B, D], reparameterised
+        complete = torch.where(mask, x, xm)
+        return (self.log_prior(zs) + self.likelihood.log_prob(x, params, mask)
+                + self.missingness.log_prob(mask, complete))
+
+    def sample_missing(self, zs):
+        """(likelihood parameters, x ~ p(x | z_1)) at samples zs: the draws ``xm=`` takes."""
+        params = self.decode(zs[0])
+        return params, self.likelihood.sample(params)
 
     def log_prior(self, zs):
         """log p(z) [k, B]: N(0, I) on the top layer, the generative layers below it."""

@@ -11,6 +11,12 @@ normalised weights w~_l = softmax_l(log w_l), log w_l = log p(x_o | z_l) + log p
   then m draws of l with probabilities w~_l (with replacement, by inverse-CDF sampling),
   each giving x_m = x_l's missing entries.
 
+Values missing not at random [Ipsen, Mattei & Frellsen 2021]: for a model with a missingness
+model p(s | x) (``model.missingness``) the weights include log p(s | x_o, x_m,l) at a draw
+x_m,l ~ p(x_m | z_l), so the single imputation is sum_l w~_l x_m,l (the sampled x_m,l the
+weights were computed at, not the likelihood's mean: p(s | x) weighs the draws, not z alone)
+and the multiple imputations resample those same pairs (z_l, x_m,l).
+
 Observed entries come back exactly as given. A row with nothing observed is imputed from
 the prior (its weights are p(z) / q(z | 0)). Both need a model with ``sample_q(x, k,
 mask)``, ``log_weights(x, k, mask=, zs=)``, ``decode`` and ``likelihood`` (iwae.Model).
@@ -38,10 +44,13 @@ def _chunks(x, draws):
 
 
 def _weighted_draws(model, x, mask, draws):
-    """(log w [L, B], likelihood parameters [L, B, P]) at L draws z ~ q(z | x_o)."""
+    """(log w [L, B], likelihood parameters [L, B, P], x ~ p(x | z) [L, B, D] or None) at L
+    draws z ~ q(z | x_o); the draws x are those a missingness model's weights were taken at."""
     zs = model.sample_q(x, draws, mask)
-    log_w = model.log_weights(x, draws, mask=mask, zs=zs)
-    return log_w, model.decode(zs[0])
+    if getattr(model, "missingness", None) is None:
+        return model.log_weights(x, draws, mask=mask, zs=zs), model.decode(zs[0]), None
+    params, xm = model.sample_missing(zs)
+    return model.log_weights(x, draws, mask=mask, zs=zs, xm=xm), params, xm
 
 
 def _resample(log_w, m):
@@ -65,9 +74,9 @@ def impute(model, x, mask=None, draws=DRAWS):
     out = []
     for start in starts:
         xb, mb = x[start:start + rows], mask[start:start + rows]
-        log_w, params = _weighted_draws(model, xb, mb, draws)
+        log_w, params, xm = _weighted_draws(model, xb, mb, draws)
         w = torch.softmax(log_w, 0).unsqueeze(-1)                       # [L, B, 1]
-        mean = (w * model.likelihood.mean(params)).sum(0)               # [B, D]
+        mean = (w * (model.likelihood.mean(params) if xm is None else xm)).sum(0)   # [B, D]
         out.append(torch.where(mb, xb, mean.to(xb.dtype)))
     return torch.cat(out) if out else x.clone()
 
@@ -87,8 +96,8 @@ def multiple_impute(model, x, m, mask=None, draws=DRAWS):
     out = []
     for start in starts:
         xb, mb = x[start:start + rows], mask[start:start + rows]
-        log_w, params = _weighted_draws(model, xb, mb, draws)
-        sampled = model.likelihood.sample(params)                       # [L, B, D]
+        log_w, params, xm = _weighted_draws(model, xb, mb, draws)
+        sampled = model.likelihood.sample(params) if xm is None else xm  # [L, B, D]
         pick = _resample(log_w, m)                                      # [m, B]: l per draw
         index = pick.unsqueeze(-1).expand(m, xb.shape[0], xb.shape[1])  # [m, B, D]
         chosen = sampled.gather(0, index)
