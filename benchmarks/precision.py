@@ -85,7 +85,7 @@ def table(args):
         for precision in PRECISIONS:
             got = [done.get(f"l{layers}-iwae-k{k}-{precision}-s{seed}-e{args.epochs}") for seed in SEEDS]
             nll = [g[1]["test_nll"] if g else None for g in got]
-            cells = [f"{v:.2f}" if v is not None else "training" for v in nll]
+            cells = [f"{v:.2f}" if v is not None else "not finished" for v in nll]
             if all(v is not None for v in nll):
                 means[precision] = (statistics.mean(nll), max(nll) - min(nll))
                 seconds = statistics.mean(g[1]["train_seconds"] for g in got)
