@@ -1,55 +1,13 @@
 """Shared fixtures: a linear-Gaussian model with a closed-form log p(x)."""
 import pytest
-import torch
 import torch.nn as nn
 
-import iwae
-from iwae.core.densities import Gaussian
-
-
-class LinearGaussian:
-    """p(z) = N(0, I_d), p(x|z) = N(W z + b, s^2 I_D), W with orthogonal columns.
-
-    Orthogonal columns make the exact posterior diagonal, so the library's own
-    diagonal-Gaussian encoder can represent it:
-        Sigma = (I + W^T W / s^2)^-1,  mu(x) = Sigma W^T (x - b) / s^2.
-    """
-
-    def __init__(self, D=4, d=2, s=0.5, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        q, _ = torch.linalg.qr(torch.randn(D, D, generator=g, dtype=torch.float64))
-        self.W = q[:, :d] * torch.tensor([1.5, 0.7], dtype=torch.float64)[:d]
-        self.b = torch.randn(D, generator=g, dtype=torch.float64)
-        self.s, self.D, self.d = s, D, d
-        self.post_var = 1.0 / (1.0 + (self.W ** 2).sum(0) / s ** 2)           # [d]
-
-    def model(self, mean_shift=0.0, log_sigma_shift=0.0):
-        """The library Model with q = exact posterior, optionally perturbed."""
-        enc = nn.Linear(self.D, 2 * self.d).double()
-        dec = nn.Linear(self.d, self.D).double()
-        A = (self.post_var[:, None] * self.W.T) / self.s ** 2                 # [d, D]
-        with torch.no_grad():
-            enc.weight.zero_()
-            enc.weight[: self.d] = A
-            enc.bias[: self.d] = -A @ self.b + mean_shift
-            enc.bias[self.d:] = 0.5 * torch.log(self.post_var) + log_sigma_shift
-            dec.weight.copy_(self.W)
-            dec.bias.copy_(self.b)
-        return iwae.Model(iwae.GaussianLayer(enc), dec, Gaussian(scale=self.s))
-
-    def log_px(self, x):
-        cov = self.W @ self.W.T + self.s ** 2 * torch.eye(self.D, dtype=torch.float64)
-        return torch.distributions.MultivariateNormal(self.b, cov).log_prob(x)
-
-    def data(self, n, seed=1):
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.d, generator=g, dtype=torch.float64)
-        return z @ self.W.T + self.b + self.s * torch.randn(n, self.D, generator=g, dtype=torch.float64)
+from benchmarks.closed_form import LinearGaussian
 
 
 @pytest.fixture
 def lg():
-    return LinearGaussian()
+    return LinearGaussian(D=4, d=2)     # 4 observed, 2 latent: small enough for exact checks
 
 
 class FixedLogWeights(nn.Module):
