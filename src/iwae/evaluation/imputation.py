@@ -69,15 +69,12 @@ def impute(model, x, mask=None, draws=DRAWS):
     observed entries are x's, bit for bit.
     """
     positive_int("draws", draws)
-    mask = _mask_of(x, mask)
-    starts, rows = _chunks(x, draws)
-    out = []
-    for start in starts:
-        xb, mb = x[start:start + rows], mask[start:start + rows]
-        log_w, params, xm = _weighted_draws(model, xb, mb, draws)
+
+    def fill(xb, mb, log_w, params, xm):
         w = torch.softmax(log_w, 0).unsqueeze(-1)                       # [L, B, 1]
         mean = (w * (model.likelihood.mean(params) if xm is None else xm)).sum(0)   # [B, D]
-        out.append(torch.where(mb, xb, mean.to(xb.dtype)))
+        return torch.where(mb, xb, mean.to(xb.dtype))
+    out = _fill_chunks(model, x, mask, draws, fill)
     return torch.cat(out) if out else x.clone()
 
 
@@ -91,15 +88,23 @@ def multiple_impute(model, x, m, mask=None, draws=DRAWS):
     """
     positive_int("m", m)
     positive_int("draws", draws)
+
+    def fill(xb, mb, log_w, params, xm):
+        sampled = model.likelihood.sample(params) if xm is None else xm  # [L, B, D]
+        pick = _resample(log_w, m)                                      # [m, B]: l per draw
+        index = pick.unsqueeze(-1).expand(m, xb.shape[0], xb.shape[1])  # [m, B, D]
+        return torch.where(mb, xb, sampled.gather(0, index).to(xb.dtype))
+    out = _fill_chunks(model, x, mask, draws, fill)
+    return torch.cat(out, 1) if out else x.expand(m, *x.shape).clone()
+
+
+def _fill_chunks(model, x, mask, draws, fill):
+    """fill(x_chunk, mask_chunk, log_w, params, x_m) over chunks of x's rows, each with its
+    L = draws weighted draws (_weighted_draws); the list of what fill returns."""
     mask = _mask_of(x, mask)
     starts, rows = _chunks(x, draws)
     out = []
     for start in starts:
         xb, mb = x[start:start + rows], mask[start:start + rows]
-        log_w, params, xm = _weighted_draws(model, xb, mb, draws)
-        sampled = model.likelihood.sample(params) if xm is None else xm  # [L, B, D]
-        pick = _resample(log_w, m)                                      # [m, B]: l per draw
-        index = pick.unsqueeze(-1).expand(m, xb.shape[0], xb.shape[1])  # [m, B, D]
-        chosen = sampled.gather(0, index)
-        out.append(torch.where(mb, xb, chosen.to(xb.dtype)))
-    return torch.cat(out, 1) if out else x.expand(m, *x.shape).clone()
+        out.append(fill(xb, mb, *_weighted_draws(model, xb, mb, draws)))
+    return out
