@@ -36,7 +36,8 @@ PREVIOUS_MAIN = "bbcbf53"      # main before the package was split by role (issu
 def previous_main_trains(run_dir, data_dir, **config):
     """Train with the previous main's code (its src/iwae from git, in a child process), with
     the settings it knows (those added since, like precision, at their defaults)."""
-    code = ("import sys; from benchmarks.common import load_baseline; "
+    threads = torch.get_num_threads()        # as this process: matmuls round by their blocking
+    code = (f"import torch; torch.set_num_threads({threads}); from benchmarks.common import load_baseline; "
             f"base = load_baseline({PREVIOUS_MAIN!r}); import dataclasses, iwae_base.config, iwae_base.train; "
             "known = {f.name for f in dataclasses.fields(iwae_base.config.Config)}; "
             f"c = iwae_base.config.Config(**{{k: v for k, v in {config!r}.items() if k in known}}); "
