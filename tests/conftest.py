@@ -1,8 +1,19 @@
 """Shared fixtures: a linear-Gaussian model with a closed-form log p(x)."""
 import pytest
+import torch
 import torch.nn as nn
 
 from benchmarks.closed_form import LinearGaussian
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: on a shared 2-core machine two threads of these small nets
+    fight each other (and a forked child inherits fewer surprises)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

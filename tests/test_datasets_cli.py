@@ -31,12 +31,7 @@ TINY = ["--limit-train", "40", "--epochs", "1", "--k", "2", "--final-k", "5", "-
         "--eval-examples", "10", "--quiet"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cli(capsys, *argv):

@@ -57,14 +57,6 @@ def _rank(rank, world, env, run_dir, out, data_dir):
 
 
 @pytest.fixture(scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
 def runs(tmp_path_factory, data_dir, one_thread):
     """A 2-rank epoch (spawned, library) and the same epoch in one process."""
     root = tmp_path_factory.mktemp("ddp")

@@ -27,12 +27,7 @@ FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
 _counter = itertools.count()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def one_line(message):

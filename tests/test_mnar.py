@@ -21,13 +21,7 @@ from iwae.evaluation.imputation import impute, multiple_impute
 NAN = float("nan")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One torch thread: on a shared machine two threads of these small nets fight each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def pair(likelihood, dim=6, layers=1, missingness=None, **options):

@@ -42,12 +42,7 @@ SMALL = ["--limit-train", "200", "--k", "2", "--epochs", "6", "--eval-examples",
          "--final-k", "0", "--quiet"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
