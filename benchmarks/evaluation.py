@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from iwae.evaluation.annealing import CHAINS, LEAPFROG, STEPS
+
 CHUNK = 100                     # images per saved piece of an AIS or BDMC run (each seeded apart)
 SPEED_CHAINS = (1, 2, 4, 8, 16, 32)
 SPEED_IMAGES, SPEED_STEPS = 50, 50
@@ -38,14 +40,16 @@ def arguments(argv=None):
     p.add_argument("--images-4x", type=int, help="AIS at 4x the steps on the first N of them (default: all)")
     p.add_argument("--simulated", type=int, default=1000, help="images simulated for BDMC")
     p.add_argument("--gap-images", type=int, default=100)
-    p.add_argument("--steps", type=int, default=500, help="AIS's default schedule (also run at 4x)")
-    p.add_argument("--chains", type=int, default=8)
+    p.add_argument("--steps", type=int, default=STEPS, help="AIS's default schedule (also run at 4x)")
+    p.add_argument("--chains", type=int, default=CHAINS)
+    p.add_argument("--leapfrog", type=int, default=LEAPFROG)
     p.add_argument("--bdmc-chains", type=int, default=1,
                    help="chains per simulated image in each direction (one: the gap bounds single-chain AIS)")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--data-dir")
     p.add_argument("--limit-train", type=int, help="train on the first N images (smoke tests)")
+    p.add_argument("--old", help="an earlier evaluation.json whose AIS and BDMC numbers are shown beside")
     p.add_argument("--only", help="comma-separated models to evaluate (no results written)")
     p.add_argument("--speed-chains", default=",".join(map(str, SPEED_CHAINS)),
                    help="chains at which AIS's cost is timed (comma-separated; empty: none)")
@@ -99,7 +103,7 @@ def ais_nll(args, out, model, x, steps):
     from iwae.evaluation.likelihood import block_seed
     from iwae.evaluation.likelihood import EVAL_SEED
     runs, seconds = chunked(out / f"ais{steps}", len(x), lambda j, a, b: {"log_p": ais(
-        model, x[a:b], steps=steps, chains=args.chains, seed=block_seed(EVAL_SEED, j)).tolist()})
+        model, x[a:b], steps=steps, chains=args.chains, leapfrog=args.leapfrog, seed=block_seed(EVAL_SEED, j)).tolist()})
     log_p = runs["log_p"]
     return {"test_nll": -log_p.mean().item(), "standard_error": (log_p.std() / len(log_p) ** 0.5).item(),
             "n_test": len(log_p), "steps": steps, "chains": args.chains, "seconds": seconds}, log_p
@@ -111,7 +115,7 @@ def bdmc_gap(args, out, model):
     from iwae.evaluation.likelihood import EVAL_SEED
 
     def compute(j, a, b):
-        r = bdmc(model, b - a, steps=args.steps, chains=args.bdmc_chains, seed=block_seed(EVAL_SEED + 1, j))
+        r = bdmc(model, b - a, steps=args.steps, chains=args.bdmc_chains, leapfrog=args.leapfrog, seed=block_seed(EVAL_SEED + 1, j))
         return {"lower": r["lower"].tolist(), "upper": r["upper"].tolist()}
     runs, seconds = chunked(out / "bdmc", args.simulated, compute)
     gap = runs["upper"] - runs["lower"]
@@ -127,12 +131,12 @@ def speed(args, model, x):
 
     def per_image_step(chains, compile):
         started = time.perf_counter()
-        ais(model, x[:SPEED_IMAGES], steps=SPEED_STEPS, chains=chains, compile=compile)
+        ais(model, x[:SPEED_IMAGES], steps=SPEED_STEPS, chains=chains, leapfrog=args.leapfrog, compile=compile)
         return round(1e3 * (time.perf_counter() - started) / (min(SPEED_IMAGES, len(x)) * SPEED_STEPS), 4)
     rows = []
     for chains in [int(c) for c in args.speed_chains.split(",") if c]:
         started = time.perf_counter()
-        ais(model, x[:SPEED_IMAGES], steps=1, chains=chains, compile="step")
+        ais(model, x[:SPEED_IMAGES], steps=1, chains=chains, leapfrog=args.leapfrog, compile="step")
         compiling = round(time.perf_counter() - started, 1)
         rows.append({"chains": chains, "ms_per_image_step": per_image_step(chains, "step"), "compile_seconds": compiling})
     return {"images": min(SPEED_IMAGES, len(x)), "steps": SPEED_STEPS, "threads": torch.get_num_threads(),
@@ -183,7 +187,7 @@ def markdown(rows, args):
              + (f" --images-4x {n4}" if on4 else "") + f"`: Table-1 models (dynamic binarization) "
              f"trained {args.epochs} epochs; NLLs in nats on the first {args.images} MNIST test images "
              f"(binarized once, seed 1234); ± one standard error over images; differences are paired per "
-             f"image. AIS: {args.chains} chains, 10 leapfrog steps, sigmoid schedule, from q, at {s} steps "
+             f"image. AIS: {args.chains} chains, {args.leapfrog} leapfrog steps, step sizes from a pilot run, frozen, sigmoid schedule, from q, at {s} steps "
              f"(the default) and at {s4}{on4}. BDMC: {args.bdmc_chains} chain(s) each way at {s} steps on "
              f"{args.simulated} images simulated from each model (upper - lower bound). Gaps on the first "
              f"{args.gap_images} test images (q*: 500 Adam steps per image, AIS at {s} steps): approximation "
@@ -204,19 +208,42 @@ def markdown(rows, args):
         f"{words}: L_{args.k} {r['l5000']['seconds']}, AIS {r['ais'][s]['seconds']} / {r['ais'][s4]['seconds']}, "
         f"BDMC {r['bdmc']['seconds']}, gaps {sum(r['gaps']['seconds'].values()):.1f}"
         for r, (_, words) in zip(rows, MODELS)) + ".", ""]
+    if args.old:
+        lines += beside_old(rows, json.loads(Path(args.old).read_text()), args)
     timing = rows[0]["speed"]
     if timing:
         lines += [f"AIS cost by chains ({MODELS[0][1]}, {timing['images']} images x {timing['steps']} steps, "
                   f"compiled transition, {timing['threads']} thread(s)): milliseconds per image and AIS step, "
-                  "seconds per image at the default 500 steps, and seconds to compile each shape.", "",
-                  "| chains | ms / image / step | s / image at 500 steps | compile (s) |", "|---|---|---|---|"]
-        lines += [f"| {t['chains']} | {t['ms_per_image_step']:.3f} | {t['ms_per_image_step'] * 500 / 1e3:.3f} | "
+                  f"seconds per image at the default {s} steps, and seconds to compile each shape.", "",
+                  f"| chains | ms / image / step | s / image at {s} steps | compile (s) |", "|---|---|---|---|"]
+        lines += [f"| {t['chains']} | {t['ms_per_image_step']:.3f} | {t['ms_per_image_step'] * args.steps / 1e3:.3f} | "
                   f"{t['compile_seconds']} |" for t in timing["rows"]]
         eager = timing["eager"]
         lines += ["", f"The eager transition (compile=\"off\") at {eager['chains']} chains: "
                   f"{eager['ms_per_image_step']:.3f} ms per image and step."]
         lines.append("")
     return "\n".join(lines)
+
+
+def beside_old(rows, old, args):
+    """The new rows' AIS and BDMC against an earlier evaluation.json's (its own images and
+    settings): the paired AIS - L_k and the BDMC gap are each run's own differences."""
+    old = {r["name"]: r for r in old}
+    lines = [f"Beside the earlier run ({args.old}; its AIS and BDMC settings in its own table): "
+             "AIS - L_k paired per image, the BDMC gap, the gaps of `iwae gaps`.", "",
+             "| model | AIS - L_k, old | AIS - L_k, new | BDMC gap, old | BDMC gap, new | approximation gap, old / new "
+             "| amortization gap, old / new |", "|---|---|---|---|---|---|---|"]
+    pm = lambda d, m="mean", e="standard_error": f"{d[m]:.2f} ± {d[e]:.2f}"
+    for r, (name, words) in zip(rows, MODELS):
+        o = old.get(name)
+        if o is None:
+            continue
+        bd = lambda x: pm(x["bdmc"], "gap", "gap_standard_error")
+        g, og = r["gaps"]["mean"], o["gaps"]["mean"]
+        lines.append(f"| {words} | {pm(o['ais_minus_l5000'])} | {pm(r['ais_minus_l5000'])} | {bd(o)} | {bd(r)} | "
+                     f"{og['approximation_gap']:.2f} / {g['approximation_gap']:.2f} | "
+                     f"{og['amortization_gap']:.2f} / {g['amortization_gap']:.2f} |")
+    return lines + [""]
 
 
 def main(argv=None):

@@ -244,5 +244,9 @@ def test_the_evaluation_driver_end_to_end_on_a_tiny_budget(data_dir, tmp_path):
     assert "AIS NLL, 8 / 2 steps (first 2 images)" in table[4]
     ais = tmp_path / "runs" / "evaluation" / "l1-vae-k1" / "ais8" / "0.json"                 # the 4x steps
     stamp = ais.stat().st_mtime_ns
-    again = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=600)
+    old = tmp_path / "old.json"
+    old.write_text((tmp_path / "results" / "evaluation.json").read_text())
+    again = subprocess.run(cmd + ["--old", str(old)], cwd=root, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and ais.stat().st_mtime_ns == stamp and "training" not in again.stdout
+    beside = (tmp_path / "results" / "evaluation.md").read_text().split("| model | AIS - L_k, old |")[1].splitlines()
+    assert [line.split(" | ")[1] == line.split(" | ")[2] for line in beside[2:5]] == [True] * 3   # old = new here

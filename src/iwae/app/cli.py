@@ -15,6 +15,7 @@ from ..core.estimators import ESTIMATORS
 from ..core.model import PAPER_LAYERS, SCALES
 from ..core.objective import ALIASES, BOUNDS
 from ..data import LIKELIHOODS, VALIDATIONS, DataError
+from ..evaluation.annealing import CHAINS, STEPS
 from ..evaluation.diagnostics import DEFAULT_ESTIMATORS, DEFAULT_K
 from ..evaluation.likelihood import EVAL_SEED
 from ..runtime.compile import COMPILES
@@ -192,8 +193,8 @@ def add_evaluate(sub):
     p.add_argument("--missing", type=fraction, metavar="P",
                    help="remove this fraction of every test image's pixels (seeded by --seed): the bound of "
                         "the observed pixels and the imputation of the removed ones (default: the run's --missing)")
-    p.add_argument("--steps", type=positive_int, default=2000, help="AIS: intermediate distributions")
-    p.add_argument("--chains", type=positive_int, default=8, help="AIS: chains per image")
+    p.add_argument("--steps", type=positive_int, default=STEPS, help="AIS: intermediate distributions")
+    p.add_argument("--chains", type=positive_int, default=CHAINS, help="AIS: chains per image")
 
 
 def cmd_train(args):
@@ -387,8 +388,8 @@ def add_gaps(sub):
     p.add_argument("run", help="run directory")
     p.add_argument("--examples", type=positive_int, default=100, help="the first N test images")
     p.add_argument("--q-steps", type=positive_int, default=500, help="Adam steps fitting each image's q*")
-    p.add_argument("--ais-steps", type=positive_int, default=500)
-    p.add_argument("--chains", type=positive_int, default=8)
+    p.add_argument("--ais-steps", type=positive_int, default=STEPS, help="AIS: intermediate distributions")
+    p.add_argument("--chains", type=positive_int, default=CHAINS, help="AIS: chains per image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for gaps.json and gaps.png (default: RUN)")
     p.add_argument("--data-dir")

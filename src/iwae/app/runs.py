@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from ..evaluation.annealing import ais, bdmc
+from ..evaluation.annealing import CHAINS, STEPS, ais, bdmc
 from ..core.validate import positive_int
 from ..evaluation.diagnostics import (DEFAULT_ESTIMATORS, DEFAULT_K, check_draws, diagnose_model, header, parse_ks,
                                       specs_of)
@@ -150,7 +150,7 @@ def provenance(device):
             "revision": revision()}
 
 
-def gaps_run(run_dir, *, examples=100, q_steps=500, ais_steps=500, chains=8, out=None, data_dir=None,
+def gaps_run(run_dir, *, examples=100, q_steps=500, ais_steps=STEPS, chains=CHAINS, out=None, data_dir=None,
              seed=0, device="cpu"):
     """inference_gaps on a run's first `examples` test images; writes gaps.json and gaps.png
     into out (default the run directory); returns (result, json path, png path)."""

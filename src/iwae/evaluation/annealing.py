@@ -35,6 +35,7 @@ from ..runtime.compile import COMPILES, compiled, flushed_subnormals
 from ..runtime.rng import forked_rng
 
 SCHEDULES = ("sigmoid", "linear")
+STEPS, CHAINS, LEAPFROG = 2000, 8, 5   # the defaults, from results/ais_study.md (python -m benchmarks.ais_study)
 INITS = ("q", "prior")
 COMPILE_MIN_WORK = 50_000       # steps x images from which compiling the transition pays (~0.7 ms saved each)
 TARGET_ACCEPT = 0.65
@@ -202,7 +203,7 @@ def _steps_and_pilot(steps, pilot):
     return pilot
 
 
-def ais(model, x, *, steps=2000, chains=8, leapfrog=5, schedule="sigmoid", init="q", seed=0,
+def ais(model, x, *, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, schedule="sigmoid", init="q", seed=0,
         step_size=0.05, pilot="auto", batch_size=100, progress=False, with_chains=False, compile="auto",
         timings=None, step_sizes=None):
     """log p^(x) per datapoint by AIS: x [N, D] -> float64 [N] (a stochastic lower bound).
@@ -263,7 +264,7 @@ def _pilot_seed(seed, batch):
     return (seed * 1_000_003 + 7_919 * (batch + 1)) % (2 ** 63)
 
 
-def bdmc(model, n, *, steps=2000, chains=8, leapfrog=5, schedule="sigmoid", init="q", seed=0,
+def bdmc(model, n, *, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, schedule="sigmoid", init="q", seed=0,
          step_size=0.05, pilot="auto", batch_size=100, progress=False, compile="auto", timings=None):
     """Bidirectional Monte Carlo on n examples simulated from the model.
 

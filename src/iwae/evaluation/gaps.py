@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..core.densities import normal_log_prob, reparameterize
 from ..core.validate import positive_int
 from ..runtime.rng import forked_rng
-from .annealing import ais
+from .annealing import CHAINS, STEPS, ais
 from .likelihood import log_likelihood
 
 
@@ -79,7 +79,7 @@ def fit_local_posterior(model, x, *, steps=500, k=10, lr=1e-2, seed=0):
     return local
 
 
-def inference_gaps(model, x, *, q_steps=500, q_k=10, ais_steps=500, chains=8, k=5000, seed=0):
+def inference_gaps(model, x, *, q_steps=500, q_k=10, ais_steps=STEPS, chains=CHAINS, k=5000, seed=0):
     """Per-example and mean numbers in nats for x [B, D]: elbo_q, elbo_q_star (5000-sample
     ELBOs), l5000_q, l5000_q_star, ais, approximation_gap = ais - elbo_q_star,
     amortization_gap = elbo_q_star - elbo_q, and the seconds each part took. q* takes q_steps
