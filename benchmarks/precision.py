@@ -73,7 +73,7 @@ def table(args):
     lines = [f"# bf16 against fp32: quality after {args.epochs} epochs", "",
              f"`python -m benchmarks.precision --jobs {args.jobs}` (written at {git_revision()}, "
              f"{machine_info()['cpu']}): {args.epochs} epochs of the paper's schedule, batch 20, one "
-             "torch thread per run, two runs at a time; test NLL = -mean L_5000 over "
+             "torch thread per run (up to --jobs runs at a time, so training seconds depend on the load); test NLL = -mean L_5000 over "
              f"{'the full test set' if not args.limit_train else f'the first {args.limit_train} test images'}"
              ", evaluated in fp32 for every run. Target: the bf16 mean within the fp32 seeds' spread of "
              f"the fp32 mean and at most {TOLERANCE} nats worse.", "",
