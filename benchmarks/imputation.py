@@ -127,6 +127,7 @@ def plot(rows, datasets, methods, path):
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def write_report(rows, datasets, methods, out):

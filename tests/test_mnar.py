@@ -256,6 +256,13 @@ def test_iwae_impute_mechanism(tmp_path, capsys):
     code = main(["impute", str(tmp_path / "t.npy"), "--out", str(tmp_path / "g.npy"), "--mechanism", "x"] + fast)
     _, err = capsys.readouterr()
     assert code == 2 and err.strip() == "iwae: error: mechanism must be one of mar, self-masking, linear, got 'x'"
+    complete = tmp_path / "complete.npy"
+    np.save(complete, np.nan_to_num(given, nan=1.0))
+    code = main(["impute", str(complete), "--out", str(tmp_path / "h.npy"), "--mechanism", "linear"] + fast)
+    _, err = capsys.readouterr()
+    assert code == 0 and "UserWarning" not in err
+    assert [line for line in err.splitlines() if "warning" in line] == ["iwae: warning: mechanism='linear' on data with nothing missing: p(s | x) "
+                                              "is fitted to an all-observed mask and tells nothing about the mechanism"]
 
 
 def test_not_miwae_on_meta():

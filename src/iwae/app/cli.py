@@ -9,6 +9,7 @@ import os
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from ..core.estimators import ESTIMATORS
@@ -499,6 +500,11 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "reproduce": cmd_repro
             "impute": cmd_impute}
 
 
+def one_line_warning(message, category, filename, lineno, file=None, line=None):
+    """The CLI's warnings: one line each on stderr, as its errors are."""
+    print(f"iwae: warning: {str(message).splitlines()[0]}", file=sys.stderr)
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
     args.argv = sys.argv[1:] if argv is None else list(argv)
@@ -512,7 +518,9 @@ def main(argv=None):
         if args.command not in ("train", "evaluate") and launched():
             raise ValueError(f"`iwae {args.command}` runs in one process; under torchrun only train and "
                              "evaluate share the work (run it without torchrun)")
-        COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = one_line_warning
+            COMMANDS[args.command](args)
     except Interrupted as err:                     # SIGINT/SIGTERM: saved; says how to resume
         if is_main():
             print(f"iwae: {err}", file=sys.stderr)
