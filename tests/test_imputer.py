@@ -137,6 +137,16 @@ def test_the_default_sizes_follow_the_shape():
     assert default_sizes(100_000, 200) == (10, 128, 20)
 
 
+@pytest.mark.parametrize("compile, epochs, rows, step", [("auto", 334, 569, "step"), ("auto", 111, 569, "off"),
+                                                         ("auto", 112, 569, "step"), ("off", 334, 569, "off"),
+                                                         ("step", 1, 10, "step")])
+def test_compile_auto_compiles_the_step_of_fits_of_a_thousand_steps_or_more(compile, epochs, rows, step):
+    # 569 rows in batches of 64: 9 steps an epoch, so 111 epochs are 999 steps and 112 are 1008
+    imputer = iwae.Imputer(compile=compile)
+    imputer.epochs_ = epochs
+    assert imputer._compile(rows) == step
+
+
 def bad(x, **kw):
     return lambda: iwae.Imputer(**FAST, **kw).fit(x)
 
