@@ -5,7 +5,8 @@
 The evaluator (iwae.log_likelihood, default settings) and the floor (only the forward
 matrix products at the evaluator's exact shapes: per chunk, the encoder at the batch's rows
 and the decoder at chunk x batch rows) run alternately in one process; medians are
-compared, with the eager evaluator (compile="off") and the previous main's evaluator
+compared, with the floor plus the one elementwise term every evaluator needs (each pixel's
+Bernoulli log density at each sample, compiled) beside it, with the eager evaluator (compile="off") and the previous main's evaluator
 (--baseline, imported from its own source) alongside. Peak memory is the VmHWM of a fresh
 process per k (5000 and 50000). Writes benchmarks/results/evaluate.json.
 """
@@ -42,11 +43,15 @@ def arguments(argv=None):
 
 
 class EvalFloor:
-    """The forward matmuls of log_likelihood(model, x, k) at its chunk shapes."""
+    """The forward matmuls of log_likelihood(model, x, k) at its chunk shapes; with
+    likelihood=True also the one elementwise term no evaluator can skip: the Bernoulli log
+    density of every pixel at every sample, summed over pixels (compiled: one fused kernel
+    over the decoder's [rows, 784] output)."""
 
-    def __init__(self, model, n_images, k, batch_size=100, max_samples=16384, device="cpu"):
+    def __init__(self, model, n_images, k, batch_size=100, max_samples=16384, device="cpu", likelihood=False):
         rows = max(1, min(max_samples, evaluation.CHUNK_BYTES // (4 * 784)))
         self.calls = []
+        self.likelihood = torch.compile(pixel_log_density) if likelihood else None
         floors = {}
         for b in [min(batch_size, n_images - s) for s in range(0, n_images, batch_size)]:
             chunk = max(1, rows // b)
@@ -55,10 +60,18 @@ class EvalFloor:
                 if (b, c) not in floors:
                     floors[(b, c)] = MatmulFloor(linear_shapes(model, c, b), backward=False, device=device)
                 self.calls.append(floors[(b, c)])
+        self.pixels = {id(f): (f.layers[-1][5] > 0).float() for f in floors.values()}     # binary x [rows, 784]
 
     def __call__(self):
         for floor in self.calls:
             floor()
+            if self.likelihood is not None:
+                self.likelihood(floor.layers[-1][4], self.pixels[id(floor)])  # the decoder's output [rows, 784]
+
+
+def pixel_log_density(logits, x):
+    """sum_d log Bernoulli(x_d | logits_d) per row: [rows, D] -> [rows]."""
+    return -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
 
 
 def run(args, test=None):
@@ -73,6 +86,7 @@ def run(args, test=None):
               "data": source, "k": args.k, "threads": args.threads, "target_clock": clock,
               "speed": [], "memory": []}
     labels = {"iwae": "iwae.log_likelihood, {}-layer (compiled)", "eager": "  the same, compile=\"off\"",
+              "floor_lik": "  the floor plus the pixels' Bernoulli log density (compiled)",
               "main": "  the previous main's iwae.log_likelihood"}
     base = load_baseline(args.baseline) if args.baseline and args.device == "cpu" else None
     sync = torch.cuda.synchronize if args.device == "cuda" else None
@@ -82,7 +96,8 @@ def run(args, test=None):
         model = iwae.paper_model(n_layers).eval().to(args.device)
         variants = {"iwae": lambda m=model: iwae.log_likelihood(m, x, args.k, compile="step"),
                     "eager": lambda m=model: iwae.log_likelihood(m, x, args.k, compile="off"),
-                    "floor": EvalFloor(model, x.shape[0], args.k, device=args.device)}
+                    "floor": EvalFloor(model, x.shape[0], args.k, device=args.device),
+                    "floor_lik": EvalFloor(model, x.shape[0], args.k, device=args.device, likelihood=True)}
         if base is not None:
             twin = base.paper_model(n_layers).eval()
             twin.load_state_dict(model.state_dict())
@@ -102,7 +117,7 @@ def run(args, test=None):
                 "ratio": {c: med[c][name] / med[c]["floor"] for c in med}, "first_call_s": first[name]})
         print(f"evaluate {n_layers}-layer k={args.k} ({clock} clock): " + ", ".join(
             f"{n} {v:.2f} ms/image ({v / med[clock]['floor']:.2f}x)" for n, v in med[clock].items()), flush=True)
-    for k in [int(v) for v in args.memory_k.split(",")] if args.device == "cpu" else []:
+    for k in [int(v) for v in args.memory_k.split(",") if v] if args.device == "cpu" else []:
         result["memory"].append(peak_memory(k, x[:5], args.threads))
         print(f"memory k={k}: peak {result['memory'][-1]['peak_mib']:.0f} MiB "
               f"(after import {result['memory'][-1]['baseline_mib']:.0f} MiB)", flush=True)
