@@ -27,10 +27,12 @@ from benchmarks.imputation import done, fill, imputer, load
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATASETS = ("breast_cancer", "wine")
 METHODS = ("mar", "self-masking", "linear", "mice", "missforest")
-EXTRA = ("self-masking-positive",)      # sign="positive": "high values go missing" known
+EXTRA = ("self-masking-positive",        # sign="positive": "high values go missing" known
+         "self-masking-no-mask")         # mask_input=False: the encoder without the mask
 LABELS = {"mar": "iwae.Imputer(mechanism='mar')", "self-masking": "iwae.Imputer(mechanism='self-masking')",
           "linear": "iwae.Imputer(mechanism='linear')",
           "self-masking-positive": "iwae.Imputer(mechanism='self-masking', sign='positive')",
+          "self-masking-no-mask": "iwae.Imputer(mechanism='self-masking', mask_input=False)",
           "mice": "MICE (BayesianRidge)", "missforest": "missForest (ExtraTrees 100)"}
 
 
@@ -48,6 +50,8 @@ def model(method, seed):
     import iwae
     if method == "self-masking-positive":
         return iwae.Imputer(mechanism="self-masking", sign="positive", seed=seed)
+    if method == "self-masking-no-mask":
+        return iwae.Imputer(mechanism="self-masking", mask_input=False, seed=seed)
     return iwae.Imputer(mechanism=method, seed=seed)
 
 

@@ -216,6 +216,16 @@ def test_linear_missingness_in_x_units_matches_the_model():
     np.testing.assert_allclose(x @ fitted["weight"].T + fitted["bias"], inside, atol=1e-5)
 
 
+@pytest.mark.parametrize("mechanism, mask_input, reads_mask", [("mar", "auto", False), ("self-masking", "auto", True),
+                                                              ("linear", "auto", True), ("self-masking", False, False),
+                                                              ("mar", True, True)])
+def test_the_encoder_reads_the_mask_under_a_missingness_model_unless_told(mechanism, mask_input, reads_mask):
+    _, given, _, _ = simulated(40)
+    imp = iwae.Imputer(mechanism=mechanism, mask_input=mask_input, epochs=1, hidden=4, draws=5).fit(given)
+    first = next(m for m in imp.model_.encoder.modules() if isinstance(m, torch.nn.Linear))
+    assert imp.model_.mask_input == reads_mask and first.in_features == given.shape[1] * (2 if reads_mask else 1)
+
+
 def test_the_imputer_refuses_bad_mechanisms_in_one_line():
     _, given, _, _ = simulated(50)
     fast = dict(epochs=1, hidden=4, draws=5)

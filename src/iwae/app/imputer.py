@@ -61,7 +61,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     k: importance samples of the training bound. epochs, latent, hidden: None picks them from
         the data's shape (``default_sizes``). hidden_layers: per network. batch_size, lr: Adam's.
     draws: importance samples L per row for transform, sample and score. estimator: "standard",
-        "stl" or "dreg". mask_input: the encoder also reads the mask. seed: training and
+        "stl" or "dreg". mask_input: the encoder also reads the mask; "auto": under a missingness
+        model (mechanism not "mar"), where s tells about x_m and p(z | x_o, s) is not p(z | x_o),
+        so q(z | .) needs s; not under "mar", where it does not. seed: training and
         imputation noise (transform is deterministic for a fitted imputer). device: "auto",
         "cpu", "cuda", "cuda:N". compile: the training step's, "auto" ("step" for fits of at least
         COMPILE_MIN_STEPS steps: compiling costs 1-5 s and saves 2-3 ms of a 5-6 ms step on the
@@ -81,7 +83,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """
 
     def __init__(self, likelihood="auto", k=20, epochs=None, *, latent=None, hidden=None, hidden_layers=2,
-                 batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input=False, seed=0,
+                 batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto", seed=0,
                  device="auto", compile="auto", verbose=False, mechanism="mar", sign=None):
         self.likelihood, self.k, self.epochs = likelihood, k, epochs
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
@@ -93,6 +95,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
+        if not (isinstance(self.mask_input, str) and self.mask_input == "auto") and self.mask_input not in (True, False):
+            raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
         for name in ("epochs", "latent", "hidden"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
@@ -206,10 +210,11 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                                   (Bernoulli(), np.flatnonzero(binary).tolist())])
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
         sizes = [hidden] * self.hidden_layers
-        encoder = GaussianLayer(mlp([d * (2 if self.mask_input else 1)] + sizes, 2 * latent))
+        mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
+        encoder = GaussianLayer(mlp([d * (2 if mask_input else 1)] + sizes, 2 * latent))
         kind = MECHANISMS[self.mechanism]
         mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else Linear(d)
-        return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=self.mask_input,
+        return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=mask_input,
                      missingness=mechanism)
 
     def __sklearn_tags__(self):
