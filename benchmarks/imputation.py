@@ -156,23 +156,30 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS)
     args = p.parse_args(argv)
+    rows = run_missing(args.out / "imputation.jsonl", args, run_one,
+                       after=lambda rows: write_report(rows, args.datasets, args.methods, args.out))
+    write_report(rows, args.datasets, args.methods, args.out)
+
+
+def run_missing(log, args, run_one, after=None):
+    """run_one(data set, seed, method) on one thread for every key of args' grid that log
+    (one JSON line per finished key) lacks, missForest last, each line appended as it
+    finishes, then after(rows); returns all rows."""
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
-    log = args.out / "imputation.jsonl"
+    log.parent.mkdir(parents=True, exist_ok=True)
     rows = done(log)
     order = sorted(((n, s, m) for n in args.datasets for s in range(args.seeds) for m in args.methods),
-                   key=lambda t: (t[2] == "missforest", t[1], DATASETS.index(t[0]) if t[0] in DATASETS else 9))
-    for key in order:
-        if key in rows:
-            continue
+                   key=lambda t: (t[2] == "missforest", t[1], args.datasets.index(t[0])))
+    for key in [key for key in order if key not in rows]:
         rows[key] = run_one(*key)
         with log.open("a") as f:
             f.write(json.dumps(rows[key]) + "\n")
         print(json.dumps(rows[key]), flush=True)
-        write_report(rows, args.datasets, args.methods, args.out)
-    write_report(rows, args.datasets, args.methods, args.out)
+        if after is not None:
+            after(rows)
+    return rows
 
 
 if __name__ == "__main__":

@@ -14,15 +14,13 @@ given the table standardised with its observed values' statistics (benchmarks.im
 One thread. Resumable: one JSON line per (data set, seed, method) in imputation_mnar.jsonl.
 """
 import argparse
-import json
 import math
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.imputation import done, fill, imputer, load
+from benchmarks.imputation import done, fill, imputer, load, run_missing
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATASETS = ("breast_cancer", "wine")
@@ -110,22 +108,9 @@ def main(argv=None):
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--report", action="store_true", help="only rewrite the table from the lines found")
     args = p.parse_args(argv)
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    import torch
-    torch.set_num_threads(1)
-    args.out.mkdir(parents=True, exist_ok=True)
     log = args.out / "imputation_mnar.jsonl"
-    rows = done(log)
-    order = sorted(((n, s, m) for n in args.datasets for s in range(args.seeds) for m in args.methods),
-                   key=lambda t: (t[2] == "missforest", t[1], DATASETS.index(t[0])))
-    for key in order:
-        if key in rows or args.report:
-            continue
-        rows[key] = run_one(*key)
-        with log.open("a") as f:
-            f.write(json.dumps(rows[key]) + "\n")
-        print(json.dumps(rows[key]), flush=True)
-    write_report(done(log), args.datasets, args.methods, args.out)
+    rows = done(log) if args.report else run_missing(log, args, run_one)
+    write_report(rows, args.datasets, args.methods, args.out)
 
 
 if __name__ == "__main__":
