@@ -60,7 +60,8 @@ class EvalFloor:
                 if (b, c) not in floors:
                     floors[(b, c)] = MatmulFloor(linear_shapes(model, c, b), backward=False, device=device)
                 self.calls.append(floors[(b, c)])
-        self.pixels = {id(f): (f.layers[-1][5] > 0).float() for f in floors.values()}     # binary x [rows, 784]
+        if likelihood:                                                                    # binary x [rows, 784]
+            self.pixels = {id(f): (f.layers[-1][5] > 0).float() for f in floors.values()}
 
     def __call__(self):
         for floor in self.calls:

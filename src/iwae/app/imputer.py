@@ -66,8 +66,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         so q(z | .) needs s; not under "mar", where it does not. seed: training and
         imputation noise (transform is deterministic for a fitted imputer). device: "auto",
         "cpu", "cuda", "cuda:N". compile: the training step's, "auto" ("step" for fits of at least
-        COMPILE_MIN_STEPS steps: compiling costs 1-5 s and saves 2-3 ms of a 5-6 ms step on the
-        CPU), "step" or "off".
+        COMPILE_MIN_STEPS steps, where compiling once repays itself: docs/missing.md), "step"
+        or "off".
     verbose: the loop's progress bar.
     mechanism: "mar" (missing at random: MIWAE), "self-masking" (each value's missingness
         depends on that value: logit p(observed) = -w_j (x_j - b_j), learned) or "linear"
@@ -95,7 +95,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
-        if not (isinstance(self.mask_input, str) and self.mask_input == "auto") and self.mask_input not in (True, False):
+        if self.mask_input not in ("auto", True, False):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
         for name in ("epochs", "latent", "hidden"):
             value = getattr(self, name)
