@@ -1,6 +1,6 @@
 """Evaluation benchmark: L_5000 per image against the forward matmul floor, and peak memory.
 
-    python -m benchmarks.evaluate [--images 20] [--threads 1]
+    python -m benchmarks.evaluate [--images 100] [--threads 1] [--chunk-rows R]
 
 The evaluator (iwae.log_likelihood, default settings) and the floor (only the forward
 matrix products at the evaluator's exact shapes: per chunk, the encoder at the batch's rows
@@ -8,10 +8,13 @@ and the decoder at chunk x batch rows) run alternately in one process; medians a
 compared, with the floor plus the one elementwise term every evaluator needs (each pixel's
 Bernoulli log density at each sample, compiled) beside it, with the eager evaluator (compile="off") and the previous main's evaluator
 (--baseline, imported from its own source) alongside. Peak memory is the VmHWM of a fresh
-process per k (5000 and 50000). Writes benchmarks/results/evaluate.json.
+process per k (5000 and 50000); the cost of compiling, on a cold cache, is the first minus the
+second call of a fresh process (torch.compile's caches in an empty folder) on one chunk of
+samples. Writes benchmarks/results/evaluate.json.
 """
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -29,13 +32,16 @@ from .common import (RESULTS, MatmulFloor, data_dir, git_revision, interleaved, 
 
 def arguments(argv=None):
     p = argparse.ArgumentParser(prog="python -m benchmarks.evaluate", description=__doc__.splitlines()[0])
-    p.add_argument("--images", type=int, default=20, help="test images (one batch)")
+    p.add_argument("--images", type=int, default=100, help="test images (one batch, as iwae evaluate's)")
     p.add_argument("--k", type=int, default=5000)
     p.add_argument("--layers", default="1,2")
     p.add_argument("--repeats", type=int, default=5, help="timed evaluations per variant")
     p.add_argument("--memory-k", default="5000,50000")
+    p.add_argument("--no-compile-cost", action="store_true", help="skip the cold-cache compile probe")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--baseline", default="20794ac", help="git revision of the previous main ('' to skip)")
+    p.add_argument("--chunk-rows", type=int, help="cap the evaluator's chunks (and the floor's) at this many "
+                   "rows of 784 floats instead of its CHUNK_BYTES, to compare chunk sizes run by run")
+    p.add_argument("--baseline", default="a56e7d7", help="git revision of the previous main ('' to skip)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--data-dir")
     p.add_argument("--out", default=str(RESULTS))
@@ -77,6 +83,8 @@ def pixel_log_density(logits, x):
 
 def run(args, test=None):
     torch.set_num_threads(args.threads)
+    if args.chunk_rows:
+        evaluation.CHUNK_BYTES = args.chunk_rows * 784 * 4
     if test is None:
         _, test, source = load_images(data_dir(args.data_dir), n_test=args.images)
     else:
@@ -85,7 +93,8 @@ def run(args, test=None):
     clock = "cpu" if args.threads == 1 and args.device == "cpu" else "wall"
     result = {"machine": machine_info(args.device), "revision": git_revision(), "images": x.shape[0],
               "data": source, "k": args.k, "threads": args.threads, "target_clock": clock,
-              "speed": [], "memory": []}
+              "chunk_rows": evaluation.CHUNK_BYTES // (4 * 784),
+              "speed": [], "memory": [], "compile": []}
     labels = {"iwae": "iwae.log_likelihood, {}-layer (compiled)", "eager": "  the same, compile=\"off\"",
               "floor_lik": "  the floor plus the pixels' Bernoulli log density (compiled)",
               "main": "  the previous main's iwae.log_likelihood"}
@@ -122,6 +131,9 @@ def run(args, test=None):
         result["memory"].append(peak_memory(k, x[:5], args.threads))
         print(f"memory k={k}: peak {result['memory'][-1]['peak_mib']:.0f} MiB "
               f"(after import {result['memory'][-1]['baseline_mib']:.0f} MiB)", flush=True)
+    for n_layers in [] if args.no_compile_cost or args.device != "cpu" else [int(v) for v in args.layers.split(",")]:
+        result["compile"].append(compile_cost(n_layers, x.shape[0], args.threads))
+        print(f"compile {n_layers}-layer, cold cache: {result['compile'][-1]['compile_s']:.1f} s", flush=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     Path(args.out, "evaluate.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
@@ -153,6 +165,38 @@ def peak_memory(k, x, threads):
         raise RuntimeError(f"memory probe failed: {done.stderr[-2000:]}")
     base, peak = (float(v) for v in done.stdout.split()[-2:])
     return {"k": k, "images": x.shape[0], "baseline_mib": base, "peak_mib": peak}
+
+
+COMPILE_SCRIPT = r"""
+import sys, time, torch, iwae
+import iwae.evaluation.likelihood as evaluation
+torch.set_num_threads(int(sys.argv[3]))
+evaluation.CHUNK_BYTES = int(sys.argv[4])
+torch.manual_seed(0)
+model = iwae.paper_model(int(sys.argv[1])).eval()
+x = torch.bernoulli(torch.full((int(sys.argv[2]), 784), 0.13))
+k = max(1, evaluation.CHUNK_BYTES // (4 * 784) // x.shape[0])   # one chunk: the evaluator's shape
+calls = []
+for _ in range(2):
+    t = time.perf_counter()
+    iwae.log_likelihood(model, x, k, compile="step")
+    calls.append(time.perf_counter() - t)
+print(*calls)
+"""
+
+
+def compile_cost(n_layers, images, threads):
+    """Seconds of the first compiled call beyond the second, in a fresh process whose
+    torch.compile caches start empty (TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        env = dict(os.environ, TORCHINDUCTOR_CACHE_DIR=tmp, TRITON_CACHE_DIR=tmp)
+        done = subprocess.run([sys.executable, "-c", COMPILE_SCRIPT, str(n_layers), str(images), str(threads),
+                               str(evaluation.CHUNK_BYTES)],
+                              capture_output=True, text=True, timeout=1800, env=env)
+    if done.returncode:
+        raise RuntimeError(f"compile probe failed: {done.stderr[-2000:]}")
+    first, second = (float(v) for v in done.stdout.split()[-2:])
+    return {"layers": n_layers, "images": images, "compile_s": first - second}
 
 
 def main(argv=None):

@@ -297,7 +297,8 @@ def bf16_markdown(rows, c):
 def evaluation_markdown(ev):
     c = ev.get("target_clock", "wall")
     lines = ["## Evaluation: L_5000 with iwae.log_likelihood", "",
-             f"{ev['images']} test images ({ev['data']}), k={ev['k']}, {ev['threads']} thread(s); time per "
+             f"{ev['images']} test images ({ev['data']}), k={ev['k']}, {ev['threads']} thread(s), chunks of at most "
+             f"{ev.get('chunk_rows', 8024)} rows; time per "
              f"image against the forward matmul floor at the evaluator's shapes, the variants taking turns "
              f"in one process ({c} clock; wall clock in brackets); peak memory (VmHWM) of a fresh process "
              f"per k.", "",
@@ -308,6 +309,9 @@ def evaluation_markdown(ev):
     lines += ["", "| k | images | peak RSS (VmHWM) | after import and model |", "|---|---|---|---|"]
     for r in ev.get("memory", []):
         lines.append(f"| {r['k']} | {r['images']} | {r['peak_mib']:.0f} MiB | {r['baseline_mib']:.0f} MiB |")
+    if ev.get("compile"):
+        lines += ["", "Compiling, on a cold cache (fresh process, empty caches; first call minus second, one chunk): "
+                  + ", ".join(f"{r['layers']}-layer {r['compile_s']:.1f} s" for r in ev["compile"]) + "."]
     lines.append("")
     return lines
 

@@ -264,21 +264,29 @@ def test_compiled_evaluation_equals_the_eager_one():
     assert not fast.is_inference()                              # usable outside inference_mode
 
 
+class ChunkRecorder(nn.Module):
+    """Records the (samples, datapoints) of every log_weights call; log w = 0."""
+
+    def __init__(self):
+        super().__init__()
+        self.shapes = []
+
+    def log_weights(self, x, k):
+        self.shapes.append((k, x.shape[0]))
+        return torch.zeros(k, x.shape[0], dtype=torch.float64)
+
+
 def test_evaluation_chunks_are_capped_for_wide_data():
     import iwae.evaluation.likelihood as evaluation
-
-    class Recorder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.sizes = []
-
-        def log_weights(self, x, k):
-            self.sizes.append(k * x.shape[0])
-            return torch.zeros(k, x.shape[0], dtype=torch.float64)
-
-    model = Recorder()
+    model = ChunkRecorder()
     iwae.log_likelihood(model, torch.zeros(10, 784), 5000, batch_size=10, compile="off")
-    assert max(model.sizes) * 784 * 4 <= evaluation.CHUNK_BYTES
+    assert max(k * b for k, b in model.shapes) * 784 * 4 <= evaluation.CHUNK_BYTES
+
+
+def test_l5000_of_a_batch_of_100_mnist_images_is_250_chunks_of_one_shape():
+    model = ChunkRecorder()                   # one shape: one compiled graph, no recompile
+    iwae.log_likelihood(model, torch.zeros(100, 784), 5000, compile="off")
+    assert model.shapes == [(20, 100)] * 250
 
 
 def test_an_optimizer_step_without_its_hooks_still_steps():

@@ -13,11 +13,12 @@ from ..runtime.rng import forked_rng
 
 EVAL_SEED = 1234            # binarization and sample noise of every evaluation
 
-CHUNK_BYTES = 24 << 20     # keep a chunk's [rows, D] float buffers below glibc's mmap limit
-COMPILE_MIN_WORK = 1 << 32  # compile log_weights when k * N * D reaches this: L_5000 on ~1,100 MNIST images.
-# Compiling costs ~10 s of CPU (importing torch._dynamo included) and saves ~7 ms per image of
-# L_5000 (1-layer 37.3 against 44.4 eager, 2-layer 54.9 against 62.1; one thread, Intel Xeon
-# with AVX-512/AMX, python -m benchmarks.evaluate): it pays from ~1,400 images
+CHUNK_BYTES = 6 << 20       # a chunk's [rows, D] floats: 2006 rows of 784 (see log_likelihood)
+COMPILE_MIN_WORK = 1 << 36  # compile log_weights when k * N * D reaches this: L_5000 on ~17,500 MNIST images.
+# Compiling costs ~12 s on a cold cache and saves ~1 ms per image of L_5000 on the 1-layer
+# net (27.6 against 28.9 ms eager) and ~4 ms on the 2-layer net (42.7 against 46.6; one thread,
+# Intel Xeon with AVX-512/AMX, python -m benchmarks.evaluate): it pays from ~12,000 images
+# (1-layer) and ~3,000 (2-layer) at one thread, later on more; the threshold is the 1-layer's.
 
 
 def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False,
@@ -29,12 +30,14 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
     memory depends on max_samples, not on k. Test NLL = -log_likelihood(...).mean().
     with_elbo: also return the k-sample ELBO (mean log w) from the same samples, [N].
 
-    Chunks are further capped at CHUNK_BYTES of [rows, D] data (8024 rows of 784 floats):
-    larger buffers are fresh mmaps from the C allocator on every chunk, whose page faults
-    cost as much as a third of the matrix products. Runs ``model.log_weights`` under
-    torch.inference_mode with subnormals flushed (CPU); compile: "auto" compiles it
-    (torch.compile, the same samples) when k * N * D reaches COMPILE_MIN_WORK, "step"
-    always, "off" never.
+    Chunks are further capped at CHUNK_BYTES of [rows, D] data (2006 rows of 784 floats, 20
+    samples of a batch of 100, so that k = 5000 is 250 chunks of one shape): the likelihood
+    reads the decoder's output soon after it is written. Eager 1-layer L_5000 costs 28-29 ms
+    per image at 1,000-2,000 rows against 40 ms at 8,000 (compiled 27-28 against 31; one
+    thread, Intel Xeon with AMX, ``python -m benchmarks.evaluate --chunk-rows R``). Runs
+    ``model.log_weights`` under torch.inference_mode with subnormals flushed (CPU); compile:
+    "auto" compiles it (torch.compile, the same samples) when k * N * D reaches
+    COMPILE_MIN_WORK, "step" always, "off" never.
     """
     positive_int("k", k)
     if batch_size < 1 or max_samples < 1:
