@@ -180,9 +180,9 @@ class MatmulFloor:
 
 
 def git_revision():
-    """This checkout's commit (+dirty: the package or the benchmarks differ from it), or None
-    outside a checkout."""
-    return revision(Path(__file__).resolve().parents[1], code=("src", "benchmarks"))
+    """This checkout's commit (+dirty: the package or the benchmarks' code differ from it; the
+    results they write do not count), or None outside a checkout."""
+    return revision(Path(__file__).resolve().parents[1], code=("src", "benchmarks", ":(exclude)benchmarks/results"))
 
 
 def load_baseline(ref):
