@@ -76,8 +76,11 @@ def train_missing(args, names):
     subprocess.run(cmd, check=True)
 
 
-def part(path, compute):
-    """compute() once: its result is kept in path (JSON) and read back afterwards."""
+def part(path, compute, valid=None):
+    """compute() once: its result is kept in path (JSON) and read back afterwards; a kept
+    result that valid(result) rejects (from an earlier run of another size) is redone."""
+    if path.exists() and valid and not valid(json.loads(path.read_text())):
+        path.unlink()
     if not path.exists():
         print(f"[{time.strftime('%H:%M:%S')}] {path.parent.name}: {path.stem}", flush=True)
         started = time.perf_counter()
@@ -90,8 +93,11 @@ def part(path, compute):
 
 def chunked(path, n, compute):
     """compute(j, start, stop) -> {key: [values]} for each CHUNK of range(n), each saved in
-    path/<j>.json once; the chunks' lists joined, and their seconds summed."""
-    pieces = [part(path / f"{j}.json", lambda j=j, a=a: compute(j, a, min(a + CHUNK, n)))
+    path/<j>.json once (redone if it holds another number of values: a run of another size);
+    the chunks' lists joined, and their seconds summed."""
+    def sized(a):
+        return lambda piece: all(len(v) == min(a + CHUNK, n) - a for v in piece.values() if isinstance(v, list))
+    pieces = [part(path / f"{j}.json", lambda j=j, a=a: compute(j, a, min(a + CHUNK, n)), sized(a))
               for j, a in enumerate(range(0, n, CHUNK))]
     joined = {key: torch.tensor([v for p in pieces for v in p[key]], dtype=torch.float64)
               for key in pieces[0] if key != "seconds"}
@@ -154,11 +160,12 @@ def evaluate_model(args, name, last):
     out.mkdir(parents=True, exist_ok=True)
     lk = part(out / "l5000.json", lambda: {k: v for k, v in evaluate_run(
         run, k=args.k, limit=args.images, data_dir=args.data_dir, per_example=per_example).items()
-        if k not in ("unit_variances", "unit_kl")})
+        if k not in ("unit_variances", "unit_kl")}, lambda r: r["n_test"] == len(x))
     ais = {args.steps: ais_nll(args, out, model, x, args.steps)}
-    bdmc = part(out / "bdmc.json", lambda: bdmc_gap(args, out, model))
+    bdmc = part(out / "bdmc.json", lambda: bdmc_gap(args, out, model), lambda r: r["n_simulated"] == args.simulated)
     gaps = part(out / "gaps.json", lambda: gaps_run(run, examples=args.gap_images, ais_steps=args.steps,
-                                                     chains=args.chains, out=out, data_dir=args.data_dir)[0])
+                                                     chains=args.chains, out=out, data_dir=args.data_dir)[0],
+                lambda r: r["n"] == args.gap_images)
     timing = None
     if name == MODELS[0][0] and args.speed_chains:
         timing = part(out / "speed.json", lambda: speed(args, model, x))
