@@ -35,11 +35,10 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
     samples of a batch of 100, so that k = 5000 is 250 chunks of one shape): the likelihood
     reads the decoder's output soon after it is written. Eager 1-layer L_5000 costs 28-29 ms
     per image at 1,000-2,000 rows against 40 ms at 8,000 (compiled 27-28 against 31; one
-    thread, Intel Xeon with AMX, ``python -m benchmarks.evaluate --chunk-rows R``,
-    docs/speed.md). Runs
-    ``model.log_weights`` under torch.inference_mode with subnormals flushed (CPU); compile:
-    "auto" compiles it (torch.compile, the same samples) when k * N * D reaches
-    COMPILE_MIN_WORK, "step" always, "off" never.
+    thread, Intel Xeon with AMX, ``python -m benchmarks.evaluate --chunk-rows R``; see
+    docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
+    flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) when
+    k * N * D reaches COMPILE_MIN_WORK, "step" always, "off" never.
     """
     positive_int("k", k)
     if batch_size < 1 or max_samples < 1:
