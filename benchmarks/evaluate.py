@@ -55,12 +55,11 @@ class EvalFloor:
     over the decoder's [rows, 784] output)."""
 
     def __init__(self, model, n_images, k, batch_size=100, max_samples=16384, device="cpu", likelihood=False):
-        rows = max(1, min(max_samples, evaluation.CHUNK_BYTES // (4 * 784)))
         self.calls = []
         self.likelihood = torch.compile(pixel_log_density) if likelihood else None
         floors = {}
         for b in [min(batch_size, n_images - s) for s in range(0, n_images, batch_size)]:
-            chunk = max(1, rows // b)
+            chunk = evaluation.chunk_samples(b, 4 * 784, max_samples)
             for start in range(0, k, chunk):
                 c = min(chunk, k - start)
                 if (b, c) not in floors:
@@ -175,7 +174,7 @@ evaluation.CHUNK_BYTES = int(sys.argv[4])
 torch.manual_seed(0)
 model = iwae.paper_model(int(sys.argv[1])).eval()
 x = torch.bernoulli(torch.full((int(sys.argv[2]), 784), 0.13))
-k = max(1, evaluation.CHUNK_BYTES // (4 * 784) // x.shape[0])   # one chunk: the evaluator's shape
+k = evaluation.chunk_samples(x.shape[0], 4 * 784)   # one chunk: the evaluator's shape
 calls = []
 for _ in range(2):
     t = time.perf_counter()

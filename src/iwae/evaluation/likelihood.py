@@ -45,14 +45,14 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
         raise ValueError("batch_size and max_samples must be >= 1")
     if compile not in COMPILES:
         raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
-    rows = max(1, min(max_samples, CHUNK_BYTES // max(1, x.element_size() * x[0].numel())))
+    row_bytes = x.element_size() * x[0].numel()
     log_weights = _log_weights
     if compile == "step" or (compile == "auto" and k * x.numel() >= COMPILE_MIN_WORK):
         log_weights = _compiled(x.device)
     out, elbo = [], []
     with torch.inference_mode(), flushed_subnormals(x.device):
         for xb in x.split(batch_size):
-            chunk = max(1, rows // xb.shape[0])
+            chunk = chunk_samples(xb.shape[0], row_bytes, max_samples)
             total = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)
             mean = torch.zeros(xb.shape[0], dtype=torch.float64, device=xb.device)
             for start in range(0, k, chunk):
@@ -64,6 +64,13 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
         out, elbo = torch.cat(out), torch.cat(elbo)
     out, elbo = out.clone(), elbo.clone()                  # ordinary tensors, not inference ones
     return (out, elbo) if with_elbo else out
+
+
+def chunk_samples(batch, row_bytes, max_samples=16384):
+    """Samples per chunk of log_likelihood for a batch of `batch` datapoints of `row_bytes`
+    bytes each: chunk x batch rows, at most max_samples and CHUNK_BYTES of [rows, D] data."""
+    rows = max(1, min(max_samples, CHUNK_BYTES // max(1, row_bytes)))
+    return max(1, rows // batch)
 
 
 def _log_weights(model, x, k):
