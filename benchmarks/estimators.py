@@ -115,12 +115,11 @@ def bounds64(run_dir, args):
     """The IWAE-64 bound and the 64-sample ELBO on the evaluation's test images (fixed seed)."""
     import torch
     from iwae.evaluation.likelihood import log_likelihood
-    from iwae.training.config import read_config
     from iwae.evaluation.likelihood import EVAL_SEED, fixed_binarization
-    from iwae.training.rundir import load_model, prepare
-    config = read_config(run_dir)
+    from iwae.training.paper import run_data
+    from iwae.training.rundir import load_model
     model = load_model(run_dir)
-    data, _, _, _ = prepare(config, args.data_dir)
+    _, data, _ = run_data(run_dir, args.data_dir)
     x = data.test[: args.limit_test] if args.limit_test else data.test
     x = fixed_binarization(x, data.binarization, EVAL_SEED)
     with torch.random.fork_rng():
@@ -188,21 +187,21 @@ def step_times(rows, args, out):
         if sorted(cached["times"]) == sorted(names) and cached["steps"] == args.time_steps:
             return cached["times"]
     import torch
-    from iwae.training.config import read_config
     from iwae.runtime.optim import make_optimizer
-    from iwae.training.rundir import load_model, prepare
+    from iwae.training.paper import run_data
+    from iwae.training.rundir import load_model
     from iwae.training.step import make_step
     print(f"[{time.strftime('%H:%M:%S')}] timing the training steps", flush=True)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     fns = {}
     for name in names:
-        config, model = read_config(out / name), load_model(out / name).train()
+        (config, _, train_x), model = run_data(out / name, args.data_dir), load_model(out / name).train()
         if not fns:
-            batches = Batches(prepare(config, args.data_dir)[1], config.batch_size, seed=args.seed)
+            batches = Batches(train_x, config.batch_size, seed=args.seed)
             pool = [batches() for _ in range(50)]
         opt = make_optimizer(model.parameters(), config.lr, config.adam_betas, config.adam_eps)
-        step = make_step(model, opt, config.k, config.objective, config.estimator, m=config.m,
+        step = make_step(model, opt, config.k, config.bound, config.estimator, m=config.m,
                          beta=config.beta, planned_steps=config.epochs * EPOCH_STEPS)
         batch = iter(pool * (1 + (args.time_steps + 40) // len(pool)))
         fns[name] = lambda step=step, batch=batch: step(next(batch))

@@ -28,8 +28,8 @@ def _check(loss):
 
 def trainer_guard(opt):
     """The non-finite check ``iwae.fit`` registers on its optimizer."""
-    from iwae.training.loop import _FiniteGuard
-    return _FiniteGuard(opt)
+    from iwae.training.guards import FiniteGuard
+    return FiniteGuard(opt)
 
 
 def project(model, k, bound="iwae", estimator="standard", m=None, beta=None, planned_steps=PAPER_STEPS,
@@ -56,7 +56,10 @@ def baseline(model, k, package):
     twin.load_state_dict(model.state_dict())
     opt = _find(package, "make_optimizer", "runtime.optim", "optim", "step").make_optimizer(
         twin.parameters(), LR, BETAS, EPS)
-    _find(package, "_FiniteGuard", "training.loop", "loop", "train")._FiniteGuard(opt)
+    try:                                       # the guard's module and name since the run object
+        _find(package, "FiniteGuard", "training.guards").FiniteGuard(opt)
+    except ValueError:
+        _find(package, "_FiniteGuard", "training.loop", "loop", "train")._FiniteGuard(opt)
     step = _find(package, "make_step", "training.step", "step").make_step(twin, opt, k, planned_steps=PAPER_STEPS)
 
     def run(x):

@@ -216,8 +216,8 @@ def test_cli_evaluate_with_ais_and_bdmc_and_gaps(data_dir, tmp_path, capsys):
     assert main(["gaps", str(run), "--examples", "2", "--q-steps", "3", "--ais-steps", "3", "--chains", "2",
                  "--data-dir", data_dir]) == 0
     assert (run / "gaps.json").exists() and (run / "gaps.png").exists()
-    for flag, value, message in (("--steps", "0", "argument --steps: must be >= 1, got 0"),
-                                 ("--chains", "-1", "argument --chains: must be >= 1, got -1")):
+    for flag, value, message in (("--steps", "0", "argument --steps: must be an integer >= 1, got 0"),
+                                 ("--chains", "-1", "argument --chains: must be an integer >= 1, got -1")):
         with pytest.raises(SystemExit) as exit_:
             main(["evaluate", str(run), "--method", "ais", flag, value])
         assert exit_.value.code == 2 and capsys.readouterr().err.startswith(f"iwae: error: {message}")

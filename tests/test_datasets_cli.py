@@ -21,7 +21,7 @@ import torch
 from iwae.app import plots
 from iwae.training.tracking import GAP
 from iwae.app.cli import main
-from iwae.training.config import read_config
+from iwae.training.rundir import read_spec
 from iwae.data import load_dataset
 from iwae.app.reproduce import PAPER_TABLE3
 from iwae.training.rundir import CHECKPOINT, load_model
@@ -123,7 +123,7 @@ def test_binarized_mnist_is_used_as_is(tmp_path, data_dir, capsys, monkeypatch):
 def test_fashion_mnist_train_evaluate_sample_plot(tmp_path, data_dir, capsys):
     run = tmp_path / "run"
     train_and_evaluate(capsys, run, "fashion-mnist", "--data-dir", data_dir)
-    assert read_config(run).dataset == "fashion-mnist"
+    assert read_spec(run).dataset == "fashion-mnist"
     sample_and_plot(capsys, run, (28, 28), "--data-dir", data_dir)
 
 
@@ -132,7 +132,7 @@ def test_binary_data_with_a_gaussian_likelihood_is_refused(tmp_path, data_dir, c
                        "--data-dir", data_dir, "--out", tmp_path / "run", *TINY)
     assert rc == 2 and len(err.splitlines()) == 1
     assert err.startswith("iwae: error: binarized-mnist: every training value is 0 or 1")
-    assert "--likelihood bernoulli" in err and not (tmp_path / "run").exists()
+    assert "use likelihood bernoulli" in err and not (tmp_path / "run").exists()
 
 
 # ------------------------------------------------------------------ Omniglot, synthetic file

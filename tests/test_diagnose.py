@@ -6,9 +6,10 @@ import torch
 
 import iwae.training.rundir
 import iwae.training.paper
+import iwae.training.source
 from iwae.app import cli
 from iwae.app import runs as diagnose_module
-from iwae.training.config import Config
+from iwae.training.spec import PaperSpec
 from iwae.evaluation.diagnostics import diagnose_model, parse_estimators
 from iwae.core.estimators import ESTIMATORS
 
@@ -89,19 +90,19 @@ def test_parse_estimators_validates_configurations():
 @pytest.fixture
 def fast_data(monkeypatch):
     """Load each data set once per test: the CLI paths below differ only in their objective."""
-    cache, load = {}, iwae.training.rundir.load_dataset
+    cache, load = {}, iwae.training.source.load_dataset
 
     def cached(name, data_dir=None, **kw):
         key = (name, str(data_dir), tuple(sorted(kw.items())))
         if key not in cache:
             cache[key] = load(name, data_dir, **kw)
         return cache[key]
-    monkeypatch.setattr(iwae.training.rundir, "load_dataset", cached)
+    monkeypatch.setattr(iwae.training.source, "load_dataset", cached)
 
 
 def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data, monkeypatch):
     run = tmp_path / "run"
-    iwae.training.paper.train(Config(limit_train=40, epochs=1, k=2, eval_examples=10), run, data_dir=data_dir, quiet=True)
+    iwae.training.paper.train(PaperSpec(limit_train=40, epochs=1, k=2, eval_examples=10, data_dir=data_dir, quiet=True), run)
     out = tmp_path / "diag"
     rc = cli.main(["diagnose", str(run), "--k", "1,2,4", "--draws", "3", "--examples", "5",
                    "--out", str(out), "--data-dir", data_dir])
@@ -157,7 +158,7 @@ def test_diagnose_cli_writes_json_and_png(tmp_path, data_dir, capsys, fast_data,
     ["--estimators", "foo"], ["--estimators", "miwae+rws"], ["--k", "0,4"], ["--k", "a"], ["--draws", "1"]])
 def test_diagnose_cli_errors_are_one_line(tmp_path, capsys, argv):
     (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "config.json").write_text(json.dumps(Config().to_dict()))
+    (tmp_path / "run" / "config.json").write_text(json.dumps(PaperSpec().to_dict()))
     rc = cli.main(["diagnose", str(tmp_path / "run"), *argv])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("iwae: error:") and err.count("\n") == 1
@@ -193,7 +194,7 @@ def test_every_objective_and_estimator_trains_from_the_cli(tmp_path, data_dir, c
         held = next(v for key, v in m.items() if key.endswith("_bound") and key != "train_bound")
         assert -1000 < m["train_bound"] < 0 and -1000 < held < 0, (objective, estimator, m)
         config = json.loads((out / "config.json").read_text())
-        assert (config["objective"], config["estimator"]) == (objective, estimator)
+        assert (config["bound"], config["estimator"]) == (objective, estimator)
         assert (config["m"], config["beta"]) == ((2, None) if objective in ("miwae", "piwae") else
                                                  (None, 0.5) if objective == "ciwae" else (None, None))
         assert (out / "checkpoint.pt").exists()

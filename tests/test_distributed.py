@@ -18,7 +18,7 @@ import torch.multiprocessing as mp
 import iwae
 from iwae.evaluation.likelihood import block_seed, seeded_log_likelihood
 from iwae.runtime import distributed
-from iwae.training.config import Config
+from iwae.training.spec import PaperSpec
 from iwae.app.runs import evaluate_run
 from iwae.training.paper import train
 
@@ -27,7 +27,7 @@ TIMEOUT = 150            # seconds for one 2-process launch
 
 
 def config(**kw):
-    return Config(**{"limit_train": LIMIT_TRAIN, "epochs": 1, "k": 3, "eval_examples": 30, **kw})
+    return PaperSpec(**{"limit_train": LIMIT_TRAIN, "epochs": 1, "k": 3, "eval_examples": 30, **kw})
 
 
 def free_port():
@@ -50,7 +50,7 @@ def _rank(rank, world, env, run_dir, out, data_dir):
     os.environ.update(env, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     torch.set_num_threads(1)
     try:
-        model = train(config(), run_dir, data_dir=data_dir, quiet=True)
+        model = train(config(data_dir=data_dir, quiet=True), run_dir)
         torch.save(model.state_dict(), f"{out}/rank{rank}.pt")
     finally:
         distributed.cleanup()
@@ -71,7 +71,7 @@ def runs(tmp_path_factory, data_dir, one_thread):
         if p.is_alive():
             p.kill()
     assert [p.exitcode for p in procs] == [0, 0]
-    single = train(config(), root / "single", data_dir=data_dir, quiet=True)
+    single = train(config(data_dir=data_dir, quiet=True), root / "single")
     return root, single
 
 
@@ -116,7 +116,7 @@ def test_resume_and_evaluate_under_torchrun(runs, data_dir):
                    "--final-k", "20", "--final-limit-test", "50", "--quiet", env=loopback_env(free_port()))
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.count("test NLL (L_20, 50 test images)") == 1                 # rank 0 alone prints
-    train(config(epochs=2), root / "single", resume=True, data_dir=data_dir, quiet=True)
+    train(config(epochs=2, data_dir=data_dir, quiet=True), root / "single", resume=True)
     d, s = metrics(run)[1], metrics(root / "single")[1]
     assert d["steps"] == s["steps"] == 12
     assert d["train_bound"] == pytest.approx(s["train_bound"], rel=1e-5)

@@ -127,7 +127,7 @@ def test_evaluations_use_every_core_and_bad_thread_counts_are_one_line(tmp_path,
                 cli.main(command + ["--threads", "0"])
             err = capsys.readouterr().err
             assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
-            assert err.startswith("iwae: error: argument --threads: must be >= 1, got 0")
+            assert err.startswith("iwae: error: argument --threads: must be an integer >= 1, got 0")
     finally:
         torch.set_num_threads(threads)
 
@@ -138,7 +138,8 @@ def test_seeded_evaluation_decides_compiling_on_all_of_x_not_on_one_block(monkey
     real = likelihood.log_likelihood
     monkeypatch.setattr(likelihood, "log_likelihood",
                         lambda *a, compile="auto", **kw: asked.append(compile) or real(*a, compile="off", **kw))
-    monkeypatch.setattr(likelihood, "COMPILE_MIN_WORK", 4 * 6 * 784)     # k * N * D of all of x
+    import iwae.runtime.compile
+    monkeypatch.setitem(iwae.runtime.compile.AUTO_MIN_WORK, "likelihood", 4 * 6 * 784)   # k * N * D of all of x
     model, x = iwae.paper_model(1), torch.zeros(6, 784)
     likelihood.seeded_log_likelihood(model, x, 4, block=2)
     likelihood.seeded_log_likelihood(model, x[:5], 4, block=2)

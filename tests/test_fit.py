@@ -4,16 +4,18 @@ import json
 import os
 import signal
 
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
 
 import iwae
-import iwae.training.loop
+import iwae.training.fit
 from iwae.training.checkpoint import CheckpointError
 from iwae.app.cli import main
 from iwae.data import Dataset, load_dataset
-from iwae.training.loop import Interrupted
+from iwae.training.guards import Interrupted
 
 SMALL = {"k": 2, "epochs": 2, "batch_size": 20, "compile": "off", "eval_examples": 20, "quiet": True,
          "device": "cpu"}
@@ -68,7 +70,7 @@ def test_fit_takes_a_dataset_name(data_dir, tmp_path, monkeypatch):
     small = Dataset(real.name, real.train[:60], real.test[:20], real.valid[:20], real.image_shape,
                     real.binarization)
     asked = []
-    monkeypatch.setattr(iwae.training.loop, "load_dataset", lambda name, where: asked.append((name, where)) or small)
+    monkeypatch.setattr(sys.modules["iwae.training.fit"], "load_dataset", lambda name, where: asked.append((name, where)) or small)
     torch.manual_seed(0)
     iwae.fit(iwae.paper_model(1), "binarized-mnist", out=tmp_path / "run", data_dir=data_dir,
              **{**SMALL, "epochs": 1})
@@ -95,7 +97,7 @@ def test_bad_data_is_one_value_error(data, message, tmp_path):
 
 @pytest.mark.parametrize("kwargs,message", [
     ({"k": 0}, r"^k must be an integer >= 1, got 0$"),
-    ({"epochs": -1}, r"^epochs must be a positive integer, got -1$"),
+    ({"epochs": -1}, r"^epochs must be an integer >= 1, got -1$"),
     ({"estimator": "magic"}, r"^unknown estimator 'magic'"),
     ({"device": "tpu"}, r"^device must be auto, cpu, cuda or cuda:N, got 'tpu'$"),
     ({"compile": "always"}, r"^compile must be one of auto, off, step, got 'always'$"),
@@ -153,7 +155,7 @@ def test_negative_final_k_is_refused(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["train", "--final-k", "-5"])
     assert exit_.value.code == 2
-    assert capsys.readouterr().err == ("iwae: error: argument --final-k: must be >= 0, got -5 "
+    assert capsys.readouterr().err == ("iwae: error: argument --final-k: must be an integer >= 0, got -5 "
                                        "(see: iwae train --help)\n")
 
 

@@ -16,10 +16,12 @@ from hypothesis import strategies as st
 
 import iwae.training.rundir
 import iwae.training.paper
+import iwae.training.source
 from iwae.training import checkpoint
 from iwae.training.checkpoint import CheckpointError
 from iwae.app.cli import main
-from iwae.training.config import Config, read_config
+from iwae.training.rundir import read_spec
+from iwae.training.spec import PaperSpec
 from iwae.data import DataError, Dataset, load_dataset
 
 FUZZ = settings(max_examples=50, deadline=None, derandomize=True, database=None,
@@ -46,7 +48,7 @@ def synthetic(likelihood):
 @pytest.fixture
 def quick_data(monkeypatch):
     """`--dataset synthetic` is a tiny in-memory data set; other names go to the real loader."""
-    real = iwae.training.rundir.load_dataset
+    real = iwae.training.source.load_dataset
 
     def load(name, data_dir=None, *, validation="none", likelihood="bernoulli", **kw):
         if name == "synthetic":
@@ -54,7 +56,7 @@ def quick_data(monkeypatch):
                 raise DataError(f"unknown likelihood {likelihood!r}")
             return synthetic(likelihood)
         return real(name, data_dir, validation=validation, likelihood=likelihood, **kw)
-    monkeypatch.setattr(iwae.training.rundir, "load_dataset", load)
+    monkeypatch.setattr(iwae.training.source, "load_dataset", load)
 
 
 def mostly(valid, invalid):
@@ -156,18 +158,18 @@ VALUES = st.one_of(st.none(), st.booleans(), st.integers(-5, 10 ** 20), st.float
 
 
 @FUZZ
-@given(changes=st.dictionaries(st.sampled_from(sorted(Config().to_dict()) + ["extra"]), VALUES, max_size=4))
+@given(changes=st.dictionaries(st.sampled_from(sorted(PaperSpec().to_dict()) + ["extra"]), VALUES, max_size=4))
 def test_config_files_validate_or_fail_in_one_line(tmp_path_factory, changes):
     run = tmp_path_factory.getbasetemp() / f"fuzz-config-{next(_counter)}"
     run.mkdir()
-    (run / "config.json").write_text(json.dumps({**Config().to_dict(), **changes}))
+    (run / "config.json").write_text(json.dumps({**PaperSpec().to_dict(), **changes}))
     try:
-        config = read_config(run)
+        config = read_spec(run)
     except ValueError as err:
         assert one_line(str(err)) and str(err).startswith(f"{run / 'config.json'} is not a valid config: ")
     else:
         assert config.validate() is config
-        Config.from_dict(config.to_dict()).validate()
+        PaperSpec.from_dict(config.to_dict()).validate()
 
 
 # ---------------------------------------------------------------- data files

@@ -16,7 +16,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 
 import iwae
-from iwae.app.imputer import default_sizes
+from iwae.missing.imputer import default_sizes
 from iwae.core.densities import Columns, StudentT
 
 FAST = dict(epochs=2, k=3, latent=2, hidden=8, draws=20, batch_size=16)
@@ -199,3 +199,37 @@ def test_scikit_learns_estimator_checks_pass():
     results = check_estimator(iwae.Imputer(epochs=1, k=2, latent=2, hidden=4, draws=5, batch_size=16), on_fail=None)
     failed = [(r["check_name"], str(r["exception"])[:200]) for r in results if r["status"] == "failed"]
     assert len(results) > 40 and not failed
+
+
+@pytest.fixture
+def no_file_writes(monkeypatch):
+    """Any file opened for writing (by open() or os.open, in this process) fails the test."""
+    import builtins
+    import os
+    real_open, real_os_open = builtins.open, os.open
+
+    def guarded_open(file, mode="r", *args, **kwargs):
+        if any(c in mode for c in "wax+"):
+            raise AssertionError(f"wrote {file}")
+        return real_open(file, mode, *args, **kwargs)
+
+    def guarded_os_open(path, flags, *args, **kwargs):
+        if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
+            raise AssertionError(f"wrote {path}")
+        return real_os_open(path, flags, *args, **kwargs)
+    monkeypatch.setattr(builtins, "open", guarded_open)
+    monkeypatch.setattr(os, "open", guarded_os_open)
+
+
+def test_fit_transform_and_fit_without_out_write_no_file(no_file_writes):
+    """The Imputer and iwae.fit(out=None) train in memory (the step eager: torch.compile keeps a
+    cache of its own); what they learned comes back in memory."""
+    _, x = table()
+    imputer = iwae.Imputer(**FAST, compile="off")
+    filled = imputer.fit_transform(x)
+    assert not np.isnan(filled).any() and np.isfinite(imputer.train_bound_)
+    model = iwae.paper_model(1, input_dim=5, likelihood=iwae.Gaussian())
+    from iwae.training.fit import train
+    trained = train(model, torch.randn(40, 5), k=2, epochs=2, compile="off", quiet=True, device="cpu")
+    assert [r["epoch"] for r in trained.history] == [1, 2] and trained.model is model
+    assert trained.train_bound == trained.history[-1]["train_bound"]

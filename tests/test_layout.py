@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "iwae"
-LAYERS = ("core", "runtime", "data", "evaluation", "training", "app")   # bottom first
+LAYERS = ("core", "runtime", "data", "evaluation", "training", "missing", "app")   # bottom first
 FACE = {"__init__.py", "__main__.py"}
 MAX_FUNCTION_LINES = 80
 

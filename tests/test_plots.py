@@ -10,7 +10,7 @@ import iwae
 from iwae.app import plots
 from iwae.training.tracking import GAP, GAP_VALUE
 from iwae.app.cli import main
-from iwae.training.config import Config
+from iwae.training.spec import PaperSpec
 from iwae.training.paper import train
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -122,12 +122,12 @@ def test_active_units(tmp_path):
 
 
 def test_plot_runs_draws_one_panel_per_layer_count_and_skips_runs_without_epochs(tmp_path):
-    from iwae.training.config import write_config
+    from iwae.training import rundir
     dirs = []
     for name, layers, epochs in [("a", 1, 5), ("b", 2, 3), ("c", 1, 0), ("d", 2, 5)]:
         run_dir = tmp_path / name
-        run_dir.mkdir()
-        write_config(Config(layers=layers), run_dir)
+        with rundir.open_run(run_dir, PaperSpec(layers=layers)):      # config.json
+            pass
         (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics(epochs=epochs)))
         dirs.append(run_dir)
     (dirs[0] / "eval.json").write_text(json.dumps({"test_nll": 160.0}))     # a finished run: a star
@@ -136,16 +136,17 @@ def test_plot_runs_draws_one_panel_per_layer_count_and_skips_runs_without_epochs
 
 
 def test_read_metrics(tmp_path):
+    from iwae.training import rundir
     lines = [json.dumps(m) for m in metrics()]
     (tmp_path / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n\n" + lines[2] + "\n")
-    assert plots.read_metrics(tmp_path) == metrics()[:3]
+    assert rundir.read_metrics(tmp_path) == metrics()[:3]
     (tmp_path / "metrics.jsonl").write_text(lines[0] + "\n" + '{"epoch": 2' + "\n")
     with pytest.raises(ValueError) as err:
-        plots.read_metrics(tmp_path)
+        rundir.read_metrics(tmp_path)
     assert str(err.value) == f"{tmp_path / 'metrics.jsonl'}, line 2: malformed JSON (Expecting ',' delimiter)"
     (tmp_path / "metrics.jsonl").write_text("[1, 2]\n")
     with pytest.raises(ValueError, match=r"line 1: expected a JSON object$"):
-        plots.read_metrics(tmp_path)
+        rundir.read_metrics(tmp_path)
 
 
 @pytest.fixture
@@ -155,8 +156,8 @@ def run(tmp_path):
     data = tmp_path / "data.npz"
     np.savez(data, train=torch.rand(60, 6, 10, generator=g).numpy(),
              test=torch.rand(12, 6, 10, generator=g).numpy())
-    config = Config(dataset=str(data), epochs=2, k=2, eval_examples=10, schedule="constant")
-    train(config, tmp_path / "run", quiet=True)
+    config = PaperSpec(dataset=str(data), epochs=2, k=2, eval_examples=10, schedule="constant", quiet=True)
+    train(config, tmp_path / "run")
     return tmp_path / "run"
 
 

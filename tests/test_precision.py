@@ -12,7 +12,8 @@ from iwae.app.cli import main
 from iwae.core import nets
 from iwae.core.nets import BF16_MIN_MACS, matmul_dtype
 from iwae.runtime.optim import make_optimizer
-from iwae.training.config import Config, read_config
+from iwae.training.rundir import read_spec
+from iwae.training.spec import PaperSpec
 from iwae.training.paper import train
 from iwae.training.step import make_step
 
@@ -80,7 +81,7 @@ def test_tf32_without_cuda_is_refused_by_the_step():
 
 def test_an_unknown_precision_is_one_line():
     with pytest.raises(ValueError, match=r"^precision must be one of fp32, bf16, tf32, got 'fp16'$"):
-        Config(precision="fp16").validate()
+        PaperSpec(precision="fp16").validate()
 
 
 def test_cli_tf32_without_cuda_exits_2_in_one_line(tmp_path, capsys, data_dir):
@@ -96,31 +97,31 @@ def test_cli_tf32_without_cuda_exits_2_in_one_line(tmp_path, capsys, data_dir):
 
 def test_precision_is_saved_and_honoured_on_resume(tmp_path, data_dir):
     small = dict(limit_train=60, k=50, eval_examples=10, precision="bf16")
-    train(Config(epochs=1, **small), tmp_path / "run", data_dir=data_dir, quiet=True)
+    train(PaperSpec(epochs=1, **small, data_dir=data_dir, quiet=True), tmp_path / "run")
     assert json.loads((tmp_path / "run" / "config.json").read_text())["precision"] == "bf16"
     with pytest.raises(ValueError, match="disagree with .*config.json on precision"):
-        train(Config(epochs=2, **{**small, "precision": "fp32"}), tmp_path / "run", resume=True,
-              data_dir=data_dir, quiet=True)
+        train(PaperSpec(epochs=2, **{**small, "precision": "fp32"}, data_dir=data_dir, quiet=True), tmp_path / "run",
+              resume=True)
     rc = main(["train", "--out", str(tmp_path / "run"), "--resume", "--epochs", "2", "--final-k", "0",
                "--quiet", "--data-dir", str(data_dir)])
-    assert rc == 0 and read_config(tmp_path / "run").precision == "bf16"
+    assert rc == 0 and read_spec(tmp_path / "run").precision == "bf16"
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
 
 
 def test_a_bf16_run_resumes_bitwise(tmp_path, data_dir):
     small = dict(limit_train=60, k=50, eval_examples=10, precision="bf16", compile="off")
-    whole = train(Config(epochs=2, **small), tmp_path / "whole", data_dir=data_dir, quiet=True)
-    train(Config(epochs=1, **small), tmp_path / "split", data_dir=data_dir, quiet=True)
-    resumed = train(Config(epochs=2, **small), tmp_path / "split", resume=True, data_dir=data_dir, quiet=True)
+    whole = train(PaperSpec(epochs=2, **small, data_dir=data_dir, quiet=True), tmp_path / "whole")
+    train(PaperSpec(epochs=1, **small, data_dir=data_dir, quiet=True), tmp_path / "split")
+    resumed = train(PaperSpec(epochs=2, **small, data_dir=data_dir, quiet=True), tmp_path / "split", resume=True)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
 
 def test_a_bf16_run_is_evaluated_in_fp32(tmp_path, data_dir):
     from iwae.app.runs import evaluate_run
-    train(Config(epochs=1, limit_train=60, k=50, eval_examples=10, precision="bf16"), tmp_path / "run",
-          data_dir=data_dir, quiet=True)
+    train(PaperSpec(epochs=1, limit_train=60, k=50, eval_examples=10, precision="bf16", data_dir=data_dir,
+                    quiet=True), tmp_path / "run")
     result = evaluate_run(tmp_path / "run", k=10, limit=20, data_dir=data_dir)
     model = iwae.load_model(tmp_path / "run")
     from iwae.evaluation.likelihood import EVAL_SEED, fixed_binarization, seeded_log_likelihood

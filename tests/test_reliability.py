@@ -28,12 +28,13 @@ from tqdm import tqdm
 
 import iwae.training.rundir
 import iwae.training.paper
+import iwae.training.source
 from iwae.training import checkpoint
 from iwae.training.checkpoint import CheckpointError
 from iwae.app.cli import main
-from iwae.training.config import Config
+from iwae.training.spec import PaperSpec
 from iwae.data import DataError, Dataset, download_dataset, load_dataset
-from iwae.training.loop import Interrupted
+from iwae.training.guards import Interrupted
 from iwae.training.rundir import TrainingError, load_model
 from iwae.training.paper import train
 
@@ -55,9 +56,9 @@ def npy(data_dir, tmp_path_factory):
 
 
 def config(npy, **kw):
-    base = dict(dataset=npy, limit_train=200, k=2, epochs=6, eval_examples=20)
+    base = dict(dataset=npy, limit_train=200, k=2, epochs=6, eval_examples=20, quiet=True)
     base.update(kw)
-    return Config(**base)
+    return PaperSpec(**base)
 
 
 def same_parameters(a, b):
@@ -75,7 +76,7 @@ def metrics(run):
 def reference(npy, tmp_path_factory):
     """An uninterrupted 6-epoch run (in process): its directory."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    train(config(npy), run, quiet=True)
+    train(config(npy), run)
     return run
 
 
@@ -204,8 +205,29 @@ def test_sigkill_at_random_moments_then_resume_is_bitwise(npy, tmp_path, launche
     rc, err = cli(*argv, "--resume")                        # the last resume runs in process
     assert rc == 0, err
     assert not list(run.glob(".*.tmp"))            # stale temporaries were cleaned up
-    whole = train(config(npy, batch_size=5), tmp_path / "whole", quiet=True)
+    whole = train(config(npy, batch_size=5), tmp_path / "whole")
     assert same_parameters(load_model(run), whole), log
+    assert metrics(run) == metrics(tmp_path / "whole")
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.02, 0.1, 0.3, 1.0])
+def test_a_run_killed_in_its_first_moments_resumes_to_the_uninterrupted_run(npy, tmp_path, launcher, delay):
+    """SIGKILL `iwae train --resume` this long after it starts (before, while and after it
+    writes config.json, loads data, compiles): the directory holds nothing, or a whole
+    config.json, and `--resume` completes the run to the uninterrupted one's parameters."""
+    run = tmp_path / "run"
+    argv = ["train", "--out", str(run), "--dataset", npy, "--resume", *SMALL]
+    proc = launcher(argv)
+    time.sleep(delay)
+    proc.kill()
+    proc.join()
+    assert proc.exitcode in (0, -signal.SIGKILL), proc.exitcode
+    if (run / "config.json").exists():
+        assert json.loads((run / "config.json").read_text())["k"] == 2      # whole, never half written
+    rc, err = cli(*argv)
+    assert rc == 0, err
+    whole = train(config(npy), tmp_path / "whole")
+    assert same_parameters(load_model(run), whole)
     assert metrics(run) == metrics(tmp_path / "whole")
 
 
@@ -236,7 +258,7 @@ def test_sigterm_saves_exits_and_says_how_to_resume(npy, tmp_path):
     # the suggested command continues the run, with no flags repeated (run in process)
     rc, err = cli(*suggested[1:], "--final-k", "0", "--quiet")
     assert rc == 0, err
-    whole = train(config(npy, batch_size=2, epochs=2), tmp_path / "whole", quiet=True)
+    whole = train(config(npy, batch_size=2, epochs=2), tmp_path / "whole")
     assert same_parameters(load_model(run), whole)
     assert metrics(run) == metrics(tmp_path / "whole")
 
@@ -276,14 +298,14 @@ class Inject:
 def test_sigint_mid_epoch_checkpoint_resumes_bitwise(npy, reference, tmp_path, at):
     run = tmp_path / "run"
     with Inject(interrupt={at}), pytest.raises(Interrupted) as err:
-        train(config(npy), run, quiet=True)
+        train(config(npy), run)
     epoch, step = (at - 1) // 10 + 1, (at - 1) % 10 + 1
-    assert str(err.value) == f"interrupted at epoch {epoch}, step {step}; resume with: iwae train --out {run} --resume"
+    assert str(err.value) == f"interrupted at epoch {epoch}, step {step}; {run} holds its checkpoint"
     assert err.value.signum == signal.SIGINT
     state = checkpoint.load(run / "checkpoint.pt")
     assert (state["epoch"], state["position"]["batch"], state["steps"]) == (epoch - 1, step, at)
     assert len(metrics(run)) == epoch - 1
-    resumed = train(config(npy), run, resume=True, quiet=True)
+    resumed = train(config(npy), run, resume=True)
     assert same_parameters(resumed, load_model(reference))
     assert metrics(run) == metrics(reference)
 
@@ -294,7 +316,7 @@ def nan_row(npy, monkeypatch):
     it is NaN. Returns {epoch: step} where that batch comes (batch size 20, seed 0)."""
     images = torch.from_numpy(np.load(npy)).reshape(240, 784).float().div(255).round()
     data = Dataset("nan-row", images[:216].clone(), images[216:], None, (28, 28), "fixed")
-    monkeypatch.setattr(iwae.training.rundir, "load_dataset", lambda *args, **kwargs: data)
+    monkeypatch.setattr(iwae.training.source, "load_dataset", lambda *args, **kwargs: data)
     init_model = iwae.training.paper.init_model
 
     clean = images[7].clone()
@@ -313,7 +335,7 @@ def test_skip_policy_and_interrupt_resume_bitwise(npy, nan_row, tmp_path):
     """--on-nonfinite skip: NaN batches are skipped and counted; a mid-epoch resume is exact."""
     cfg = config(npy, epochs=2, on_nonfinite="skip")
     with Inject(nan_grad={5, 17}) as inject:
-        whole = train(cfg, tmp_path / "whole", quiet=True)
+        whole = train(cfg, tmp_path / "whole")
         calls = inject.step
     assert [m["skipped_steps"] for m in metrics(tmp_path / "whole")] == [2, 2]    # NaN row + NaN gradient
     assert all(torch.isfinite(p).all() for p in whole.parameters())
@@ -321,9 +343,9 @@ def test_skip_policy_and_interrupt_resume_bitwise(npy, nan_row, tmp_path):
     assert {int(s["step"]) for s in adam.values()} == {20 - 4}              # no update when skipped
     assert calls in (16 + 2, 20)                   # optimizer.step() calls: skipped ones may be left out
     with Inject(nan_grad={5, 17}, interrupt={4}) as inject, pytest.raises(Interrupted):
-        train(cfg, tmp_path / "split", quiet=True)
+        train(cfg, tmp_path / "split")
     with Inject(nan_grad={5, 17}, start=inject.step):
-        resumed = train(cfg, tmp_path / "split", resume=True, quiet=True)
+        resumed = train(cfg, tmp_path / "split", resume=True)
     assert same_parameters(resumed, whole)
     assert metrics(tmp_path / "split") == metrics(tmp_path / "whole")
 
@@ -333,14 +355,13 @@ def test_skip_policy_and_interrupt_resume_bitwise(npy, nan_row, tmp_path):
 def test_nonfinite_gradient_stops_keeping_the_last_good_checkpoint(npy, tmp_path):
     run = tmp_path / "run"
     with Inject(nan_grad={1}), pytest.raises(TrainingError) as err:
-        train(config(npy, epochs=3), run, quiet=True)
-    assert str(err.value) == ("non-finite gradient at epoch 1, step 1; no checkpoint was written "
-                              "(--on-nonfinite skip skips such batches)")
+        train(config(npy, epochs=3), run)
+    assert str(err.value) == "non-finite gradient at epoch 1, step 1; no checkpoint was written"
     assert not run.exists()                                    # nothing saved, nothing left behind
     with Inject(nan_grad={13}), pytest.raises(TrainingError) as err:
-        train(config(npy, epochs=3), run, quiet=True)
+        train(config(npy, epochs=3), run)
     assert str(err.value) == (f"non-finite gradient at epoch 2, step 3; the last good checkpoint, "
-                              f"{run / 'checkpoint.pt'}, is kept (--on-nonfinite skip skips such batches)")
+                              f"{run / 'checkpoint.pt'}, is kept")
     state = checkpoint.load(run / "checkpoint.pt")
     assert state["epoch"] == 1 and state["position"] is None and len(metrics(run)) == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
@@ -348,19 +369,19 @@ def test_nonfinite_gradient_stops_keeping_the_last_good_checkpoint(npy, tmp_path
 
 def test_nonfinite_loss_stops_keeping_the_last_good_checkpoint(npy, nan_row, tmp_path):
     run = tmp_path / "run"
-    train(config(npy, epochs=1, on_nonfinite="skip"), run, quiet=True)
+    train(config(npy, epochs=1, on_nonfinite="skip"), run)
     assert [m["skipped_steps"] for m in metrics(run)] == [1]
     before = (run / "checkpoint.pt").read_bytes()
     with pytest.raises(TrainingError) as err:                  # the policy may change on resume
-        train(config(npy, epochs=3, on_nonfinite="stop"), run, resume=True, quiet=True)
+        train(config(npy, epochs=3, on_nonfinite="stop"), run, resume=True)
     assert str(err.value) == (f"non-finite loss at epoch 2, step {nan_row[2]}; the last good checkpoint, "
-                              f"{run / 'checkpoint.pt'}, is kept (--on-nonfinite skip skips such batches)")
+                              f"{run / 'checkpoint.pt'}, is kept")
     assert (run / "checkpoint.pt").read_bytes() == before and len(metrics(run)) == 1
 
 
 def test_nonfinite_weights_from_init_from_fail_in_one_line(npy, tmp_path, capsys):
     source = tmp_path / "source"
-    train(config(npy, epochs=1, limit_train=20), source, quiet=True)
+    train(config(npy, epochs=1, limit_train=20), source)
     state = checkpoint.load(source / "checkpoint.pt")
     for tensor in state["model"].values():
         tensor.fill_(float("nan"))
@@ -395,7 +416,7 @@ def one_line_error(rc, err):
 @pytest.fixture(scope="module")
 def small_run(npy, tmp_path_factory):
     run = tmp_path_factory.mktemp("small") / "run"
-    train(config(npy, epochs=1, limit_train=40), run, quiet=True)
+    train(config(npy, epochs=1, limit_train=40), run)
     return run
 
 
@@ -417,8 +438,8 @@ BAD_FLAGS = [
                               "omniglot, and no such file or folder"),
     (["--objective", "iwea"], "unknown bound 'iwea'; expected one of elbo, iwae, miwae, ciwae, piwae (or 'vae')"),
     (["--estimator", "drge"], "unknown estimator 'drge'; expected one of standard, stl, dreg, rws"),
-    (["--k", "0"], "argument --k: must be >= 1, got 0 (see: iwae train --help)"),
-    (["--k", "-3"], "argument --k: must be >= 1, got -3 (see: iwae train --help)"),
+    (["--k", "0"], "argument --k: must be an integer >= 1, got 0 (see: iwae train --help)"),
+    (["--k", "-3"], "argument --k: must be an integer >= 1, got -3 (see: iwae train --help)"),
     (["--k", "two"], "argument --k: expected an integer, got 'two' (see: iwae train --help)"),
     (["--objective", "miwae", "--k", "6", "--m", "4"], "m must be a positive divisor of k=6, got 4"),
     (["--objective", "miwae", "--k", "6"], "miwae needs m, the number of groups (m must divide k=6)"),
@@ -558,12 +579,10 @@ def test_resume_with_disagreeing_flags_or_config(run_copy, npy):
     config_path.write_text(json.dumps(saved))
     rc, err = cli("train", "--out", run_copy, "--resume", "--epochs", "1", "--final-k", "0", "--quiet")
     assert rc == 0, err                                        # already done: nothing to do
-    train(config(saved["dataset"], epochs=3, limit_train=40), run_copy, resume=True, quiet=True)
+    train(config(saved["dataset"], epochs=3, limit_train=40), run_copy, resume=True)
     rc, err = cli("train", "--out", run_copy, "--resume", "--epochs", "2")
-    assert one_line_error(rc, err) == (f"--epochs 2 is fewer than the 3 epoch(s) {run_copy} has trained "
+    assert one_line_error(rc, err) == (f"epochs 2 is fewer than the 3 epoch(s) {run_copy} has trained "
                                        "(or begun); give at least that many")
-    rc, err = cli("train", "--out", run_copy / "missing", "--resume")
-    assert one_line_error(rc, err) == f"{run_copy / 'missing'} is not a run directory (no config.json)"
     rc, err = cli("train", "--out", run_copy, "--dataset", npy)
     assert one_line_error(rc, err) == f"{run_copy} already holds a run; pass --resume to continue it or choose another --out"
 
@@ -572,7 +591,7 @@ def test_resume_on_changed_data_is_refused(npy, tmp_path):
     data = tmp_path / "data.npy"
     shutil.copy(npy, data)
     run = tmp_path / "run"
-    train(config(str(data), epochs=1, limit_train=20), run, quiet=True)
+    train(config(str(data), epochs=1, limit_train=20), run)
     images = np.load(data)
     images[3, 10, 10] = 255 - images[3, 10, 10]                    # one pixel of one training image
     np.save(data, images)
@@ -615,7 +634,7 @@ def test_unwritable_or_full_output_directory_leaves_nothing(npy, tmp_path, monke
     assert one_line_error(rc, err) == f"[Errno 28] cannot write {run / 'checkpoint.pt'}: No space left on device"
     assert not run.exists()                          # a new run that could save nothing leaves nothing
     monkeypatch.setattr(torch, "save", real_save)
-    train(config(npy, epochs=1, limit_train=20), run, quiet=True)
+    train(config(npy, epochs=1, limit_train=20), run)
     before = {p.name: p.read_bytes() for p in run.iterdir()}
     monkeypatch.setattr(torch, "save", full_disk)
     rc, err = cli("train", "--out", run, "--resume", "--epochs", "2", "--final-k", "0", "--quiet")
@@ -667,7 +686,7 @@ def test_config_fields_cannot_write_outside_the_run(small_run, npy, tmp_path, mo
     """init_from is only read; dataset names are never joined into the data directory."""
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in small_run.iterdir()}
     run = tmp_path / "run"
-    train(config(npy, epochs=1, limit_train=20, init_from=str(small_run)), run, quiet=True)
+    train(config(npy, epochs=1, limit_train=20, init_from=str(small_run)), run)
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in small_run.iterdir()} == before
     assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.json", "metrics.jsonl"]
     # a config.json whose dataset climbs out of the data directory is not looked up there

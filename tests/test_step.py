@@ -351,7 +351,7 @@ def test_cuda_graph_step_follows_learning_rate_changes_and_new_shapes():
 
 @cuda
 def test_cuda_graph_step_keeps_the_trainers_non_finite_check():
-    from iwae.training.loop import _FiniteGuard
+    from iwae.training.guards import FiniteGuard
     torch.manual_seed(0)
     model = iwae.paper_model(1).cuda()
     opt = make_optimizer(model.parameters(), 1e-3, capturable=True)

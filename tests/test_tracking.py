@@ -14,7 +14,7 @@ import iwae
 from iwae.app.cli import main
 from iwae.data import load_dataset
 from iwae.evaluation.units import effective_sample_size
-from iwae.training.loop import Interrupted
+from iwae.training.guards import Interrupted
 from iwae.app.runs import evaluate_run
 
 RUN = {"k": 3, "epochs": 2, "batch_size": 20, "compile": "off", "eval_examples": 20, "quiet": True,
@@ -109,6 +109,6 @@ def test_final_active_units_are_those_iwae_evaluate_reports(data_dir, tmp_path):
 def test_without_tensorboard_installed_the_flag_is_one_line(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)    # import fails
     assert main(["train", "--out", str(tmp_path / "run"), "--tensorboard", "--epochs", "1"]) == 2
-    assert capsys.readouterr().err == ('iwae: error: --tensorboard needs the tensorboard package: '
+    assert capsys.readouterr().err == ('iwae: error: TensorBoard events need the tensorboard package: '
                                        'pip install "iwae[tensorboard]"\n')
     assert not (tmp_path / "run").exists()

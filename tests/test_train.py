@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import iwae
-from iwae.training.config import Config
+from iwae.training.rundir import RunExists, SpecDiffers
+from iwae.training.spec import PaperSpec
 from iwae.training.schedule import PAPER_EPOCHS, learning_rate, stage
 from iwae.training.paper import train
 
@@ -26,55 +27,61 @@ def test_paper_schedule():
 def small_config(**kw):
     base = dict(limit_train=200, epochs=2, k=3, eval_examples=40)
     base.update(kw)
-    return Config(**base)
+    return PaperSpec(**base)
 
 
 ROOT = Path(__file__).resolve().parents[1]
-PREVIOUS_MAIN = "bbcbf53"      # main before the package was split by role (issue 29)
+PREVIOUS_MAIN = "8368054"      # main before the run specification and the run directory's owner (issue 35)
 
 
 def previous_main_trains(run_dir, data_dir, **config):
     """Train with the previous main's code (its src/iwae from git, in a child process), with
-    the settings it knows (those added since, like precision, at their defaults)."""
+    the settings it knows (``bound`` under its earlier name, ``objective``)."""
     threads = torch.get_num_threads()        # as this process: matmuls round by their blocking
+    config = {("objective" if k == "bound" else k): v for k, v in config.items()}
     code = (f"import torch; torch.set_num_threads({threads}); from benchmarks.common import load_baseline; "
-            f"base = load_baseline({PREVIOUS_MAIN!r}); import dataclasses, iwae_base.config, iwae_base.train; "
-            "known = {f.name for f in dataclasses.fields(iwae_base.config.Config)}; "
-            f"c = iwae_base.config.Config(**{{k: v for k, v in {config!r}.items() if k in known}}); "
-            f"iwae_base.train.train(c, {str(run_dir)!r}, data_dir={str(data_dir)!r}, quiet=True)")
+            f"base = load_baseline({PREVIOUS_MAIN!r}); import dataclasses, iwae_base.training.config as c, "
+            "iwae_base.training.paper as p; known = {f.name for f in dataclasses.fields(c.Config)}; "
+            f"config = c.Config(**{{k: v for k, v in {config!r}.items() if k in known}}); "
+            f"p.train(config, {str(run_dir)!r}, data_dir={str(data_dir)!r}, quiet=True)")
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600, cwd=ROOT)
 
 
-def test_a_run_of_the_previous_main_resumes_here_bitwise(tmp_path, data_dir):
+def strip(run_dir):
+    """metrics.jsonl's records less their timings."""
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    return [{k: v for k, v in json.loads(l).items() if k not in ("seconds", "steps_per_second")} for l in lines]
+
+
+def test_the_previous_main_trains_the_same_run_bitwise_and_its_run_resumes_here(tmp_path, data_dir):
     known = subprocess.run(["git", "cat-file", "-e", f"{PREVIOUS_MAIN}^{{commit}}"], capture_output=True, cwd=ROOT)
     if known.returncode != 0:
         pytest.skip(f"this checkout's history lacks {PREVIOUS_MAIN}")
-    old = previous_main_trains(tmp_path / "split", data_dir, **small_config(epochs=1).to_dict())
-    assert old.returncode == 0, old.stderr[-2000:]
-    whole = train(small_config(), tmp_path / "whole", data_dir=data_dir, quiet=True)
-    resumed = train(small_config(), tmp_path / "split", resume=True, data_dir=data_dir, quiet=True)
-    for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(a, b), name
-    assert iwae.load_model(tmp_path / "split").state_dict().keys() == whole.state_dict().keys()
+    for name, epochs in (("old", 2), ("split", 1)):
+        old = previous_main_trains(tmp_path / name, data_dir, **small_config(epochs=epochs).to_dict())
+        assert old.returncode == 0, old.stderr[-2000:]
+    whole = train(small_config(data_dir=data_dir, quiet=True), tmp_path / "whole")
+    resumed = train(small_config(data_dir=data_dir, quiet=True), tmp_path / "split", resume=True)
+    old = iwae.load_model(tmp_path / "old")
+    for (name, a), b, c in zip(whole.state_dict().items(), resumed.state_dict().values(), old.state_dict().values()):
+        assert torch.equal(a, b) and torch.equal(a, c), name
+    assert strip(tmp_path / "whole") == strip(tmp_path / "old") == strip(tmp_path / "split")
 
 
 def test_resume_continues_bitwise(tmp_path, data_dir):
-    whole = train(small_config(), tmp_path / "whole", data_dir=data_dir, quiet=True)
-    train(small_config(epochs=1), tmp_path / "split", data_dir=data_dir, quiet=True)
-    resumed = train(small_config(), tmp_path / "split", resume=True, data_dir=data_dir, quiet=True)
+    whole = train(small_config(data_dir=data_dir, quiet=True), tmp_path / "whole")
+    train(small_config(epochs=1, data_dir=data_dir, quiet=True), tmp_path / "split")
+    resumed = train(small_config(data_dir=data_dir, quiet=True), tmp_path / "split", resume=True)
     for (name, a), b in zip(whole.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
-    lines = (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(l)["epoch"] for l in lines] == [1, 2]
-    whole_lines = (tmp_path / "whole" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda l: {k: v for k, v in json.loads(l).items() if k not in ("seconds", "steps_per_second")}
-    assert [strip(l) for l in lines] == [strip(l) for l in whole_lines]
+    assert [m["epoch"] for m in strip(tmp_path / "split")] == [1, 2]
+    assert strip(tmp_path / "split") == strip(tmp_path / "whole")
 
 
 def test_run_directory_contents(tmp_path, data_dir):
-    model = train(small_config(epochs=2, objective="vae", k=2), tmp_path / "run", data_dir=data_dir, quiet=True)
+    model = train(small_config(epochs=2, bound="vae", k=2, data_dir=data_dir, quiet=True), tmp_path / "run")
     config = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert config["objective"] == "vae" and config["k"] == 2 and config["adam_eps"] == 1e-4
+    assert config["bound"] == "vae" and config["k"] == 2 and config["adam_eps"] == 1e-4
     metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [m["epoch"] for m in metrics] == [1, 2]
     assert [m["steps"] for m in metrics] == [10, 20]                  # 200 images / batch 20
@@ -87,21 +94,21 @@ def test_run_directory_contents(tmp_path, data_dir):
 
 
 def test_training_improves_the_bound(tmp_path, data_dir):
-    train(small_config(limit_train=2000, epochs=3, k=5, eval_examples=200), tmp_path / "run",
-          data_dir=data_dir, quiet=True)
+    train(small_config(limit_train=2000, epochs=3, k=5, eval_examples=200, data_dir=data_dir, quiet=True),
+          tmp_path / "run")
     metrics = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     bounds = [m["test_bound"] for m in metrics]
     assert bounds[2] > bounds[0] + 5, bounds                        # nats per image
 
 
 def test_existing_run_and_disagreeing_resume_are_refused(tmp_path, data_dir):
-    train(small_config(epochs=1), tmp_path / "run", data_dir=data_dir, quiet=True)
-    with pytest.raises(ValueError, match="already holds a run; pass --resume"):
-        train(small_config(epochs=1), tmp_path / "run", data_dir=data_dir, quiet=True)
-    with pytest.raises(ValueError) as err:
-        train(small_config(k=7), tmp_path / "run", resume=True, data_dir=data_dir, quiet=True)
-    assert str(err.value) == (f"--resume: the flags disagree with {tmp_path / 'run' / 'config.json'} on k; "
-                              "drop them or use another --out")
+    train(small_config(epochs=1, data_dir=data_dir, quiet=True), tmp_path / "run")
+    with pytest.raises(RunExists, match=f"^{tmp_path / 'run'} already holds a run$"):
+        train(small_config(epochs=1, data_dir=data_dir, quiet=True), tmp_path / "run")
+    with pytest.raises(SpecDiffers) as err:
+        train(small_config(k=7, data_dir=data_dir, quiet=True), tmp_path / "run", resume=True)
+    assert str(err.value) == f"the settings disagree with {tmp_path / 'run' / 'config.json'} on k"
+    assert err.value.names == ["k"]
 
 
 def iwae_cli(*args, env=None):

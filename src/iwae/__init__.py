@@ -4,7 +4,7 @@ The boundary of the library is one tensor: ``model.log_weights(x, k) -> [k, batc
 Bounds (``iwae.bounds``) and gradient estimators (``iwae.estimators``) are functions of it;
 ``iwae.fit`` trains any module that has it. The package is split by role, each folder
 importing only those below it (docs/architecture.md): core (the math), runtime, data,
-evaluation, training, app (the command line).
+evaluation, training, missing (iwae.Imputer), app (the command line).
 """
 from .core import bounds, estimators
 from .core.densities import Bernoulli, Gaussian, StudentT
@@ -14,7 +14,7 @@ from .core.objective import loss
 from .evaluation.annealing import ais, bdmc
 from .evaluation.imputation import impute, multiple_impute
 from .evaluation.likelihood import log_likelihood
-from .training.loop import fit
+from .training.fit import fit
 from .training.rundir import load_model
 
 __all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Imputer", "Model", "StudentT", "ais", "bdmc", "bounds",
@@ -27,7 +27,7 @@ def __getattr__(name):
     """iwae.Imputer, imported on first use: it needs scikit-learn, which ``import iwae`` does not load."""
     if name == "Imputer":
         try:
-            from .app.imputer import Imputer
+            from .missing.imputer import Imputer
         except ModuleNotFoundError as err:
             raise ImportError(f"iwae.Imputer needs {err.name}: pip install \"iwae[missing]\"") from None
         return Imputer

@@ -5,7 +5,6 @@ Every function writes one PNG and returns its path. Figures are drawn on
 Image grids are placed pixel for pixel (no resampling): tiles of H x W pixels, 2-pixel
 mid-grey gaps between them and around them, values clipped to [0, 1] (black to white).
 """
-import json
 import math
 from pathlib import Path
 
@@ -19,8 +18,8 @@ from ..data import load_dataset
 from ..evaluation.likelihood import EVAL_SEED, fixed_binarization
 from ..evaluation.units import ACTIVE_UNIT_EXAMPLES, active_units
 from ..runtime.rng import forked_rng
-from ..training.config import read_config
-from ..training.rundir import METRICS, load_model, prepare
+from ..training.paper import run_data
+from ..training.rundir import load_model, read_eval, read_metrics, read_spec
 from ..training.schedule import STAGE_ENDS
 from ..training.tracking import grid_array
 
@@ -115,7 +114,7 @@ def plot_runs(run_dirs, path, title):
     The epoch axis is logarithmic, with dotted lines where the paper's schedule lowers the
     learning rate (after epochs 1, 4, 13, 40, 121, 364, ...), so that each stage is visible.
     """
-    runs = [(Path(d), read_config(d).layers, read_metrics(d)) for d in run_dirs if (Path(d) / METRICS).exists()]
+    runs = [(Path(d), read_spec(d).layers, read_metrics(d)) for d in run_dirs]
     runs = [run for run in runs if run[2]]
     layers = sorted({n for _, n, _ in runs}) or [1]
     fig = Figure(figsize=(6 * len(layers), 5), dpi=DPI, layout="constrained")
@@ -125,9 +124,9 @@ def plot_runs(run_dirs, path, title):
             held = "valid" if "valid_bound" in metrics[0] else "test"
             line, = ax.plot([m["epoch"] for m in metrics], [-m[f"{held}_bound"] for m in metrics],
                             "o-", ms=2, label=run_dir.name)
-            if (run_dir / "eval.json").exists():
-                nll = json.loads((run_dir / "eval.json").read_text())["test_nll"]
-                ax.plot([metrics[-1]["epoch"]], [nll], "*", ms=10, color=line.get_color())
+            evaluation = read_eval(run_dir)
+            if evaluation is not None:
+                ax.plot([metrics[-1]["epoch"]], [evaluation["test_nll"]], "*", ms=10, color=line.get_color())
         last = max((m["epoch"] for run in runs if run[1] == n for m in run[2]), default=1)
         for end in (e for e in STAGE_ENDS if e < last):
             ax.axvline(end, color="0.6", ls=":", lw=0.8)
@@ -160,29 +159,12 @@ def plot_active_units(variances, path, threshold=1e-2):
     return save(fig, path)
 
 
-def read_metrics(run_dir):
-    """The per-epoch records of run_dir/metrics.jsonl as a list of dicts (blank lines skipped)."""
-    path = Path(run_dir) / METRICS
-    records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}, line {number}: malformed JSON ({err.msg})") from None
-        if not isinstance(record, dict):
-            raise ValueError(f"{path}, line {number}: expected a JSON object")
-        records.append(record)
-    return records
-
-
 def sample_run(run_dir, path=None, *, n=100, seed=0, data_dir=None, device="cpu"):
     """plot_samples for a trained run, into path (default run_dir/samples.png).
 
     The image shape is that of the run's dataset, which is therefore loaded.
     """
-    config = read_config(run_dir)
+    config = read_spec(run_dir)
     model = load_model(run_dir, device)
     data = load_dataset(config.dataset, data_dir, validation=config.validation,
                         likelihood=config.likelihood)
@@ -196,10 +178,9 @@ def plot_run(run_dir, *, data_dir=None, limit=ACTIVE_UNIT_EXAMPLES, device="cpu"
     images. Both are binarized once with the evaluation seed, as by ``iwae evaluate``.
     """
     run_dir = Path(run_dir)
-    config = read_config(run_dir)
     model = load_model(run_dir, device)
     device = next(model.parameters()).device
-    data, train_x, _, _ = prepare(config, data_dir)
+    _, data, train_x = run_data(run_dir, data_dir)
     test_x = fixed_binarization(data.test[:10], data.binarization).to(device)
     with forked_rng(device):
         torch.manual_seed(EVAL_SEED)

@@ -1,25 +1,28 @@
 """``iwae reproduce``: the paper's Tables 1-3 as a resumable grid of runs.
 
 Each run lives in <out>/table<t>/<name>; a run with eval.json is finished and skipped, a run
-with a checkpoint resumes from it. Results go to results/table<t>.csv and .md (our numbers
+with a checkpoint resumes from it. Each run is a PaperSpec trained by the same function as
+``iwae train`` (iwae.app.runs.train_and_evaluate): here with --jobs 1, else in worker processes
+handed its spec, its output in <name>.log beside it. Results go to results/table<t>.csv and .md (our numbers
 beside the paper's, with each run's hardware and code revision) and a learning-curve plot.
 The table lists every finished run of the table under <out>, any budget, and keeps the rows
 of the earlier results/table<t>.csv that no run under <out> replaces (runs trained on another
 machine or under another --out): budgets run at different times share one table, and
 rewriting it loses nothing.
 """
+import contextlib
 import csv
-import json
-import os
 import re
-import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import traceback
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
+from multiprocessing import get_context
 from pathlib import Path
 
-from ..runtime.atomic import write_json
+from ..training import rundir
 from ..training.rundir import TrainingError
+from ..training.spec import PaperSpec
 from .provenance import hardware, revision
 
 # [Burda et al. 2016, Table 1] MNIST rows: (layers, objective, k) -> (test NLL, active units)
@@ -50,7 +53,7 @@ class Settings:
     """What a reproduced table's runs share: ``iwae reproduce``'s options.
 
     out: where the runs live (finished ones are skipped); results: where the tables and the
-    plot go; jobs: runs at a time, of threads torch threads each; only: comma-separated
+    plot go; jobs: runs at a time, of threads torch threads each (default 1); only: comma-separated
     short names of the grid's runs (all if None); limit_train, limit_test: the first N
     training / test images (for tests); final_k: k of each run's test NLL."""
 
@@ -59,7 +62,7 @@ class Settings:
     out: str = "runs/reproduce"
     results: str = "results"
     jobs: int = 1
-    threads: int = 1
+    threads: int | None = None
     seed: int = 0
     data_dir: str | None = None
     limit_train: int | None = None
@@ -105,8 +108,7 @@ def finished(table, out):
     """(run, run_dir) for every finished run of the table under out/table<t>, any budget,
     ordered by epochs, then as in the grid."""
     found = []
-    for run_dir in sorted((Path(out) / f"table{table}").glob("*-e*/eval.json")):
-        run_dir = run_dir.parent
+    for run_dir in rundir.evaluated_runs(Path(out) / f"table{table}"):
         match = re.fullmatch(r".+-e(\d+)", run_dir.name)
         runs = grid(table, int(match.group(1))) if match else []
         index = next((i for i, r in enumerate(runs) if r["name"] == run_dir.name), None)
@@ -115,46 +117,56 @@ def finished(table, out):
     return [(run, run_dir) for _, run, run_dir in sorted(found, key=lambda f: f[0])]
 
 
-def train_command(run, run_dir, settings, threads, init_from=None):
-    cmd = [sys.executable, "-m", "iwae", "train", "--out", str(run_dir), "--threads", str(threads),
-           "--eval-threads", str(threads), "--dataset", run["dataset"],
-           "--layers", str(run["layers"]), "--objective", run["objective"], "--k", str(run["k"]),
-           "--epochs", str(run["epochs"]), "--seed", str(settings.seed), "--final-k", str(settings.final_k), "--quiet",
-           "--device", settings.device]
+def spec_of_run(run, settings, init_from=None):
+    """The PaperSpec of one run of the grid (a Table-2 run continues init_from at lr 1e-4)."""
+    threads = settings.threads or 1
+    spec = PaperSpec(dataset=run["dataset"], layers=run["layers"], bound=run["objective"], k=run["k"],
+                     epochs=run["epochs"], seed=settings.seed, final_k=settings.final_k, quiet=True,
+                     device=settings.device, data_dir=settings.data_dir, limit_train=settings.limit_train,
+                     final_limit_test=settings.limit_test, threads=threads, eval_threads=threads)
+    if settings.limit_test:
+        spec.eval_examples = settings.limit_test
     if init_from:
-        cmd += ["--init-from", str(init_from), "--schedule", "constant", "--lr", "1e-4"]
-    for flag, value in (("--data-dir", settings.data_dir), ("--limit-train", settings.limit_train),
-                        ("--final-limit-test", settings.limit_test), ("--eval-examples", settings.limit_test)):
-        if value:
-            cmd += [flag, str(value)]
-    if (run_dir / "checkpoint.pt").exists():
-        cmd.append("--resume")
-    return cmd
+        spec.init_from, spec.schedule, spec.lr = str(init_from), "constant", 1e-4
+    return spec.validate()
 
 
-def run_one(run, run_dir, settings, threads, init_from=None):
-    """Train and evaluate one run in a subprocess unless it is finished; returns its row."""
-    if not (run_dir / "eval.json").exists():
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+def run_one(run, run_dir, settings, pool=None, init_from=None):
+    """Train and evaluate one run unless it is finished (in a worker of pool, if given, else
+    here), its output in <name>.log beside it; returns its row."""
+    if rundir.read_eval(run_dir) is None:
         log = run_dir.parent / f"{run['name']}.log"
         run_dir.parent.mkdir(parents=True, exist_ok=True)
-        with log.open("a") as f:
-            done = subprocess.run(train_command(run, run_dir, settings, threads, init_from), stdout=f, stderr=f, env=env)
-        if done.returncode != 0:
-            raise TrainingError(f"run {run['name']} failed (exit {done.returncode}); see {log}")
+        spec = spec_of_run(run, settings, init_from)
+        done = pool.submit(logged, spec, run_dir, log).result() if pool else logged(spec, run_dir, log)
+        if done is not None:
+            raise TrainingError(f"run {run['name']} failed ({done}); see {log}")
     return row(run, run_dir, settings.data_dir, settings.limit_test)
 
 
+def logged(spec, run_dir, log):
+    """train_and_evaluate(spec, run_dir), resumed where it stopped, its output appended to log;
+    None, or the first line of the error it failed with (its traceback is in the log)."""
+    from .runs import train_and_evaluate
+    with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        try:
+            train_and_evaluate(spec, run_dir, resume=True, say=print)
+        except Exception as err:              # the worker reports; the grid stops with it
+            traceback.print_exc()
+            return (str(err).splitlines() or [type(err).__name__])[0]
+    return None
+
+
 def row(run, run_dir, data_dir=None, limit=None):
-    result = json.loads((run_dir / "eval.json").read_text())
+    result = rundir.read_eval(run_dir)
     if "informative_units" not in result:          # evaluated before informative units existed
         from .runs import run_units
         result.update(run_units(run_dir, data_dir))
-        write_json(run_dir / "eval.json", result)
+        rundir.write_eval(run_dir, result)
     if run["dataset"] == "binarized-mnist" and "train_lk" not in result:   # App. D: it overfits
         result.update(overfitting(run_dir, run["k"], data_dir, limit or OVERFIT_EXAMPLES))
-        write_json(run_dir / "eval.json", result)
-    metrics = [json.loads(l) for l in (run_dir / "metrics.jsonl").read_text().splitlines()]
+        rundir.write_eval(run_dir, result)
+    metrics = rundir.read_metrics(run_dir)
     gap = round(result["train_lk"] - result["test_lk"], 2) if "train_lk" in result else ""
     return {"dataset": run["dataset"], "layers": run["layers"], "objective": run["objective"],
             "k": run["k"], "epochs": run["epochs"], "test_nll": round(result["test_nll"], 2),
@@ -204,20 +216,21 @@ def earlier_rows(table, path, rows):
 def reproduce(settings):
     """Train (or resume) the grid's runs of settings (a Settings), then write its tables; the rows."""
     out = Path(settings.out) / f"table{settings.table}"
-    threads = settings.threads
     runs = select(grid(settings.table, settings.epochs), settings.only)
-    if settings.table == 2:
-        sources = {(r["objective"], r["k"]): r for r in grid(1, settings.epochs) if r["layers"] == 1}
-        firsts = [sources[run["first"]] for run in runs]
-        first_dir = Path(settings.out) / "table1"
-        with ThreadPoolExecutor(settings.jobs) as pool:
-            list(pool.map(lambda r: run_one(r, first_dir / r["name"], settings, threads), firsts))
-        jobs = [(run, out / run["name"], first_dir / src["name"]) for run, src in zip(runs, firsts)]
-    else:
-        jobs = [(run, out / run["name"], None) for run in runs]
-    cheap_first = sorted(range(len(jobs)), key=lambda i: (jobs[i][0]["k"], jobs[i][0]["layers"]))
-    with ThreadPoolExecutor(settings.jobs) as pool:
-        list(pool.map(lambda i: announce(run_one(*jobs[i][:2], settings, threads, jobs[i][2])), cheap_first))
+    workers = ProcessPoolExecutor(settings.jobs, mp_context=get_context("spawn")) if settings.jobs > 1 else None
+    with contextlib.ExitStack() as stack, ThreadPoolExecutor(settings.jobs) as threads:
+        if workers is not None:
+            stack.enter_context(workers)
+        if settings.table == 2:
+            sources = {(r["objective"], r["k"]): r for r in grid(1, settings.epochs) if r["layers"] == 1}
+            firsts = [sources[run["first"]] for run in runs]
+            first_dir = Path(settings.out) / "table1"
+            list(threads.map(lambda r: run_one(r, first_dir / r["name"], settings, workers), firsts))
+            jobs = [(run, out / run["name"], first_dir / src["name"]) for run, src in zip(runs, firsts)]
+        else:
+            jobs = [(run, out / run["name"], None) for run in runs]
+        cheap_first = sorted(range(len(jobs)), key=lambda i: (jobs[i][0]["k"], jobs[i][0]["layers"]))
+        list(threads.map(lambda i: announce(run_one(*jobs[i][:2], settings, workers, jobs[i][2])), cheap_first))
     present = finished(settings.table, settings.out)
     rows = [row(run, run_dir, settings.data_dir, settings.limit_test) for run, run_dir in present]
     csv_path = Path(settings.results) / f"table{settings.table}.csv"
@@ -230,11 +243,9 @@ def overfitting(run_dir, k, data_dir=None, limit=OVERFIT_EXAMPLES):
     """{train_lk, test_lk, lk_k}: mean L_k (k the run's training k) of a run's model on the first
     `limit` training and test images (fixed binarization: the images it trained on)."""
     from ..evaluation.likelihood import fixed_binarization, seeded_log_likelihood
-    from ..training.config import read_config
-    from ..training.rundir import load_model, prepare
-    config = read_config(run_dir)
-    model = load_model(run_dir)
-    data, train_x, _, _ = prepare(config, data_dir)
+    from ..training.paper import run_data
+    model = rundir.load_model(run_dir)
+    _, data, train_x = run_data(run_dir, data_dir)
     bound = lambda x: seeded_log_likelihood(model, fixed_binarization(x[:limit], data.binarization), k)
     return {"train_lk": bound(train_x).mean().item(), "test_lk": bound(data.test).mean().item(), "lk_k": k}
 

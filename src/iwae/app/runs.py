@@ -24,14 +24,15 @@ from ..evaluation.units import units
 from ..runtime import distributed
 from ..runtime.atomic import write_json
 from ..runtime.devices import parse_device
-from ..training.config import read_config
-from ..training.rundir import METRICS, load_model, prepare, recorded_epochs
+from ..training import paper, rundir
+from ..training.paper import run_data
+from ..training.rundir import load_model, read_spec, recorded_epochs
+from .options import set_threads
 from .provenance import hardware, revision
 
 IMPUTE_DRAWS = 100          # importance samples per image for the imputation scores of --missing
 METHODS = ("iwae", "ais", "bdmc")  # iwae evaluate --method: L_k (the first), AIS, BDMC
 BDMC_EXAMPLES = 100         # images simulated from the model for `iwae evaluate --method bdmc`
-EVAL_RECORD = "eval.json"
 
 
 def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, seed=EVAL_SEED,
@@ -55,7 +56,7 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     ``imputation_mse`` (a Gaussian likelihood). docs/missing.md.
     """
     model, data, train_x, x = load_split(run_dir, split, limit, data_dir, seed, device)
-    missing = getattr(read_config(run_dir), "missing", 0.0) if missing is None else missing
+    missing = getattr(read_spec(run_dir), "missing", 0.0) if missing is None else missing
     imputed = {}
     if missing:
         model.missing, complete = True, x
@@ -95,10 +96,9 @@ def load_split(run_dir, split, limit, data_dir, seed=EVAL_SEED, device="cpu"):
         raise ValueError(f"split must be 'test' or 'train', got {split!r}")
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1, got {limit}")
-    config = read_config(run_dir)
     model = load_model(run_dir, device)
     device = next(model.parameters()).device
-    data, train_x, _, _ = prepare(config, data_dir)
+    _, data, train_x = run_data(run_dir, data_dir)
     x = (data.test if split == "test" else train_x)[:limit]
     return model, data, train_x.to(device), fixed_binarization(x, data.binarization, seed).to(device)
 
@@ -131,17 +131,33 @@ def evaluate_ais(run_dir, *, method="ais", steps=2000, chains=8, leapfrog=5, ini
 
 def run_units(run_dir, data_dir=None, device="cpu"):
     """units() for a run directory's trained model, on the data set it was trained on."""
-    config = read_config(run_dir)
-    data, train_x, _, _ = prepare(config, data_dir)
+    _, data, train_x = run_data(run_dir, data_dir)
     model = load_model(run_dir, device)
     return units(model, train_x.to(next(model.parameters()).device), data.binarization)
 
 
-def write_eval_record(run_dir, result, made_by):
-    """run_dir/eval.json: an evaluate_run result, with the hardware and code revision
-    (``provenance(device)``, taken when the process started) it came from; atomic, since
-    ``iwae reproduce`` reads it."""
-    write_json(Path(run_dir) / EVAL_RECORD, {**result, **made_by})
+def train_and_evaluate(spec, out, *, resume=False, say=None):
+    """``iwae train``: open the run directory out (config.json first), train spec (a PaperSpec)
+    at spec.threads, then, if spec.final_k, evaluate -mean L_final_k on the test set at
+    spec.eval_threads and record it with its provenance in the run (rank 0); returns that
+    evaluation (None without one). say(line): what happened, for the command line."""
+    started = time.perf_counter()
+    with rundir.open_run(out, spec, resume) as run:
+        made_by = provenance(spec.device)          # the code loaded now, not when training ends
+        if resume and not run.begun and say is not None:
+            say(f"{out} holds no run yet: starting it there")
+        set_threads(spec.threads, training=True)
+        paper.train_run(spec, run)
+    if say is not None and distributed.is_main():
+        say(f"trained {out} in {time.perf_counter() - started:.0f} s")
+    if not spec.final_k:
+        return None
+    set_threads(spec.eval_threads, training=False)  # every rank takes its share of the test images
+    result = evaluate_run(out, k=spec.final_k, limit=spec.final_limit_test, data_dir=spec.data_dir,
+                          quiet=spec.quiet, device=spec.device)
+    if distributed.is_main():
+        rundir.write_eval(out, {**result, **made_by})
+    return result
 
 
 def provenance(device):
@@ -181,17 +197,16 @@ def diagnose_run(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=
     check_draws(draws)
     specs = specs_of(estimators)
     ks = parse_ks(",".join(map(str, ks)))
-    config = read_config(run_dir)
+    config, data, train_x = run_data(run_dir, data_dir)
     model = load_model(run_dir, device)
     for p in model.parameters():
         p.requires_grad_(True)
-    data, train_x, _, _ = prepare(config, data_dir)
     x = fixed_binarization(train_x[:examples], data.binarization).to(next(model.parameters()).device)
     out = Path(out) if out is not None else Path(run_dir)
     out.mkdir(parents=True, exist_ok=True)
     json_path, png_path = out / "diagnose.json", out / "diagnose.png"
-    result = {"run": str(run_dir), "epochs_trained": recorded_epochs(Path(run_dir) / METRICS), "training": {
-        key: getattr(config, key) for key in ("dataset", "layers", "objective", "estimator", "k", "m", "beta")},
+    result = {"run": str(run_dir), "epochs_trained": recorded_epochs(run_dir), "training": {
+        key: getattr(config, key) for key in ("dataset", "layers", "bound", "estimator", "k", "m", "beta")},
         **header(specs, draws, int(x.shape[0]), seed)}
     done = _partial(json_path, result, specs, draws, examples, seed)   # k -> (results, skipped)
     rows, skipped, started = [], [], time.perf_counter()

@@ -31,13 +31,12 @@ import torch
 from tqdm import tqdm
 
 from ..core.validate import positive_int
-from ..runtime.compile import COMPILES, compiled, flushed_subnormals
+from ..runtime.compile import compiled, decide, flushed_subnormals
 from ..runtime.rng import forked_rng
 
 SCHEDULES = ("sigmoid", "linear")
 STEPS, CHAINS, LEAPFROG = 2000, 8, 5   # the defaults, from results/ais_study.md (python -m benchmarks.ais_study)
 INITS = ("q", "prior")
-COMPILE_MIN_WORK = 50_000       # steps x images from which compiling the transition pays (~0.7 ms saved each)
 TARGET_ACCEPT = 0.65
 PILOT_ADAPT = 0.5               # the pilot's log step size moves by PILOT_ADAPT * (mean accepted - TARGET_ACCEPT)
 PILOT_WARMUP = 20               # the pilot's first transitions, at b = 0, move eps from step_size
@@ -123,11 +122,9 @@ _compiled_hmc = {}
 
 
 def _transition(x, steps, compile):
-    """hmc, or its compiled form when compile is "step", or "auto" and steps x N reaches
-    COMPILE_MIN_WORK."""
-    if compile not in COMPILES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
-    if x.device.type == "meta" or compile == "off" or (compile == "auto" and steps * x.shape[0] < COMPILE_MIN_WORK):
+    """hmc, or its compiled form when compile is "step", or "auto" and steps x N is large
+    (iwae.runtime.compile.decide)."""
+    if x.device.type == "meta" or decide(compile, "ais", steps * x.shape[0], x.device) == "off":
         return hmc
     return _compiled_transition
 
@@ -227,7 +224,7 @@ def ais(model, x, *, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, schedule="si
     draw the same numbers whatever the pilot. Model parameters are not differentiated.
     with_chains: also return every chain's log weight, float64 [chains, N] (for standard
     errors). compile: "auto" compiles the HMC transition whole (torch.compile; the same
-    random draws) when steps x N reaches COMPILE_MIN_WORK, where it pays for its ~30 s of
+    random draws) when steps x N is large (iwae.runtime.compile.decide), where it pays for its ~30 s of
     compiling; "step" always; "off" never. timings: a dict to receive the seconds of the
     "pilot" and of the counted "chains". step_sizes: a list to receive each batch's step
     sizes [steps + 1, chains, b] (bdmc reuses them).

@@ -8,13 +8,12 @@ import torch.distributed as dist
 
 from ..core.validate import positive_int
 from ..runtime import distributed
-from ..runtime.compile import COMPILES, compiled, flushed_subnormals
+from ..runtime.compile import compiled, decide, flushed_subnormals
 from ..runtime.rng import forked_rng
 
 EVAL_SEED = 1234            # binarization and sample noise of every evaluation
 
 CHUNK_BYTES = 6 << 20       # a chunk's [rows, D] floats: 2006 rows of 784 (see log_likelihood)
-COMPILE_MIN_WORK = 1 << 36  # compile log_weights when k * N * D reaches this: L_5000 on ~17,500 MNIST images.
 # Compiling costs ~15 s on a cold cache and saves 1.1 ms per image of L_5000 on the 1-layer
 # net (27.7 against 28.8 ms eager) and 2.9 ms on the 2-layer net (41.2 against 44.1; one
 # thread, Intel Xeon with AVX-512/AMX, python -m benchmarks.evaluate): it pays from ~13,000
@@ -38,16 +37,14 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
     thread, Intel Xeon with AMX, ``python -m benchmarks.evaluate --chunk-rows R``; see
     docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
     flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) when
-    k * N * D reaches COMPILE_MIN_WORK, "step" always, "off" never.
+    k * N * D is large (iwae.runtime.compile.decide), "step" always, "off" never.
     """
     positive_int("k", k)
     if batch_size < 1 or max_samples < 1:
         raise ValueError("batch_size and max_samples must be >= 1")
-    if compile not in COMPILES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
     row_bytes = x.element_size() * x[0].numel()
     log_weights = _log_weights
-    if compile == "step" or (compile == "auto" and k * x.numel() >= COMPILE_MIN_WORK):
+    if decide(compile, "likelihood", k * x.numel(), x.device) == "step":
         log_weights = _compiled(x.device)
     out, elbo = [], []
     with torch.inference_mode(), flushed_subnormals(x.device):
@@ -122,8 +119,7 @@ def seeded_log_likelihood(model, x, k, *, seed=EVAL_SEED, block=100, max_samples
     for log_likelihood, "auto" deciding on the whole of x (k * N * D), not on one block.
     """
     positive_int("block", block)
-    if compile == "auto":
-        compile = "step" if k * x.numel() >= COMPILE_MIN_WORK else "off"
+    compile = decide(compile, "likelihood", k * x.numel(), x.device)
     n = x.shape[0]
     blocks = -(-n // block)
     first, last = distributed.shard_range(blocks, ctx)

@@ -12,8 +12,8 @@ for any model, bound and estimator. ``compile`` decides how it runs:
 - "step": compiled by torch.compile (forward and backward in one graph; on the CPU with
   the C++ wrapper, which removes the per-op overhead that dominates small steps and fuses
   the elementwise work of large ones). 10-30 s of compiling once per batch shape.
-- "auto": "step" for runs known to be long (planned_steps >= STEP_MIN_STEPS, 10 epochs of
-  MNIST) and for any run on CUDA, else "off".
+- "auto": "step" for runs known to be long and for any run on CUDA, else "off"
+  (iwae.runtime.compile.decide).
 
 On CUDA the compiled function and the capturable fused Adam update are each captured as a
 CUDA graph and replayed (``iwae.training.cudagraph.CudaGraphStep``). On the CPU every step runs with
@@ -26,11 +26,10 @@ import torch
 
 from ..core.nets import matmul_dtype
 from ..core.objective import Functional, check
-from ..runtime.compile import COMPILES, compiled_step, flushed_subnormals, tf32_matmuls
+from ..runtime.compile import compiled_step, decide, flushed_subnormals, tf32_matmuls
 from ..runtime.optim import AdamUpdate
 from .cudagraph import CudaGraphStep
 
-STEP_MIN_STEPS = 30_000      # compile the whole step for runs of this many steps (10 epochs)
 PRECISIONS = ("fp32", "bf16", "tf32")
 MATMUL_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}   # tf32: a CUDA switch
 
@@ -48,16 +47,12 @@ def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None
     fp32 matmuls on TF32 tensor cores (ValueError elsewhere).
     """
     objective, est = check(bound, estimator, k, m, beta)
-    if compile not in COMPILES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
     check_precision(precision)
     device = _device(model)
     if precision == "tf32" and device.type != "cuda":
         raise ValueError(f"precision tf32 is for CUDA matmuls only, and this step runs on {device.type}; "
                          "use fp32 or bf16")
-    if compile == "auto":
-        long_run = planned_steps is not None and planned_steps >= STEP_MIN_STEPS
-        compile = "step" if (long_run or device.type == "cuda") and parallel is None else "off"
+    compile = "off" if parallel is not None else decide(compile, "step", planned_steps, device)
     if device.type == "cuda" and parallel is None:
         return CudaGraphStep(Step(model, optimizer, objective, est, compile=compile, precision=precision))
     return Step(model, optimizer, objective, est, compile=compile, parallel=parallel, precision=precision)

@@ -4,7 +4,7 @@
 watch: how many of the k samples carry the weight (the effective sample size of the
 normalised weights, as a fraction of k, and the spread max - min of the log weights, both
 averaged over held-out examples) and the active units (Burda's A_u). They go to
-metrics.jsonl always; with ``--tensorboard`` (``iwae.fit(..., tensorboard=N)``) the loop also
+metrics.jsonl always; with the spec's ``tensorboard=N`` (``iwae train --tensorboard N``) the loop also
 writes them, the running train bound every N steps, the learning rate, steps per second,
 skipped steps, and grids of prior samples and reconstructions, as TensorBoard events in
 RUN/tensorboard (rank 0 only). A resumed run purges the events past its checkpoint's step
@@ -36,7 +36,7 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
-        raise ValueError(f"--tensorboard needs the tensorboard package: {INSTALL}") from None
+        raise ValueError(f"TensorBoard events need the tensorboard package: {INSTALL}") from None
     return SummaryWriter
 
 
@@ -63,10 +63,10 @@ class TensorBoard:
     """Event files in RUN/tensorboard, written by rank 0; every `every` steps the running
     train bound, every epoch the record's scalars and the image grids."""
 
-    def __init__(self, run_dir, every, purge_step, image_shape):
+    def __init__(self, folder, every, purge_step, image_shape):
         SummaryWriter = require_tensorboard()
         self.every, self.image_shape = every, image_shape
-        self.writer = SummaryWriter(str(run_dir / "tensorboard"), purge_step=purge_step)
+        self.writer = SummaryWriter(str(folder), purge_step=purge_step)
 
     def running(self, step, bound):
         self.writer.add_scalar("bound/train_running", bound, step)

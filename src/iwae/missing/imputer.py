@@ -7,15 +7,12 @@ incomplete data with the IWAE bound over the observed entries and imputes the mi
     draws = imputer.sample(X, m=20)          # [m, N, D] multiple imputations
 
 Imported only when ``iwae.Imputer`` is first used (scikit-learn and pandas stay out of
-``import iwae``). Training runs through the project's one loop (``iwae.fit``) in a temporary
-run directory; imputation is ``iwae.evaluation.imputation``.
+``import iwae``). Training runs through the project's one loop (``iwae.fit``) in memory,
+touching no file; imputation is ``iwae.evaluation.imputation``.
 """
-import json
 import math
-import tempfile
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,9 +26,10 @@ from ..core.model import GaussianLayer, Model
 from ..core.nets import mlp
 from ..evaluation.imputation import DRAWS, impute, multiple_impute
 from ..evaluation.likelihood import log_likelihood
+from ..runtime.compile import decide
 from ..runtime.devices import parse_device
 from ..runtime.rng import forked_rng
-from ..training.loop import fit as train
+from ..training.fit import train
 
 LIKELIHOOD_NAMES = ("auto", "gaussian", "student-t", "bernoulli")
 CONTINUOUS = {"gaussian": Gaussian, "student-t": StudentT}
@@ -41,7 +39,6 @@ TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_siz
 MIN_EPOCHS = 20
 HIDDEN = 128                   # units per hidden layer (the authors' width)
 MAX_LATENT = 10
-COMPILE_MIN_STEPS = 1000       # compile="auto": compile the step for fits this long (docs/missing.md)
 
 
 def default_sizes(n, d, batch_size=64):
@@ -65,8 +62,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         model (mechanism not "mar"), where s tells about x_m and p(z | x_o, s) is not p(z | x_o),
         so q(z | .) needs s; not under "mar", where it does not. seed: training and
         imputation noise (transform is deterministic for a fitted imputer). device: "auto",
-        "cpu", "cuda", "cuda:N". compile: the training step's, "auto" ("step" for fits of at least
-        COMPILE_MIN_STEPS steps, where compiling once repays itself: docs/missing.md), "step"
+        "cpu", "cuda", "cuda:N". compile: the training step's, "auto" ("step" for fits of enough steps that compiling once repays itself:
+        iwae.runtime.compile.decide, docs/missing.md), "step"
         or "off".
     verbose: the loop's progress bar.
     mechanism: "mar" (missing at random: MIWAE), "self-masking" (each value's missingness
@@ -118,14 +115,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.epochs_ = self.epochs if self.epochs is not None else epochs
         began = time.perf_counter()
         device = parse_device(self.device)
-        with forked_rng(device), tempfile.TemporaryDirectory(prefix="iwae-imputer-") as out:
+        with forked_rng(device):
             torch.manual_seed(self.seed)
             model = self._build(d, self.latent or latent, self.hidden or hidden)
-            train(model, self._standardised(values), out=out, k=self.k, estimator=self.estimator,
-                  epochs=self.epochs_, batch_size=self.batch_size, lr=self.lr, schedule="constant", seed=self.seed,
-                  device=str(device), compile=self._compile(n), quiet=not self.verbose,
-                  checkpoint_every=self.epochs_)    # a throw-away run directory: one write, at the end
-            self.train_bound_ = _last_train_bound(out)
+            trained = train(model, self._standardised(values), k=self.k, estimator=self.estimator,
+                            epochs=self.epochs_, batch_size=self.batch_size, lr=self.lr, schedule="constant",
+                            seed=self.seed, device=str(device), compile=self._compile(n), quiet=not self.verbose)
+        self.train_bound_ = trained.train_bound
         self.fit_seconds_ = time.perf_counter() - began
         self.model_ = model.eval()
         self.missingness_ = missingness(self)
@@ -133,9 +129,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _compile(self, n):
         """The training step's compile for a fit on n rows: "auto" decides by its number of steps."""
-        if self.compile != "auto":
-            return self.compile
-        return "step" if self.epochs_ * math.ceil(n / self.batch_size) >= COMPILE_MIN_STEPS else "off"
+        steps = self.epochs_ * math.ceil(n / self.batch_size)
+        return decide(self.compile, "table step", steps, parse_device(self.device))
 
     def _check_mechanism(self, observed):
         if self.mechanism not in MECHANISMS:
@@ -314,11 +309,6 @@ def _binary_columns(values, observed):
 
 def _names(names, which):
     return ", ".join(n for n, w in zip(names, which) if w)
-
-
-def _last_train_bound(out):
-    lines = (Path(out) / "metrics.jsonl").read_text().splitlines()
-    return json.loads(lines[-1])["train_bound"] if lines else float("nan")
 
 
 def _like(values, kind):
