@@ -16,6 +16,7 @@ from scipy import stats
 
 import iwae
 from iwae.core.densities import Columns, Gaussian, StudentT
+from iwae.core.missingness import SelfMasking
 from iwae.core.tabular import MAX_LOG_MEAN, Categorical, LogNormal, NegativeBinomial, Ordinal, Poisson
 
 NAN = float("nan")
@@ -326,6 +327,16 @@ def test_constructor_arguments_are_checked():
             Ordinal(bad)
     assert Categorical(4).config() == {"name": "categorical", "categories": 4}
     assert mixed().config()["parts"][1] == {"name": "categorical", "categories": 3, "columns": [1]}
+
+
+def test_a_missingness_model_refuses_discrete_columns():
+    net = iwae.paper_model(1, input_dim=3, likelihood=Gaussian())
+    for like in (Categorical(3), Ordinal(3), Poisson(), NegativeBinomial()):
+        columns = Columns([(Gaussian(), [0, 1]), (like, [2])])
+        with pytest.raises(ValueError, match=rf"{type(like).__name__} likelihood \(columns 2\) cannot give"):
+            iwae.Model(list(net.encoder), net.decoder, columns, missingness=SelfMasking(3))
+    iwae.Model(list(net.encoder), net.decoder, Columns([(Gaussian(), [0, 1]), (LogNormal(), [2])]),
+               missingness=SelfMasking(3))
 
 
 # ---- a model -----------------------------------------------------------------------------------
