@@ -394,3 +394,48 @@ def test_mixed_log_weights_compile():
     torch.testing.assert_close(compiled, eager)
     for a, b in zip(grads, eager_grads):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+# ---- imputation --------------------------------------------------------------------------------
+
+def weighted_draws(model, x, mask, draws, seed):
+    """(softmax weights [L, B, 1], likelihood parameters) as impute draws them under seed."""
+    torch.manual_seed(seed)
+    zs = model.sample_q(x, draws, mask)
+    log_w = model.log_weights(x, draws, mask=mask, zs=zs)
+    return torch.softmax(log_w, 0).unsqueeze(-1), model.decode(zs[0])
+
+
+def test_single_imputation_of_categories_is_the_mixtures_mode():
+    from iwae.evaluation.imputation import impute, multiple_impute
+    torch.manual_seed(0)
+    model = mixed_model(missing=True)
+    x, mask = mixed_data(10), half_mask(10, 8)
+    x_nan = with_junk(x, mask, NAN)
+    torch.manual_seed(4)
+    filled = impute(model, x_nan, draws=200)
+    w, params = weighted_draws(model, x_nan, mask, 200, 4)
+    like = model.likelihood
+    expected = like.point((w * like.statistics(params)).sum(0))
+    assert torch.equal(filled[~mask], expected[~mask]) and torch.equal(filled[mask], x[mask])
+    draws = multiple_impute(model, x_nan, 7, draws=200)
+    for c, categories in ((1, 3), (6, 5), (2, 4)):           # categories, never averages of them
+        for values in (filled[:, c], draws[..., c]):
+            assert bool((values == values.round()).all()) and 0 <= values.min() and values.max() < categories
+    assert bool((filled[:, 5] > 0).all()) and bool((draws[..., [3, 4]] >= 0).all())
+
+
+def test_imputation_without_categorical_parts_is_the_weighted_mean_op_for_op():
+    from iwae.core.densities import Bernoulli
+    from iwae.evaluation.imputation import impute
+    like = Columns([(Bernoulli(), [0, 3]), (Gaussian(), [1, 2, 4])])
+    net = iwae.paper_model(1, input_dim=5, likelihood=Gaussian())
+    torch.manual_seed(0)
+    model = iwae.Model(list(net.encoder), iwae.mlp([50, 200, 200], like.n_params), like, missing=True)
+    x = torch.rand(6, 5)
+    x[:, [0, 3]] = x[:, [0, 3]].round()
+    mask = half_mask(6, 5)
+    torch.manual_seed(4)
+    filled = impute(model, with_junk(x, mask, NAN), draws=50)
+    w, params = weighted_draws(model, with_junk(x, mask, NAN), mask, 50, 4)
+    assert torch.equal(filled[~mask], (w * like.mean(params)).sum(0)[~mask])

@@ -194,6 +194,7 @@ class Columns:
         self.statistic_sizes = [getattr(like, "statistics_per_dim", 1) * cols.numel()
                                 for like, cols in self.parts]
         self.n_params = sum(self.sizes)
+        self.plain = not any(hasattr(like, "statistics") for like, _ in self.parts)
 
     def _each(self, params):
         for (like, cols), block in zip(self.parts, params.split(self.sizes, dim=-1)):
@@ -219,13 +220,19 @@ class Columns:
 
     def statistics(self, params):
         """The parts' ``statistics`` (``mean`` where a part has none), part after part:
-        [..., sum(statistic_sizes)], to be averaged over draws and read by ``point``."""
+        [..., sum(statistic_sizes)], to be averaged over draws and read by ``point``. With no
+        part that has statistics, ``mean`` (column order), and ``point`` is the identity, so
+        that imputations are the plain weighted means op for op."""
+        if self.plain:
+            return self.mean(params)
         return torch.cat([getattr(like, "statistics", like.mean)(block)
                           for like, _, block in self._each(params)], -1)
 
     def point(self, statistics):
         """The parts' ``point`` of their statistics (the identity where a part has none), in
         column order: [..., D]."""
+        if self.plain:
+            return statistics
         blocks = statistics.split(self.statistic_sizes, dim=-1)
         out = torch.cat([like.point(block) if hasattr(like, "point") else block
                          for (like, _), block in zip(self.parts, blocks)], -1)
