@@ -1,8 +1,8 @@
 """Observation likelihoods for the column types of mixed tables [Nazabal et al. 2020, HI-VAE]:
 categorical, ordinal, count (Poisson, negative binomial) and positive (log-normal) columns.
 
-They sit beside ``Bernoulli``, ``Gaussian`` and ``StudentT`` (``iwae.core.densities``, kept
-there so that it stays short) and follow their contract: ``params_per_dim`` decoder outputs per
+They follow the contract of ``Bernoulli``, ``Gaussian`` and ``StudentT`` (``iwae.core.densities``;
+a module of their own so that densities.py stays short): ``params_per_dim`` decoder outputs per
 data column, ``log_prob(x, params, mask=None) -> [k, B]`` with the full normalising constant,
 summed over the observed entries only (mask [B, D] bool, True = observed; x's values at missing
 positions are never read, NaN included: they are replaced by a harmless constant before any
@@ -67,7 +67,9 @@ def _gumbel_argmax(log_p):
 def _capped(eta):
     """eta - softplus(eta - MAX_LOG_MEAN): within exp(eta - MAX_LOG_MEAN) of eta (so exp of it
     is exp(eta) within 2e-9 relative up to eta = 10, a mean of 22,000), never above
-    MAX_LOG_MEAN, smooth, with a gradient that never vanishes: exp of it cannot overflow."""
+    MAX_LOG_MEAN (exp of it cannot overflow), smooth, with the gradient sigmoid(MAX_LOG_MEAN -
+    eta) > 0, so an eta past the cap is still pulled back (until ~90 past it in float32, where
+    the sigmoid underflows)."""
     return eta - F.softplus(eta - MAX_LOG_MEAN)
 
 
@@ -201,9 +203,10 @@ class Poisson:
     number for the net and log p = x eta - exp(eta) - log x! needs no log of a rate (softplus
     would make the net output the rate itself, hundreds for large counts, and its log
     underflow for very negative outputs). Overflow guard: eta is capped smoothly at 30
-    (``MAX_LOG_MEAN``, rate 1.1e13), within 2e-9 of itself up to 10. ``mean`` (and ``point``) is the
-    rate lambda: the mixture mean E[x_m | x_o], not an integer (round it for a mode-like
-    imputation; the mixture's mode has no closed form); ``sample`` draws counts.
+    (``MAX_LOG_MEAN``, rate 1.1e13), within 2e-9 of itself up to 10. ``mean`` (and so the
+    single imputation) is the rate lambda: the mixture mean E[x_m | x_o], not an integer
+    (round it for a mode-like imputation; the mixture's mode has no closed form); ``sample``
+    draws counts.
     """
 
     params_per_dim = 1
@@ -237,8 +240,8 @@ class NegativeBinomial:
     dispersion r = softplus(rho) + 1e-3, and torch.distributions.NegativeBinomial's
     (total_count, logits) = (r, eta - log r), whose log density this is:
     lgamma(x + r) - lgamma(r) - lgamma(x + 1) + r log sigmoid(-logits) + x log sigmoid(logits).
-    (In float32 the lgamma difference loses digits once r exceeds ~1e4: a column that
-    Poisson-like is better modelled by ``Poisson``.) ``mean`` is mu (not an integer, as for
+    (In float32 the lgamma difference loses digits once r exceeds ~1e4: a Poisson-like
+    column is better modelled by ``Poisson``.) ``mean`` is mu (not an integer, as for
     ``Poisson``), ``sample`` a Gamma-Poisson draw.
     """
 
