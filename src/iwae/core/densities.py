@@ -173,10 +173,15 @@ class StudentT:
 
 class Columns:
     """A different likelihood for each group of columns (binary columns Bernoulli, the others
-    Gaussian, say): ``Columns([(Bernoulli(), [0, 3]), (Gaussian(), [1, 2])])``.
+    Gaussian, say): ``Columns([(Bernoulli(), [0, 3]), (Gaussian(), [1, 2])])``; the mixed-table
+    likelihoods of ``iwae.core.tabular`` too: ``Columns([(Gaussian(), [0, 2]),
+    (Categorical(3), [1]), (Categorical(5), [3, 4])])``, one part per number of categories.
 
     The decoder's output is the parts' parameters side by side, part after part (each part's
-    block laid out as that likelihood lays out its own); ``n_params`` is their number.
+    block laid out as that likelihood lays out its own), a part of n columns taking
+    ``params_per_dim * n`` of them (C per column for a Categorical(C)); ``n_params`` is their
+    number. ``statistics`` and ``point`` (single imputation of a mixture, see
+    ``iwae.core.tabular``) are the parts' where they have them, else ``mean`` and the identity.
     """
 
     def __init__(self, parts):
@@ -186,7 +191,10 @@ class Columns:
             raise ValueError("Columns needs every column 0..D-1 in exactly one part")
         self.inverse = order.argsort()
         self.sizes = [like.params_per_dim * cols.numel() for like, cols in self.parts]
+        self.statistic_sizes = [getattr(like, "statistics_per_dim", 1) * cols.numel()
+                                for like, cols in self.parts]
         self.n_params = sum(self.sizes)
+        self.plain = not any(hasattr(like, "statistics") for like, _ in self.parts)
 
     def _each(self, params):
         for (like, cols), block in zip(self.parts, params.split(self.sizes, dim=-1)):
@@ -209,6 +217,26 @@ class Columns:
 
     def sample(self, params):
         return self._joined(params, "sample")
+
+    def statistics(self, params):
+        """The parts' ``statistics`` (``mean`` where a part has none), part after part:
+        [..., sum(statistic_sizes)], to be averaged over draws and read by ``point``. With no
+        part that has statistics, ``mean`` (column order), and ``point`` is the identity, so
+        that imputations are the plain weighted means op for op."""
+        if self.plain:
+            return self.mean(params)
+        return torch.cat([getattr(like, "statistics", like.mean)(block)
+                          for like, _, block in self._each(params)], -1)
+
+    def point(self, statistics):
+        """The parts' ``point`` of their statistics (the identity where a part has none), in
+        column order: [..., D]."""
+        if self.plain:
+            return statistics
+        blocks = statistics.split(self.statistic_sizes, dim=-1)
+        out = torch.cat([like.point(block) if hasattr(like, "point") else block
+                         for (like, _), block in zip(self.parts, blocks)], -1)
+        return out[..., self.inverse.to(statistics.device)]
 
     def config(self):
         return {"name": "columns", "parts": [dict(like.config(), columns=cols.tolist()) for like, cols in self.parts]}

@@ -80,7 +80,8 @@ def check_likelihood(likelihood):
     """Refuse (one line) a likelihood whose x_m cannot be drawn by reparameterisation."""
     parts = likelihood.parts if isinstance(likelihood, Columns) else [(likelihood, None)]
     for like, cols in parts:
-        if isinstance(like, Bernoulli) or not callable(getattr(like, "sample", None)):
+        if (isinstance(like, Bernoulli) or not getattr(like, "reparameterised", True)
+                or not callable(getattr(like, "sample", None))):
             where = "" if cols is None else f" (columns {', '.join(map(str, cols.tolist()))})"
             raise ValueError(f"a missingness model needs x_m drawn by reparameterisation, which a "
                              f"{type(like).__name__} likelihood{where} cannot give; use Gaussian or StudentT")

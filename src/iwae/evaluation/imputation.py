@@ -6,7 +6,10 @@ normalised weights w~_l = softmax_l(log w_l), log w_l = log p(x_o | z_l) + log p
 
 - single imputation: E[x_m | x_o] ~= sum_l w~_l E[x_m | z_l], self-normalised importance
   sampling with the likelihood's conditional *mean* at each z_l (not a sampled x, whose
-  noise would only add variance);
+  noise would only add variance); for a likelihood with ``statistics`` and ``point``
+  (categorical and ordinal columns, ``iwae.core.tabular``) the weighted average is taken of
+  its statistics (the category probabilities: the mixture sum_l w~_l p(x_m | z_l)) and
+  ``point`` reads the imputation from them (the mixture's mode or median, a category);
 - multiple imputation: sampling importance resampling: L pairs (z_l, x_l ~ p(x | z_l)),
   then m draws of l with probabilities w~_l (with replacement, by inverse-CDF sampling),
   each giving x_m = x_l's missing entries.
@@ -72,8 +75,12 @@ def impute(model, x, mask=None, draws=DRAWS):
 
     def fill(xb, mb, log_w, params, xm):
         w = torch.softmax(log_w, 0).unsqueeze(-1)                       # [L, B, 1]
-        mean = (w * (model.likelihood.mean(params) if xm is None else xm)).sum(0)   # [B, D]
-        return torch.where(mb, xb, mean.to(xb.dtype))
+        if xm is not None:
+            return torch.where(mb, xb, (w * xm).sum(0).to(xb.dtype))
+        like = model.likelihood
+        mean = (w * getattr(like, "statistics", like.mean)(params)).sum(0)          # [B, S]
+        point = getattr(like, "point", None)
+        return torch.where(mb, xb, (mean if point is None else point(mean)).to(xb.dtype))
     out = _fill_chunks(model, x, mask, draws, fill)
     return torch.cat(out) if out else x.clone()
 
