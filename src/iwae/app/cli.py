@@ -17,7 +17,7 @@ from ..training.checkpoint import CheckpointError
 from ..training.guards import Interrupted
 from ..training.rundir import TrainingError
 from . import commands
-from .options import (add_data_dir, add_device, add_spec_options, add_threads, cores, fraction, positive_int,
+from .options import (add_data_dir, add_device, add_spec_options, add_threads, cores, fraction, COUNT,
                       set_threads)
 from .reproduce import TABLES, Settings
 from .runs import METHODS
@@ -47,8 +47,8 @@ def add_train(sub):
 def add_evaluate(sub):
     p = sub.add_parser("evaluate", help="test NLL (-mean L_k), active units and the KL gap of a run")
     p.add_argument("run", help="run directory")
-    p.add_argument("--k", type=positive_int, default=5000)
-    p.add_argument("--limit-test", type=positive_int, help="the first N images only")
+    p.add_argument("--k", type=COUNT, default=5000)
+    p.add_argument("--limit-test", type=COUNT, help="the first N images only")
     p.add_argument("--train", action="store_true", help="evaluate on the training set instead")
     p.add_argument("--per-example", help="save the per-example log-likelihoods to this .npy file")
     add_data_dir(p)
@@ -64,25 +64,25 @@ def add_evaluate(sub):
     p.add_argument("--missing", type=fraction, metavar="P",
                    help="remove this fraction of every test image's pixels (seeded by --seed): the bound of "
                         "the observed pixels and the imputation of the removed ones (default: the run's --missing)")
-    p.add_argument("--steps", type=positive_int, default=STEPS, help="AIS: intermediate distributions")
-    p.add_argument("--chains", type=positive_int, default=CHAINS, help="AIS: chains per image")
+    p.add_argument("--steps", type=COUNT, default=STEPS, help="AIS: intermediate distributions")
+    p.add_argument("--chains", type=COUNT, default=CHAINS, help="AIS: chains per image")
 
 
 def add_reproduce(sub):
     p = sub.add_parser("reproduce", help="the paper's Table 1, 2 or 3 as a resumable grid of runs")
     p.add_argument("--table", type=int, choices=TABLES, required=True)
-    p.add_argument("--epochs", type=positive_int, required=True, help="epochs of the paper schedule per run")
+    p.add_argument("--epochs", type=COUNT, required=True, help="epochs of the paper schedule per run")
     d = Settings(table=1, epochs=1)
     p.add_argument("--out", default=d.out, help="where the runs live (finished ones are skipped)")
     p.add_argument("--results", default=d.results, help="where the tables and plot are written (rows of an "
                    "earlier table<N>.csv there whose run is not under --out are kept)")
-    p.add_argument("--jobs", type=positive_int, default=d.jobs, help="runs at a time")
+    p.add_argument("--jobs", type=COUNT, default=d.jobs, help="runs at a time")
     add_threads(p)
     p.add_argument("--seed", type=int, default=d.seed)
     add_data_dir(p)
-    p.add_argument("--limit-train", type=positive_int, help="the first N training images (for tests)")
-    p.add_argument("--limit-test", type=positive_int, help="evaluate on the first N test images (for tests)")
-    p.add_argument("--final-k", type=positive_int, default=d.final_k, help="k of each run's test NLL")
+    p.add_argument("--limit-train", type=COUNT, help="the first N training images (for tests)")
+    p.add_argument("--limit-test", type=COUNT, help="evaluate on the first N test images (for tests)")
+    p.add_argument("--final-k", type=COUNT, default=d.final_k, help="k of each run's test NLL")
     add_device(p)
     p.add_argument("--only", metavar="RUNS", help="comma-separated runs of the table, named without dataset "
                    "and epochs (l1-iwae-k50,l1-vae-k1; table 2: l1-vae-k1-then-iwae-k50)")
@@ -91,7 +91,7 @@ def add_reproduce(sub):
 def add_sample(sub):
     p = sub.add_parser("sample", help="a PNG grid of samples from a run's prior")
     p.add_argument("run", help="run directory")
-    p.add_argument("--n", type=positive_int, default=100, help="number of samples")
+    p.add_argument("--n", type=COUNT, default=100, help="number of samples")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="the PNG to write (default: RUN/samples.png)")
     add_data_dir(p)
@@ -102,7 +102,7 @@ def add_plot(sub):
     p = sub.add_parser("plot", help="learning curves, reconstructions and active units of a run (PNGs in RUN)")
     p.add_argument("run", help="run directory")
     add_data_dir(p)
-    p.add_argument("--limit", type=positive_int, default=500,
+    p.add_argument("--limit", type=COUNT, default=500,
                    help="training images for the active units (the first N)")
     add_device(p)
 
@@ -115,7 +115,7 @@ def add_diagnose(sub):
                    help=f"comma-separated: {' '.join(DEFAULT_ESTIMATORS)}, or bound+estimator "
                         "(miwae/piwae use M = K = sqrt(k); other k are skipped)")
     p.add_argument("--draws", type=int, default=100, help="gradient draws per estimator and k")
-    p.add_argument("--examples", type=positive_int, default=20, help="the first N training images")
+    p.add_argument("--examples", type=COUNT, default=20, help="the first N training images")
     p.add_argument("--beta", type=float, default=0.5, help="ciwae's beta")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for diagnose.json and diagnose.png (default: RUN)")
@@ -128,10 +128,10 @@ def add_diagnose(sub):
 def add_gaps(sub):
     p = sub.add_parser("gaps", help="the approximation and amortization gaps of a run's q (AIS, optimized q*)")
     p.add_argument("run", help="run directory")
-    p.add_argument("--examples", type=positive_int, default=100, help="the first N test images")
-    p.add_argument("--q-steps", type=positive_int, default=500, help="Adam steps fitting each image's q*")
-    p.add_argument("--ais-steps", type=positive_int, default=STEPS, help="AIS: intermediate distributions")
-    p.add_argument("--chains", type=positive_int, default=CHAINS, help="AIS: chains per image")
+    p.add_argument("--examples", type=COUNT, default=100, help="the first N test images")
+    p.add_argument("--q-steps", type=COUNT, default=500, help="Adam steps fitting each image's q*")
+    p.add_argument("--ais-steps", type=COUNT, default=STEPS, help="AIS: intermediate distributions")
+    p.add_argument("--chains", type=COUNT, default=CHAINS, help="AIS: chains per image")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="folder for gaps.json and gaps.png (default: RUN)")
     add_data_dir(p)
@@ -149,15 +149,15 @@ def add_impute(sub):
     p = sub.add_parser("impute", help="fill the missing cells of a table (.csv, .npy, .npz) with an iwae.Imputer")
     p.add_argument("file", help=".csv (header; empty, NA and NaN cells missing), .npy or .npz (NaN missing)")
     p.add_argument("--out", required=True, help="the table to write (.csv, .npy or .npz)")
-    p.add_argument("--multiple", type=positive_int, metavar="M",
+    p.add_argument("--multiple", type=COUNT, metavar="M",
                    help="write M multiple imputations [M, N, D] instead of the single imputation")
-    p.add_argument("--epochs", type=positive_int, help="training epochs (default: from the table's shape)")
+    p.add_argument("--epochs", type=COUNT, help="training epochs (default: from the table's shape)")
     p.add_argument("--likelihood", default="auto", help="auto | gaussian | student-t | bernoulli")
     p.add_argument("--mechanism", default="mar",
                    help="mar (missing at random) | self-masking | linear (missing not at random, docs/missing.md)")
     p.add_argument("--sign", choices=("positive", "negative"),
                    help="self-masking: the sign of w_j when known (positive: high values go missing)")
-    p.add_argument("--k", type=positive_int, default=20, help="importance samples of the training bound")
+    p.add_argument("--k", type=COUNT, default=20, help="importance samples of the training bound")
     p.add_argument("--seed", type=int, default=0)
     add_threads(p)
     add_device(p)

@@ -105,7 +105,7 @@ def int_at_least(low):
     return parse
 
 
-positive_int, nonnegative_int = int_at_least(1), int_at_least(0)
+COUNT = int_at_least(1)                        # an option counting something: 1 or more
 
 
 def fraction(text):
@@ -122,7 +122,7 @@ def add_data_dir(p):
 
 
 def add_threads(p):
-    p.add_argument("--threads", type=positive_int, help=THREADS)
+    p.add_argument("--threads", type=COUNT, help=THREADS)
 
 
 def cores():
