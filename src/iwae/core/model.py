@@ -104,7 +104,7 @@ class Model(nn.Module):
         mask_input: the first encoder layer reads [x with missing entries 0, mask] (2 D
             inputs; an all-True mask when none is given) instead of x.
         missingness: None (missing at random: MIWAE) or a module with ``log_prob(s, x)``
-            (``iwae.core.missingness.SelfMasking`` or ``Linear``): log p(s | x) joins the log
+            (``iwae.core.missingness.SelfMasking`` or ``LinearMasking``): log p(s | x) joins the log
             weights (module docstring); it needs a Gaussian or Student's t likelihood.
     """
 
