@@ -76,7 +76,7 @@ class LinearMasking(nn.Module):
         return {"name": "linear"}
 
 
-def check_likelihood(likelihood):
+def check_reparameterizable(likelihood):
     """Refuse (one line) a likelihood whose x_m cannot be drawn by reparameterisation."""
     parts = likelihood.parts if isinstance(likelihood, Columns) else [(likelihood, None)]
     for like, cols in parts:

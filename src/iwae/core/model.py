@@ -39,7 +39,7 @@ from torch.func import functional_call
 
 from .densities import (HALF_LOG_2PI, Bernoulli, normal_log_prob, observed_values, reparameterize,
                         standard_normal_log_prob)
-from .missingness import check_likelihood
+from .missingness import check_reparameterizable
 from .nets import glorot_, mlp
 from .validate import positive_int
 
@@ -122,7 +122,7 @@ class Model(nn.Module):
         self.likelihood = likelihood if likelihood is not None else Bernoulli()
         self.missing, self.mask_input = bool(missing), bool(mask_input)
         if missingness is not None:
-            check_likelihood(self.likelihood)
+            check_reparameterizable(self.likelihood)
         self.missingness = missingness
 
     def encoder_parameters(self):

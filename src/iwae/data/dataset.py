@@ -59,7 +59,7 @@ def remove_pixels(x: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     return x.scatter(1, chosen.to(x.device), float("nan"))
 
 
-def check_likelihood(likelihood: str) -> None:
+def check_likelihood_name(likelihood: str) -> None:
     """Raise DataError unless likelihood is one the loaders understand."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}: expected one of {', '.join(LIKELIHOODS)}")
