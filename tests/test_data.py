@@ -12,7 +12,7 @@ import scipy.io
 import torch
 
 from iwae.data import (DATASETS, DataError, binarize, describe_datasets, load_dataset,
-                       resolve_data_dir)
+                       remove_pixels, resolve_data_dir)
 from iwae.data.binarized import read_amat, read_mat
 from iwae.data.idx import read_idx
 from iwae.data.omniglot import read_chardata
@@ -440,6 +440,16 @@ def test_binarize_is_reproducible_with_a_seeded_generator():
     b = binarize(x, torch.Generator().manual_seed(7))
     c = binarize(x, torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_binarize_keeps_nan_and_draws_the_rest_as_without_it():
+    x = torch.rand(30, 20, generator=torch.Generator().manual_seed(0))
+    holes = remove_pixels(x, 0.4, seed=0)
+    g, g_holes = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    full, both = binarize(x, g), binarize(holes, g_holes)
+    nan = torch.isnan(holes)
+    assert torch.equal(torch.isnan(both), nan) and torch.equal(both[~nan], full[~nan])
+    assert torch.equal(g.get_state(), g_holes.get_state())            # one draw per entry either way
 
 
 # ---------------------------------------------------------------- data dir, listing, missing files

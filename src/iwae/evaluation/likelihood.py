@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.validate import positive_int
+from ..data.dataset import binarize
 from ..runtime import distributed
 from ..runtime.compile import COMPILES, compiled, flushed_subnormals
 from ..runtime.rng import forked_rng
@@ -88,19 +89,13 @@ def _compiled(device):
 
 
 def fixed_binarization(x, binarization, seed=EVAL_SEED):
-    """Held-out images binarized once with a fixed seed (unchanged unless 'dynamic'); NaN
-    entries (missing pixels) stay NaN, the others get the same draws as without them."""
+    """Held-out images as every evaluation sees them: binarized once (data.binarize) with a
+    fixed seed, EVAL_SEED unless given, so that evaluations of a run agree; unchanged unless
+    'dynamic'. NaN entries (missing pixels) stay NaN, the others get the same draws as
+    without them."""
     if binarization != "dynamic":
         return x
-    return binarize_observed(x, torch.Generator().manual_seed(seed))
-
-
-def binarize_observed(x, generator=None):
-    """torch.bernoulli(x) where x is not NaN, NaN where it is (one draw per entry either way)."""
-    nan = torch.isnan(x)
-    if x.device.type == "meta" or not bool(nan.any()):
-        return torch.bernoulli(x, generator=generator)
-    return torch.where(nan, x, torch.bernoulli(x.nan_to_num(0.0), generator=generator))
+    return binarize(x, torch.Generator().manual_seed(seed))
 
 
 def block_seed(seed, index):
