@@ -21,7 +21,8 @@ mask reaches them in one of two ways:
   shuffled, moved and checkpointed as before; no mask has to follow it through the stack.
 The values at missing positions reach neither the log weights nor their gradients (they are
 replaced by 0 through torch.where before any arithmetic). With mask=None (and missing=False,
-or no NaN) the computation is today's, op for op; with an all-True mask it is bitwise equal.
+or no NaN) the computation is that of a model without missing data, op for op; with an
+all-True mask it is bitwise equal.
 
 Values missing not at random [Ipsen, Mattei & Frellsen 2021]: with ``missingness=`` a model
 p(s | x) (``iwae.core.missingness``) enters ``log_joint(x, zs, mask)`` as one more term,

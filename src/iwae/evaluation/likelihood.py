@@ -15,12 +15,9 @@ from ..runtime.rng import forked_rng
 EVAL_SEED = 1234            # binarization and sample noise of every evaluation
 
 CHUNK_BYTES = 6 << 20       # a chunk's [rows, D] floats: 2006 rows of 784 (see log_likelihood)
-COMPILE_MIN_WORK = 1 << 36  # compile log_weights when k * N * D reaches this: L_5000 on ~17,500 MNIST images.
-# Compiling costs ~15 s on a cold cache and saves 1.1 ms per image of L_5000 on the 1-layer
-# net (27.7 against 28.8 ms eager) and 2.9 ms on the 2-layer net (41.2 against 44.1; one
-# thread, Intel Xeon with AVX-512/AMX, python -m benchmarks.evaluate): it pays from ~13,000
-# images (1-layer) and ~5,000 (2-layer) at one thread, later on more; the threshold is the
-# 1-layer's.
+# compile log_weights when k * N * D reaches this (L_5000 on ~17,500 MNIST images): where
+# compiling repays its cost on the 1-layer net at one thread (docs/speed.md, Threads)
+COMPILE_MIN_WORK = 1 << 36
 
 
 def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False,
@@ -34,10 +31,8 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
 
     Chunks are further capped at CHUNK_BYTES of [rows, D] data (2006 rows of 784 floats, 20
     samples of a batch of 100, so that k = 5000 is 250 chunks of one shape): the likelihood
-    reads the decoder's output soon after it is written. Eager 1-layer L_5000 costs 28-29 ms
-    per image at 1,000-2,000 rows against 40 ms at 8,000 (compiled 27-28 against 31; one
-    thread, Intel Xeon with AMX, ``python -m benchmarks.evaluate --chunk-rows R``; see
-    docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
+    reads the decoder's output soon after it is written (rows per chunk against time per
+    image: docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
     flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) when
     k * N * D reaches COMPILE_MIN_WORK, "step" always, "off" never.
     """
