@@ -2,7 +2,6 @@
 messages on corrupt input, Omniglot's layout, user data, binarization and data dirs."""
 import gzip
 import hashlib
-import os
 import re
 from pathlib import Path
 
@@ -12,22 +11,13 @@ import scipy.io
 import torch
 
 from iwae.data import (DATASETS, DataError, binarize, describe_datasets, load_dataset,
-                       resolve_data_dir)
+                       remove_pixels, resolve_data_dir)
 from iwae.data.binarized import read_amat, read_mat
 from iwae.data.idx import read_idx
 from iwae.data.omniglot import read_chardata
 
 MNIST_TRAIN_LABELS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]   # README
 MNIST_TEST_LABELS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
-
-
-@pytest.fixture(scope="module")
-def data_dir():
-    """The real files: $IWAE_DATA_DIR, else shared/data beside the repository."""
-    path = Path(os.environ.get("IWAE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not path.is_dir():
-        pytest.skip(f"real data folder {path} not found (set IWAE_DATA_DIR)")
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -69,8 +59,8 @@ def test_mnist_paper_split_is_first_59600_and_last_400(mnist, data_dir):
 
 
 def test_idx_label_files_decode_to_readme_counts(data_dir):
-    train = read_idx(data_dir / "mnist" / "train-labels-idx1-ubyte.gz", 1)
-    test = read_idx(data_dir / "mnist" / "t10k-labels-idx1-ubyte.gz", 1)
+    train = read_idx(Path(data_dir) / "mnist" / "train-labels-idx1-ubyte.gz", 1)
+    test = read_idx(Path(data_dir) / "mnist" / "t10k-labels-idx1-ubyte.gz", 1)
     assert np.bincount(train).tolist() == MNIST_TRAIN_LABELS
     assert np.bincount(test).tolist() == MNIST_TEST_LABELS
 
@@ -80,7 +70,7 @@ def test_fashion_mnist_shapes(data_dir):
     assert ds.name == "fashion-mnist"
     assert ds.train.shape == (60000, 784) and ds.test.shape == (10000, 784)
     assert 0 <= ds.train.min() and ds.train.max() == 1
-    labels = read_idx(data_dir / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz", 1)
+    labels = read_idx(Path(data_dir) / "fashion_mnist" / "t10k-labels-idx1-ubyte.gz", 1)
     assert np.bincount(labels).tolist() == [1000] * 10
 
 
@@ -97,7 +87,7 @@ def test_binarized_mnist_splits_values_and_means(binarized, data_dir):
 
 
 def test_binarized_mnist_mat_and_plain_amat_match_amat_gz(binarized, data_dir, tmp_path):
-    src = data_dir / "binarized_mnist"
+    src = Path(data_dir) / "binarized_mnist"
     dst = tmp_path / "binarized_mnist"
     dst.mkdir()
     (dst / "binarized_mnist_train.mat").symlink_to(src / "binarized_mnist_train.mat")
@@ -119,21 +109,21 @@ def test_gaussian_likelihood_uses_data_as_is(binarized, data_dir):
 def test_gunzipped_idx_file_is_accepted(mnist, data_dir, tmp_path):
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").symlink_to(
-        data_dir / "mnist" / "train-images-idx3-ubyte.gz")
+        Path(data_dir) / "mnist" / "train-images-idx3-ubyte.gz")
     (tmp_path / "mnist" / "t10k-images-idx3-ubyte").write_bytes(
-        gzip.decompress((data_dir / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()))
+        gzip.decompress((Path(data_dir) / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()))
     ds = load_dataset("mnist", tmp_path, download=False)
     assert torch.equal(ds.test, mnist.test)
 
 
 def test_corrupted_real_file_fails_its_checksum(data_dir, tmp_path):
-    good = (data_dir / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()
+    good = (Path(data_dir) / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes()
     bad = good[:len(good) // 2]
     (tmp_path / "mnist").mkdir()
     path = tmp_path / "mnist" / "t10k-images-idx3-ubyte.gz"
     path.write_bytes(bad)
     (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").symlink_to(
-        data_dir / "mnist" / "train-images-idx3-ubyte.gz")
+        Path(data_dir) / "mnist" / "train-images-idx3-ubyte.gz")
     got = hashlib.md5(bad).hexdigest()
     with pytest.raises(DataError, match=msg(
             f"{path}: checksum mismatch: expected md5 9fb629c4189551a2d022fa330f9573f3, got {got}")):
@@ -190,7 +180,7 @@ def test_idx_truncated_and_invalid_gzip(tmp_path):
 def test_idx_wrong_image_count_in_data_dir(tmp_path, data_dir):
     (tmp_path / "mnist").mkdir()
     (tmp_path / "mnist" / "train-images-idx3-ubyte.gz").symlink_to(
-        data_dir / "mnist" / "train-images-idx3-ubyte.gz")
+        Path(data_dir) / "mnist" / "train-images-idx3-ubyte.gz")
     path = tmp_path / "mnist" / "t10k-images-idx3-ubyte"
     path.write_bytes(idx_bytes(np.zeros((5, 28, 28), np.uint8)))
     with pytest.raises(DataError, match=msg(f"{path}: 5 images, expected 10000")):
@@ -442,6 +432,16 @@ def test_binarize_is_reproducible_with_a_seeded_generator():
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
+def test_binarize_keeps_nan_and_draws_the_rest_as_without_it():
+    x = torch.rand(30, 20, generator=torch.Generator().manual_seed(0))
+    holes = remove_pixels(x, 0.4, seed=0)
+    g, g_holes = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    full, both = binarize(x, g), binarize(holes, g_holes)
+    nan = torch.isnan(holes)
+    assert torch.equal(torch.isnan(both), nan) and torch.equal(both[~nan], full[~nan])
+    assert torch.equal(g.get_state(), g_holes.get_state())            # one draw per entry either way
+
+
 # ---------------------------------------------------------------- data dir, listing, missing files
 
 def test_resolve_data_dir_order(monkeypatch, tmp_path):
@@ -460,9 +460,9 @@ def test_describe_datasets(data_dir, tmp_path):
     listed = {d["name"]: d for d in describe_datasets(data_dir)}
     assert list(listed) == list(DATASETS) == ["mnist", "fashion-mnist", "binarized-mnist", "omniglot"]
     assert listed["mnist"]["found"] and listed["binarized-mnist"]["found"]
-    assert listed["mnist"]["path"] == str(data_dir / "mnist")
+    assert listed["mnist"]["path"] == str(Path(data_dir) / "mnist")
     assert listed["mnist"]["files"] == ["train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"]
-    assert listed["omniglot"]["found"] is (data_dir / "omniglot" / "chardata.mat").is_file()
+    assert listed["omniglot"]["found"] is (Path(data_dir) / "omniglot" / "chardata.mat").is_file()
     assert not any(d["found"] for d in describe_datasets(tmp_path))
 
 

@@ -3,7 +3,6 @@ download raises DataError and leaves nothing in the cache; refusals need no netw
 import functools
 import hashlib
 import http.server
-import os
 import re
 import shutil
 import socket
@@ -17,15 +16,6 @@ import scipy.io
 from iwae.data import DataError, download_dataset, load_dataset
 
 MNIST_FILES = ["train-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz"]
-
-
-@pytest.fixture(scope="module")
-def data_dir():
-    """The real files: $IWAE_DATA_DIR, else shared/data beside the repository."""
-    path = Path(os.environ.get("IWAE_DATA_DIR") or Path(__file__).resolve().parents[2] / "shared" / "data")
-    if not path.is_dir():
-        pytest.skip(f"real data folder {path} not found (set IWAE_DATA_DIR)")
-    return path
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -73,14 +63,14 @@ def test_download_lands_verified_files_that_load(mirror, data_dir, tmp_path, mon
     url, served, server = mirror
     (served / "mnist").mkdir()
     for name in MNIST_FILES:
-        shutil.copy(data_dir / "mnist" / name, served / "mnist" / name)
+        shutil.copy(Path(data_dir) / "mnist" / name, served / "mnist" / name)
     cache = tmp_path / "cache"
     monkeypatch.setenv("IWAE_MIRROR", url)
     ds = load_dataset("mnist", cache)                         # empty cache: downloads both
     assert ds.train.shape == (60000, 784) and ds.test.shape == (10000, 784)
     assert files_under(cache) == sorted(f"mnist/{n}" for n in MNIST_FILES)   # no temp files
     for name in MNIST_FILES:
-        assert (cache / "mnist" / name).read_bytes() == (data_dir / "mnist" / name).read_bytes()
+        assert (cache / "mnist" / name).read_bytes() == (Path(data_dir) / "mnist" / name).read_bytes()
     assert sorted(server.requests) == sorted(f"/mnist/{n}" for n in MNIST_FILES)
     load_dataset("mnist", cache)                              # present now: no new request
     assert len(server.requests) == 2
@@ -89,10 +79,10 @@ def test_download_lands_verified_files_that_load(mirror, data_dir, tmp_path, mon
 def test_corrupted_download_is_rejected_and_discarded(mirror, data_dir, tmp_path):
     url, served, _ = mirror
     (served / "mnist").mkdir()
-    data = bytearray((data_dir / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
+    data = bytearray((Path(data_dir) / "mnist" / "t10k-images-idx3-ubyte.gz").read_bytes())
     data[1000:1010] = bytes(b ^ 0xFF for b in data[1000:1010])
     (served / "mnist" / "t10k-images-idx3-ubyte.gz").write_bytes(data)
-    shutil.copy(data_dir / "mnist" / "train-images-idx3-ubyte.gz", served / "mnist")
+    shutil.copy(Path(data_dir) / "mnist" / "train-images-idx3-ubyte.gz", served / "mnist")
     cache = tmp_path / "cache"
     (cache / "mnist").mkdir(parents=True)
     got = hashlib.md5(data).hexdigest()
@@ -137,11 +127,11 @@ def test_binarized_mnist_downloads_from_a_mirror(mirror, data_dir, tmp_path):
     (served / "binarized_mnist").mkdir()
     for split in ("valid", "test"):
         name = f"binarized_mnist_{split}.amat.gz"
-        shutil.copy(data_dir / "binarized_mnist" / name, served / "binarized_mnist" / name)
+        shutil.copy(Path(data_dir) / "binarized_mnist" / name, served / "binarized_mnist" / name)
     cache = tmp_path / "cache"
     (cache / "binarized_mnist").mkdir(parents=True)
     (cache / "binarized_mnist" / "binarized_mnist_train.mat").symlink_to(
-        data_dir / "binarized_mnist" / "binarized_mnist_train.mat")       # present as .mat
+        Path(data_dir) / "binarized_mnist" / "binarized_mnist_train.mat")       # present as .mat
     paths = download_dataset("binarized-mnist", cache, mirror=url)
     assert paths["train"].name == "binarized_mnist_train.mat"
     assert [paths[s].name for s in ("valid", "test")] == \

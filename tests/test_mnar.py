@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import iwae
 from iwae.app.cli import main
 from iwae.core.densities import Bernoulli, Columns, Gaussian, StudentT
-from iwae.core.missingness import Linear, SelfMasking
+from iwae.core.missingness import LinearMasking, SelfMasking
 from iwae.evaluation.imputation import impute, multiple_impute
 
 NAN = float("nan")
@@ -39,8 +39,8 @@ def nan_data(n=5, dim=6, seed=0):
 
 
 def constant_linear(dim, seed=2):
-    """A Linear missingness model that ignores x: weight 0, bias c (logit p(s_j = 1) = c_j)."""
-    model = Linear(dim)
+    """A LinearMasking missingness model that ignores x: weight 0, bias c (logit p(s_j = 1) = c_j)."""
+    model = LinearMasking(dim)
     with torch.no_grad():
         model.linear.bias.copy_(torch.randn(dim, generator=torch.Generator().manual_seed(seed)))
     return model
@@ -100,7 +100,7 @@ def bound(model, x, k, seed):
 @pytest.mark.parametrize("mechanism", ["self-masking", "linear"])
 def test_the_gradient_through_the_sampled_x_m_matches_a_finite_difference_in_float64(mechanism):
     dim = 4
-    missingness = SelfMasking(dim) if mechanism == "self-masking" else Linear(dim)
+    missingness = SelfMasking(dim) if mechanism == "self-masking" else LinearMasking(dim)
     with torch.no_grad():
         for p in missingness.parameters():
             p.copy_(torch.randn(p.shape, generator=torch.Generator().manual_seed(5)))

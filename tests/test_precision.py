@@ -37,7 +37,7 @@ def test_log_weights_are_fp32_and_close_to_the_fp32_ones():
 
 
 def test_small_products_stay_fp32_bitwise():
-    layer = nets.Linear(784, 200)
+    layer = nets.MatmulDtypeLinear(784, 200)
     x = torch.randn(20, 784)
     assert 20 * 784 * 200 < BF16_MIN_MACS
     with matmul_dtype(torch.bfloat16):

@@ -162,9 +162,11 @@ class StudentT:
         return sigma.square() * nu / (nu - 2)
 
     def sample(self, params):
-        """x ~ t_nu(mu, sigma^2): a normal over the root of a scaled chi-square draw."""
+        """x ~ t_nu(mu, sigma^2): a normal over the root of a scaled chi-square draw, the
+        chi-square drawn by rsample so that the draw carries nu's gradient (validation off:
+        nu >= 3 by construction, and checking it would cost a device sync)."""
         mu, sigma, nu = self._split(params)
-        chi2 = 2 * torch._standard_gamma(0.5 * nu)
+        chi2 = torch.distributions.Chi2(nu, validate_args=False).rsample()
         return mu + sigma * torch.randn_like(mu) * torch.rsqrt(chi2 / nu)
 
     def config(self):

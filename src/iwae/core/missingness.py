@@ -9,7 +9,7 @@ Each model gives logits l(x) [k, B, D] of p(s_j = 1 | x) and
 - ``SelfMasking(D)``: l_j = -w_j (x_j - b_j), each feature's missingness depending on its own
   value only; w_j > 0: high values go missing. ``sign="positive"`` forces w_j = softplus(.) > 0
   (the direction known), ``sign="negative"`` w_j < 0; the default leaves it free.
-- ``Linear(D)``: l = W x + c, logistic on all of x.
+- ``LinearMasking(D)``: l = W x + c, logistic on all of x.
 
 The parameters belong to the generative side (``Model.decoder_parameters``): the estimators
 treat them as theta.
@@ -57,7 +57,7 @@ class SelfMasking(nn.Module):
         return {"name": "self-masking", "sign": self.sign}
 
 
-class Linear(nn.Module):
+class LinearMasking(nn.Module):
     """logit p(s = 1 | x) = W x + c: every feature's missingness may depend on all of x."""
 
     def __init__(self, features):
@@ -76,7 +76,7 @@ class Linear(nn.Module):
         return {"name": "linear"}
 
 
-def check_likelihood(likelihood):
+def check_reparameterizable(likelihood):
     """Refuse (one line) a likelihood whose x_m cannot be drawn by reparameterisation."""
     parts = likelihood.parts if isinstance(likelihood, Columns) else [(likelihood, None)]
     for like, cols in parts:

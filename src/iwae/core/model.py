@@ -21,7 +21,8 @@ mask reaches them in one of two ways:
   shuffled, moved and checkpointed as before; no mask has to follow it through the stack.
 The values at missing positions reach neither the log weights nor their gradients (they are
 replaced by 0 through torch.where before any arithmetic). With mask=None (and missing=False,
-or no NaN) the computation is today's, op for op; with an all-True mask it is bitwise equal.
+or no NaN) the computation is that of a model without missing data, op for op; with an
+all-True mask it is bitwise equal.
 
 Values missing not at random [Ipsen, Mattei & Frellsen 2021]: with ``missingness=`` a model
 p(s | x) (``iwae.core.missingness``) enters ``log_joint(x, zs, mask)`` as one more term,
@@ -39,7 +40,7 @@ from torch.func import functional_call
 
 from .densities import (HALF_LOG_2PI, Bernoulli, normal_log_prob, observed_values, reparameterize,
                         standard_normal_log_prob)
-from .missingness import check_likelihood
+from .missingness import check_reparameterizable
 from .nets import glorot_, mlp
 from .validate import positive_int
 
@@ -104,7 +105,7 @@ class Model(nn.Module):
         mask_input: the first encoder layer reads [x with missing entries 0, mask] (2 D
             inputs; an all-True mask when none is given) instead of x.
         missingness: None (missing at random: MIWAE) or a module with ``log_prob(s, x)``
-            (``iwae.core.missingness.SelfMasking`` or ``Linear``): log p(s | x) joins the log
+            (``iwae.core.missingness.SelfMasking`` or ``LinearMasking``): log p(s | x) joins the log
             weights (module docstring); it needs a Gaussian or Student's t likelihood.
     """
 
@@ -122,7 +123,7 @@ class Model(nn.Module):
         self.likelihood = likelihood if likelihood is not None else Bernoulli()
         self.missing, self.mask_input = bool(missing), bool(mask_input)
         if missingness is not None:
-            check_likelihood(self.likelihood)
+            check_reparameterizable(self.likelihood)
         self.missingness = missingness
 
     def encoder_parameters(self):

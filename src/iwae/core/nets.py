@@ -1,22 +1,22 @@
 """Deterministic networks of the paper: tanh MLPs with Glorot-uniform weights and zero biases.
 
-Their matmuls can run in bf16 (``matmul_dtype(torch.bfloat16)``): each Linear large enough
-to gain (BF16_MIN_MACS) multiplies bf16 x, W and b and returns bf16, so the activations
-between two such layers (and the tanh) stay bf16; a smaller Linear runs in its weights'
-dtype. The model casts every net's output back to fp32 (iwae.core.model), so everything
-computed from it (log densities, log weights, the bound) and the parameters' gradients are
-fp32. The training step enters the context inside the function torch.compile traces
+Their matmuls can run in bf16 (``matmul_dtype(torch.bfloat16)``): each MatmulDtypeLinear large
+enough to gain (BF16_MIN_MACS) multiplies bf16 x, W and b and returns bf16, so the activations
+between two such layers (and the tanh) stay bf16; a smaller one runs in its weights' dtype.
+The model casts every net's output back to fp32 (iwae.core.model), so everything computed
+from it (log densities, log weights, the bound) and the parameters' gradients are fp32. The
+training step enters the context inside the function torch.compile traces
 (iwae.training.step), so the casts are in the compiled graph and fuse with the elementwise
-work around the matmuls. Only these Linear layers (``mlp``, the paper's nets) switch: a
-user's nn.Linear or convolution stays in its own dtype.
+work around the matmuls. Only these MatmulDtypeLinear layers (``mlp``, the paper's nets)
+switch: a user's nn.Linear or convolution stays in its own dtype.
 """
 import contextlib
 
 import torch.nn as nn
 import torch.nn.functional as F
 
-# rows x in x out below which a Linear stays in fp32: bf16's casts cost more than it saves
-# there (the paper nets at k=1, and the encoder's first layer, which sees only the batch)
+# rows x in x out below which a MatmulDtypeLinear stays in fp32: bf16's casts cost more than
+# it saves there (the paper nets at k=1, and the encoder's first layer, which sees only the batch)
 BF16_MIN_MACS = 4_000_000
 
 
@@ -29,7 +29,7 @@ MATMUL = _Matmul()
 
 @contextlib.contextmanager
 def matmul_dtype(dtype):
-    """Within: the nets' Linear layers multiply in dtype (None: as they are)."""
+    """Within: the nets' MatmulDtypeLinear layers multiply in dtype (None: as they are)."""
     old, MATMUL.dtype = MATMUL.dtype, dtype
     try:
         yield
@@ -49,7 +49,7 @@ def linear(x, weight, bias=None):
     return F.linear(x.to(dtype), weight.to(dtype), None if bias is None else bias.to(dtype))
 
 
-class Linear(nn.Linear):
+class MatmulDtypeLinear(nn.Linear):
     """nn.Linear whose matmul follows matmul_dtype (same parameters, same state_dict)."""
 
     def forward(self, x):
@@ -70,6 +70,6 @@ def mlp(sizes, out_features):
     """
     layers = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [glorot_(Linear(fan_in, fan_out)), nn.Tanh()]
-    layers.append(glorot_(Linear(sizes[-1], out_features)))
+        layers += [glorot_(MatmulDtypeLinear(fan_in, fan_out)), nn.Tanh()]
+    layers.append(glorot_(MatmulDtypeLinear(sizes[-1], out_features)))
     return nn.Sequential(*layers)

@@ -52,7 +52,8 @@ def read_amat(path: Path, md5: str | None = None) -> np.ndarray:
 def _read_canonical(text: np.ndarray) -> np.ndarray | None:
     """uint8 [N, 784] if text is exactly N lines "v v ... v\\n" (784 single-byte 0/1 values,
     single spaces), else None: the layout of the distributed files, read with strided views
-    ten times faster than the general path, which handles (and explains) everything else."""
+    instead of the general path's per-byte masks and per-line counts (docs/speed.md); the
+    general path handles (and explains) everything else."""
     width = 2 * PIXELS                                           # bytes per line, "\n" included
     if text.size == 0 or text.size % width:
         return None

@@ -42,8 +42,12 @@ class Dataset:
 
 
 def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Dynamic binarization: each entry is 1 with probability x (x in [0, 1]); same shape and dtype."""
-    return torch.bernoulli(x, generator=generator)
+    """Dynamic binarization: each entry is 1 with probability x (x in [0, 1]); same shape and
+    dtype. NaN entries (missing values) stay NaN; every entry takes one draw either way, so the
+    observed entries get the same draws as without the NaN, and the generator advances alike.
+    The NaN are not looked for first: that would cost a device sync per batch."""
+    drawn = torch.bernoulli(x.nan_to_num(0.0), generator=generator)
+    return torch.where(torch.isnan(x), x, drawn)
 
 
 def remove_pixels(x: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
@@ -59,7 +63,7 @@ def remove_pixels(x: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
     return x.scatter(1, chosen.to(x.device), float("nan"))
 
 
-def check_likelihood(likelihood: str) -> None:
+def check_likelihood_name(likelihood: str) -> None:
     """Raise DataError unless likelihood is one the loaders understand."""
     if likelihood not in LIKELIHOODS:
         raise DataError(f"unknown likelihood {likelihood!r}: expected one of {', '.join(LIKELIHOODS)}")

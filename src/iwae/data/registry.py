@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from .binarized import read_amat, read_mat
-from .dataset import DataError, Dataset, check_likelihood, is_binary, to_float32
+from .dataset import DataError, Dataset, check_likelihood_name, is_binary, to_float32
 from .download import fetch, mirror_url
 from .files import resolve_data_dir
 from .idx import read_idx
@@ -153,7 +153,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None, *, valida
     """
     if validation not in VALIDATIONS:
         raise DataError(f"unknown validation {validation!r}: expected one of {', '.join(VALIDATIONS)}")
-    check_likelihood(likelihood)
+    check_likelihood_name(likelihood)
     bernoulli = likelihood == "bernoulli"
     info = _info(name)
     if info is None:

@@ -209,7 +209,7 @@ def ais(model, x, *, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, schedule="si
     transition; schedule "sigmoid" | "linear"; init "q" (start at q(z | x)) | "prior". The
     defaults (2000 steps, 8 chains, 5 leapfrog steps) come from results/ais_study.md: mean
     absolute errors of 0.032 and 0.073 nats on its two closed-form models (500 steps, 10
-    leapfrog: 0.070 and 0.157) at 0.82 s per MNIST image on one thread, plus 0.09 s of pilot.
+    leapfrog: 0.070 and 0.157); their cost per image: docs/evaluation.md.
     Step sizes: HMC leaves f_b invariant only with a step size that does not depend on the
     chain's state or history, so the step sizes of the counted chains are fixed before they
     start (pilot_step_sizes): a pilot run of `pilot` temperatures (default "auto":
@@ -224,8 +224,8 @@ def ais(model, x, *, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, schedule="si
     draw the same numbers whatever the pilot. Model parameters are not differentiated.
     with_chains: also return every chain's log weight, float64 [chains, N] (for standard
     errors). compile: "auto" compiles the HMC transition whole (torch.compile; the same
-    random draws) when steps x N is large (iwae.runtime.compile.decide), where it pays for its ~30 s of
-    compiling; "step" always; "off" never. timings: a dict to receive the seconds of the
+    random draws) when steps x N is large (iwae.runtime.compile.decide), where compiling repays
+    its cost; "step" always; "off" never. timings: a dict to receive the seconds of the
     "pilot" and of the counted "chains". step_sizes: a list to receive each batch's step
     sizes [steps + 1, chains, b] (bdmc reuses them).
     """

@@ -7,6 +7,7 @@ import torch
 import torch.distributed as dist
 
 from ..core.validate import positive_int
+from ..data.dataset import binarize
 from ..runtime import distributed
 from ..runtime.compile import compiled, decide, flushed_subnormals
 from ..runtime.rng import forked_rng
@@ -14,11 +15,6 @@ from ..runtime.rng import forked_rng
 EVAL_SEED = 1234            # binarization and sample noise of every evaluation
 
 CHUNK_BYTES = 6 << 20       # a chunk's [rows, D] floats: 2006 rows of 784 (see log_likelihood)
-# Compiling costs ~15 s on a cold cache and saves 1.1 ms per image of L_5000 on the 1-layer
-# net (27.7 against 28.8 ms eager) and 2.9 ms on the 2-layer net (41.2 against 44.1; one
-# thread, Intel Xeon with AVX-512/AMX, python -m benchmarks.evaluate): it pays from ~13,000
-# images (1-layer) and ~5,000 (2-layer) at one thread, later on more; the threshold is the
-# 1-layer's.
 
 
 def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_elbo=False,
@@ -32,10 +28,8 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
 
     Chunks are further capped at CHUNK_BYTES of [rows, D] data (2006 rows of 784 floats, 20
     samples of a batch of 100, so that k = 5000 is 250 chunks of one shape): the likelihood
-    reads the decoder's output soon after it is written. Eager 1-layer L_5000 costs 28-29 ms
-    per image at 1,000-2,000 rows against 40 ms at 8,000 (compiled 27-28 against 31; one
-    thread, Intel Xeon with AMX, ``python -m benchmarks.evaluate --chunk-rows R``; see
-    docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
+    reads the decoder's output soon after it is written (rows per chunk against time per
+    image: docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
     flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) when
     k * N * D is large (iwae.runtime.compile.decide), "step" always, "off" never.
     """
@@ -85,19 +79,13 @@ def _compiled(device):
 
 
 def fixed_binarization(x, binarization, seed=EVAL_SEED):
-    """Held-out images binarized once with a fixed seed (unchanged unless 'dynamic'); NaN
-    entries (missing pixels) stay NaN, the others get the same draws as without them."""
+    """Held-out images as every evaluation sees them: binarized once (data.binarize) with a
+    fixed seed, EVAL_SEED unless given, so that evaluations of a run agree; unchanged unless
+    'dynamic'. NaN entries (missing pixels) stay NaN, the others get the same draws as
+    without them."""
     if binarization != "dynamic":
         return x
-    return binarize_observed(x, torch.Generator().manual_seed(seed))
-
-
-def binarize_observed(x, generator=None):
-    """torch.bernoulli(x) where x is not NaN, NaN where it is (one draw per entry either way)."""
-    nan = torch.isnan(x)
-    if x.device.type == "meta" or not bool(nan.any()):
-        return torch.bernoulli(x, generator=generator)
-    return torch.where(nan, x, torch.bernoulli(x.nan_to_num(0.0), generator=generator))
+    return binarize(x, torch.Generator().manual_seed(seed))
 
 
 def block_seed(seed, index):

@@ -21,7 +21,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..core.densities import Bernoulli, Columns, Gaussian, StudentT
-from ..core.missingness import SIGNS, Linear, SelfMasking
+from ..core.missingness import SIGNS, LinearMasking, SelfMasking
 from ..core.model import GaussianLayer, Model
 from ..core.nets import mlp
 from ..evaluation.imputation import DRAWS, impute, multiple_impute
@@ -33,7 +33,7 @@ from ..training.fit import train
 
 LIKELIHOOD_NAMES = ("auto", "gaussian", "student-t", "bernoulli")
 CONTINUOUS = {"gaussian": Gaussian, "student-t": StudentT}
-MECHANISMS = {"mar": None, "self-masking": SelfMasking, "linear": Linear}
+MECHANISMS = {"mar": None, "self-masking": SelfMasking, "linear": LinearMasking}
 AUTO_CONTINUOUS = "gaussian"   # the continuous likelihood of likelihood="auto" (docs/missing.md)
 TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_size rows
 MIN_EPOCHS = 20
@@ -208,7 +208,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
         encoder = GaussianLayer(mlp([d * (2 if mask_input else 1)] + sizes, 2 * latent))
         kind = MECHANISMS[self.mechanism]
-        mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else Linear(d)
+        mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else LinearMasking(d)
         return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=mask_input,
                      missingness=mechanism)
 

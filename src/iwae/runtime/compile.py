@@ -106,7 +106,8 @@ def compiled_step(gradients, device, model):
     dtype, device), grad mode and model.training, each of which only ever sees that batch
     and the step's own parameter tensors, so that after its first call its guards are
     skipped (torch.compiler.set_stance(skip_guard_eval_unsafe=True)): checking the 13
-    input tensors and the modules costs 0.1-0.3 ms a call, a tenth of a k=1 step."""
+    input tensors and the modules on every call is a cost that matters at small k
+    (docs/speed.md)."""
     by_batch = {}
 
     def run(params, x):

@@ -2,7 +2,7 @@
 
     opt = make_optimizer(model.parameters(), lr, betas, eps)      # Adam(fused=True)
     update = AdamUpdate(opt)
-    update()                                                      # = opt.step(), faster
+    update()                                                      # = opt.step()
 """
 import torch
 
@@ -26,12 +26,12 @@ class AdamUpdate:
     """``optimizer.step()``, by the fused kernel directly where that is the same update.
 
     torch's Adam.step rebuilds its lists of parameters, gradients and moments and checks
-    every setting on each call (~0.15 ms for the paper's 12 tensors, a tenth of a k=1 step).
-    For a plain torch.optim.Adam(fused=True) (float hyper-parameters, no weight decay,
-    amsgrad, maximize or capturable), once the first step has created its state, this makes
-    the two calls Adam.step ends in, so the result is bitwise the same (tests/test_step.py),
-    and runs the optimizer's step pre- and post-hooks around them as Optimizer.step does
-    (the trainer's non-finite check is one). Every other case calls optimizer.step().
+    every setting on each call, a cost that matters at small k (docs/speed.md). For a plain
+    torch.optim.Adam(fused=True) (float hyper-parameters, no weight decay, amsgrad, maximize
+    or capturable), once the first step has created its state, this makes the two calls
+    Adam.step ends in, so the result is bitwise the same (tests/test_step.py), and runs the
+    optimizer's step pre- and post-hooks around them as Optimizer.step does (the trainer's
+    non-finite check is one). Every other case calls optimizer.step().
     """
 
     def __init__(self, optimizer):

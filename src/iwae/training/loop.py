@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import torch
 from tqdm import tqdm
 
-from ..evaluation.likelihood import EVAL_SEED, binarize_observed, fixed_binarization, seeded_log_likelihood
+from ..data import binarize
+from ..evaluation.likelihood import EVAL_SEED, fixed_binarization, seeded_log_likelihood
 from ..evaluation.units import ACTIVE_UNIT_EXAMPLES
 from ..runtime import distributed
 from ..runtime.optim import make_optimizer
@@ -173,7 +174,7 @@ class _Trainer:
         bs = self.spec.batch_size
         x = self.train_x[order[b * bs:(b + 1) * bs]]                      # [bs, D]
         if self.binarization == "dynamic" and self.holes:              # NaN = a missing pixel
-            x = binarize_observed(x, self.data_rng)
+            x = binarize(x, self.data_rng)
         elif self.binarization == "dynamic":
             x = torch.bernoulli(x, generator=self.data_rng)
         loss = self.step(x)                    # p.grad = the estimator's gradients; the update

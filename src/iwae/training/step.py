@@ -11,15 +11,16 @@ for any model, bound and estimator. ``compile`` decides how it runs:
 - "off": eagerly.
 - "step": compiled by torch.compile (forward and backward in one graph; on the CPU with
   the C++ wrapper, which removes the per-op overhead that dominates small steps and fuses
-  the elementwise work of large ones). 10-30 s of compiling once per batch shape.
+  the elementwise work of large ones), compiled once per batch shape (its cost:
+  docs/speed.md).
 - "auto": "step" for runs known to be long and for any run on CUDA, else "off"
   (iwae.runtime.compile.decide).
 
 On CUDA the compiled function and the capturable fused Adam update are each captured as a
 CUDA graph and replayed (``iwae.training.cudagraph.CudaGraphStep``). On the CPU every step runs with
 subnormal floats flushed to zero (``torch.set_flush_denormal``): normalised weights of
-samples 50-100 nats below the best are subnormal, and x86 CPUs process those ~100x
-slower, which made the first epochs of a run several times slower. The loss may be NaN
+samples 50-100 nats below the best are subnormal, which x86 CPUs process slowly
+(docs/speed.md). The loss may be NaN
 (the gradients then are too); the caller checks it.
 """
 import torch
