@@ -15,7 +15,9 @@ from iwae.training.step import make_step
 META = torch.device("meta")
 CONFIGS = [("iwae", "standard", {}), ("elbo", "standard", {}), ("miwae", "standard", {"m": 2}),
            ("ciwae", "standard", {"beta": 0.5}), ("piwae", "standard", {"m": 2}), ("iwae", "stl", {}),
-           ("iwae", "dreg", {}), ("piwae", "dreg", {"m": 2}), ("iwae", "rws", {})]
+           ("iwae", "dreg", {}), ("piwae", "dreg", {"m": 2}), ("iwae", "rws", {}),
+           ("renyi", "standard", {"alpha": 0.5}), ("renyi", "stl", {"alpha": 0.5}), ("renyi", "dreg", {"alpha": 0.5}),
+           ("vr-max", "standard", {})]
 
 
 @pytest.fixture(params=[1, 2], ids=["1-layer", "2-layer"])

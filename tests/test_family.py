@@ -13,6 +13,7 @@ from torch.distributions import Bernoulli as TorchBernoulli
 
 import iwae
 from iwae import bounds
+from iwae.core.objective import Objective
 
 F64 = torch.float64
 
@@ -152,3 +153,209 @@ def test_inconsistent_models_are_refused(build, message):
         build()
     assert str(err.value) == message
 
+
+
+# --- Renyi and VR-max -------------------------------------------------------------------
+
+
+def rand_log_w(k=8, B=5, scale=3.0, dtype=F64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return (scale * torch.randn(k, B, generator=g, dtype=F64) - 90.0).to(dtype)
+
+
+def test_renyi_at_alpha_0_is_the_iwae_bound_bitwise_and_at_1_the_elbo():
+    log_w = rand_log_w()
+    assert torch.equal(bounds.renyi_bound(log_w, 0.0), bounds.iwae_bound(log_w))
+    assert torch.equal(bounds.renyi_bound(log_w, 0), bounds.iwae_bound(log_w))
+    assert torch.equal(bounds.renyi_bound(log_w, 1.0), bounds.elbo(log_w))
+    torch.manual_seed(0)
+    model = iwae.paper_model(1, input_dim=6).double()
+    x = torch.rand(4, 6, dtype=F64).bernoulli()
+    values = []
+    for bound, kw in (("renyi", {"alpha": 0.0}), ("iwae", {})):
+        torch.manual_seed(3)
+        values.append(iwae.loss(model, x, 5, bound, **kw))
+    assert torch.equal(values[0], values[1])
+
+
+def precise_renyi(log_w, alpha):
+    """1/(1-alpha) log mean exp((1-alpha) log w) per column, in 60-digit decimal arithmetic."""
+    from decimal import Decimal, localcontext
+    with localcontext() as ctx:
+        ctx.prec = 60
+        e = 1 - Decimal(alpha)
+        columns = [[Decimal(v) for v in column] for column in log_w.double().T.tolist()]
+        return torch.tensor([float((sum((e * v).exp() for v in c) / len(c)).ln() / e) for c in columns], dtype=F64)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64])
+@pytest.mark.parametrize("alpha", [0.3, 1 - 1e-3, 1 - 1e-6])
+def test_renyi_is_accurate_and_approaches_the_elbo_as_alpha_goes_to_1(dtype, alpha):
+    # against 60-digit arithmetic at the same (rounded) inputs: a few ulps of 90 in float32 even
+    # at 1 - alpha = 1e-6, where a plain logsumexp(e log w) / e loses ~0.1 nats to rounding
+    log_w = rand_log_w(dtype=dtype)
+    got = bounds.renyi_bound(log_w, alpha).double()
+    tol = 3e-5 if dtype == torch.float32 else 1e-11
+    torch.testing.assert_close(got, precise_renyi(log_w, alpha), rtol=0, atol=tol)
+    # L_{1-d} = mean log w + d Var(log w) / 2 + O(d^2): the ELBO in the limit
+    d = 1 - alpha
+    gap = got - bounds.elbo(log_w).double()
+    spread = log_w.double().var(0, correction=0) / 2
+    assert ((gap - d * spread).abs() <= 0.1 * d * spread + tol).all() or d > 1e-2
+
+
+def test_renyi_decreases_from_iwae_to_elbo_for_every_draw():
+    # L_alpha = log M_{1-alpha}(w), a power mean: non-increasing in alpha for any fixed draw
+    log_w = rand_log_w(k=16, B=20)
+    values = torch.stack([bounds.renyi_bound(log_w, a) for a in (0.0, 0.1, 0.5, 0.9, 0.999, 1.0)])
+    assert (values[1:] <= values[:-1] + 1e-12).all()
+    assert (values[1:-1] < values[0]).all() and (values[1:-1] > values[-1]).all()
+
+
+def test_renyi_gradient_is_the_tempered_normalised_weights():
+    log_w = rand_log_w(k=8, B=3).requires_grad_(True)
+    bounds.renyi_bound(log_w, 0.4).sum().backward()
+    torch.testing.assert_close(log_w.grad, torch.softmax(0.6 * log_w.detach(), 0), rtol=1e-10, atol=1e-12)
+
+
+def test_vr_max_is_the_largest_log_weight():
+    log_w = rand_log_w(k=8, B=6)
+    assert torch.equal(bounds.vr_max_bound(log_w), log_w.max(0).values)
+    assert (bounds.vr_max_bound(log_w) >= bounds.iwae_bound(log_w)).all()
+
+
+@pytest.mark.parametrize("fn", [bounds.elbo, bounds.iwae_bound, lambda w: bounds.miwae_bound(w, 2),
+                                lambda w: bounds.ciwae_bound(w, 0.3), lambda w: bounds.renyi_bound(w, 0.5),
+                                lambda w: bounds.renyi_bound(w, 1 - 1e-6), bounds.vr_max_bound])
+def test_a_batch_of_two_equals_the_two_alone(fn):
+    log_w = rand_log_w(k=8, B=2, scale=30.0)           # two very different datapoints
+    log_w[:, 1] -= 500
+    alone = torch.cat([fn(log_w[:, :1]), fn(log_w[:, 1:])])
+    torch.testing.assert_close(fn(log_w), alone, rtol=0, atol=0)
+
+
+def closed_form_renyi(lg, x, alpha, mean_shift, log_sigma_shift):
+    """L_alpha = 1/(1-alpha) log E_q[w^(1-alpha)] for lg.model(mean_shift, log_sigma_shift)."""
+    delta2 = mean_shift ** 2                            # (mu_q - mu_p)^2, the same for every x
+    var_p, var_q = lg.post_var, lg.post_var * math.exp(2 * log_sigma_shift)
+    var_a = alpha * var_p + (1 - alpha) * var_q
+    log_i = (0.5 * (1 - alpha) * var_q.log() + 0.5 * alpha * var_p.log() - 0.5 * var_a.log()
+             - 0.5 * alpha * (1 - alpha) * delta2 / var_a)
+    return lg.log_px(x) + log_i.sum() / (1 - alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.2, 0.5, 0.8])
+def test_renyi_bound_tends_to_the_closed_form_on_a_linear_gaussian_model(lg, alpha):
+    """Closed form. With p(z) = N(0, I), p(x | z) = N(W z + b, s^2 I) and W's columns
+    orthogonal, the posterior is N(mu_p(x), diag(v)), and q = N(mu_p + m, diag(v e^(2 c)))
+    (lg.model(m, c)). Since w = p(x) p(z | x) / q(z | x),
+        L_alpha = log p(x) + 1/(1-alpha) sum_j log int q_j^alpha p_j^(1-alpha) dz_j,
+    and for two normals q = N(mu_1, s_1^2), p = N(mu_2, s_2^2), with s_a^2 = alpha s_2^2 + (1-alpha) s_1^2,
+        log int q^alpha p^(1-alpha) = (1-alpha)/2 log s_1^2 + alpha/2 log s_2^2 - 1/2 log s_a^2
+                                      - alpha (1-alpha) (mu_1 - mu_2)^2 / (2 s_a^2)
+    (0 at alpha = 0: L_0 = log p(x); -KL(q || p) / (1 - alpha) -> the ELBO as alpha -> 1).
+    The estimate at k = 200,000 must be within 5 delta-method standard errors of it plus the
+    O(1/k) bias (false alarm ~6e-7 per datapoint, 3 datapoints), and the closed form must lie
+    more than 10 such tolerances below log p(x) and above the ELBO, so that the test tells them apart."""
+    shift, log_shift = 0.6, 0.3
+    model, x = lg.model(mean_shift=shift, log_sigma_shift=log_shift), lg.data(3)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        log_w = model.log_weights(x, 200_000)
+    e = 1 - alpha
+    v = torch.exp(e * (log_w - log_w.max(0).values))
+    se = v.std(0) / (v.mean(0) * e * log_w.shape[0] ** 0.5)
+    bias = e * se.square() / 2                          # -Var(v) / (2 k e mean(v)^2), its size
+    tol = 5 * se + bias
+    expected = closed_form_renyi(lg, x, alpha, shift, log_shift)
+    torch.testing.assert_close(closed_form_renyi(lg, x, 0.0, shift, log_shift), lg.log_px(x))
+    assert ((bounds.renyi_bound(log_w, alpha) - expected).abs() < tol).all()
+    elbo = closed_form_renyi(lg, x, 1 - 1e-9, shift, log_shift)
+    assert ((lg.log_px(x) - expected) > 10 * tol).all() and ((expected - elbo) > 10 * tol).all()
+
+
+def encoder_draws(model, x, k, estimator, n, bound, **kw):
+    rows = []
+    for s in range(n):
+        model.zero_grad()
+        torch.manual_seed(s)
+        iwae.loss(model, x, k, bound, estimator, **kw).backward()
+        rows.append(flat([p.grad for p in model.encoder_parameters()]))
+    return torch.stack(rows)
+
+
+def paired_t(a, b, directions):
+    d = (a - b) @ directions.T
+    return d.mean(0) / (d.std(0) / d.shape[0] ** 0.5)
+
+
+def test_dreg_is_unbiased_for_the_renyi_encoder_gradient(lg, monkeypatch):
+    # Paired over the same noise, DReG's mean equals the standard (reparameterised) estimator's
+    # at alpha = 0.5: |t| < 4 on 5 random projections (false alarm ~3e-4; seen |t| ~ 2). The test
+    # has power: STL (score term dropped) and DReG with the IWAE factor (the encoder getting
+    # wbar^2 instead of alpha wbar + (1 - alpha) wbar^2) both fail it (seen |t| ~ 30 and more).
+    # Near the posterior, DReG's variance is a small fraction of the standard estimator's.
+    model, x, alpha = lg.model(mean_shift=0.4, log_sigma_shift=0.3), lg.data(4), 0.5
+    draws = {e: encoder_draws(model, x, 8, e, 300, "renyi", alpha=alpha) for e in ("dreg", "standard", "stl")}
+    directions = torch.randn(5, draws["dreg"].shape[1], dtype=F64, generator=torch.Generator().manual_seed(0))
+    assert paired_t(draws["dreg"], draws["standard"], directions).abs().max() < 4
+    assert paired_t(draws["stl"], draws["standard"], directions).abs().max() > 10
+    near = lg.model(mean_shift=0.05, log_sigma_shift=0.05)
+    ratio = (encoder_draws(near, x, 32, "dreg", 50, "renyi", alpha=alpha).var(0).sum()
+             / encoder_draws(near, x, 32, "standard", 50, "renyi", alpha=alpha).var(0).sum())
+    assert ratio < 0.1, ratio
+    monkeypatch.setattr(Objective, "dreg_factor", lambda self, lw: torch.softmax((1 - self.alpha) * lw.detach(), 0))
+    wrong = encoder_draws(model, x, 8, "dreg", 300, "renyi", alpha=alpha)
+    assert paired_t(wrong, draws["standard"], directions).abs().max() > 10
+
+
+@pytest.mark.parametrize("estimator", ["standard", "stl", "dreg"])
+def test_renyi_through_iwae_loss(small_gaussian, estimator):
+    model, x = small_gaussian
+    torch.manual_seed(0)
+    loss = iwae.loss(model, x, 6, "renyi", estimator, alpha=0.5)
+    loss.backward()
+    torch.manual_seed(0)
+    expected = -bounds.renyi_bound(model.log_weights(x, 6), 0.5).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_vr_max_standard_gradient_is_the_best_samples():
+    torch.manual_seed(0)
+    model = iwae.paper_model(1, input_dim=6).double()
+    x = torch.rand(3, 6, dtype=F64).bernoulli()
+    torch.manual_seed(1)
+    iwae.loss(model, x, 5, "vr-max").backward()
+    got = flat([p.grad for p in model.parameters()])
+    torch.manual_seed(1)
+    log_w = model.log_weights(x, 5)
+    best = log_w.gather(0, log_w.argmax(0, keepdim=True)).mean()
+    torch.testing.assert_close(got, -flat(torch.autograd.grad(best, list(model.parameters()))))
+
+
+@pytest.fixture
+def small_gaussian():
+    torch.manual_seed(0)
+    model = iwae.Model(iwae.paper_gaussian_layer([12, 16], 3), iwae.mlp([3, 16], 12)).double()
+    return model, torch.rand(5, 12, dtype=F64).bernoulli()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda m, x: iwae.loss(m, x, 4, "renyi", alpha=1.5), "alpha must be in [0, 1], got 1.5"),
+    (lambda m, x: iwae.loss(m, x, 4, "renyi", alpha=-0.5), "alpha must be in [0, 1], got -0.5"),
+    (lambda m, x: iwae.loss(m, x, 4, "renyi", alpha=True), "alpha must be in [0, 1], got True"),
+    (lambda m, x: iwae.loss(m, x, 4, "renyi"), "renyi needs alpha in [0, 1], got None"),
+    (lambda m, x: iwae.loss(m, x, 4, "iwae", alpha=0.5), "alpha is used only by renyi, not iwae"),
+    (lambda m, x: iwae.loss(m, x, 1, "vr-max"),
+     "vr-max is the largest of k >= 2 log weights (with k=1 it is the elbo), got k=1"),
+    (lambda m, x: iwae.loss(m, x, 4, "vr-max", "dreg"),
+     "estimator 'dreg' does not apply to bound 'vr-max'; it supports iwae, miwae, piwae, renyi"),
+    (lambda m, x: iwae.loss(m, x, 4, "renyi", "rws", alpha=0.5),
+     "estimator 'rws' does not apply to bound 'renyi'; it supports iwae"),
+    (lambda m, x: bounds.renyi_bound(torch.zeros(4, 2), 2), "alpha must be in [0, 1], got 2"),
+])
+def test_bad_settings_are_one_line_errors(small_gaussian, call, message):
+    with pytest.raises(ValueError) as err:
+        call(*small_gaussian)
+    assert str(err.value) == message
