@@ -13,6 +13,7 @@ from torch.func import functional_call, grad_and_value
 
 from . import bounds
 from .estimators import ESTIMATORS
+from .estimators.pullback import discrete_layer, require_reparameterised
 from .validate import divisor, positive_int, unit_interval
 
 BOUNDS = ("elbo", "iwae", "miwae", "ciwae", "piwae", "renyi", "vr-max")
@@ -137,6 +138,7 @@ class Functional:
                                  "running statistics as it runs, which iwae's torch.func gradients cannot do; "
                                  "build it with track_running_stats=False, or use nn.GroupNorm or nn.LayerNorm")
         self.model = model
+        self.discrete = discrete_layer(model)       # a q layer without reparameterised draws, or None
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = tuple(n for n, _ in named)
         index = {id(p): i for i, (_, p) in enumerate(named)}
@@ -149,6 +151,7 @@ class Functional:
                 self._slots.append((f"model.{name}", index[id(p)]))
         self._module = _Methods(model)
         self.has_sample_q = callable(getattr(model, "sample_q", None))
+        self.has_densities = all(callable(getattr(model, name, None)) for name in ("sample_q", "log_joint", "log_q"))
         groups = getattr(model, "encoder_parameters", None)
         encoder = {id(p) for p in groups()} if callable(groups) else None
         self.encoder_mask = None if encoder is None else tuple(id(p) in encoder for _, p in named)
@@ -175,8 +178,12 @@ class Functional:
         return tuple(e if enc else d for e, d, enc in zip(encoder, decoder, self.encoder_mask))
 
 
-def check(bound, estimator, k, m=None, beta=None, alpha=None):
-    """Validate a configuration; returns (Objective, estimator module). Raises ValueError."""
+def check(bound, estimator, k, m=None, beta=None, alpha=None, model=None):
+    """Validate a configuration; returns (Objective, estimator module). Raises ValueError.
+
+    With ``model``, also whether the estimator can train it: one that differentiates through
+    the samples (standard, stl, dreg) refuses a model whose q has a layer without
+    reparameterised draws (a BernoulliLayer)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
     objective = Objective(bound, k, m, beta, alpha)
@@ -184,6 +191,12 @@ def check(bound, estimator, k, m=None, beta=None, alpha=None):
     if objective.name not in est.SUPPORTS:
         raise ValueError(f"estimator {estimator!r} does not apply to bound {objective.name!r}; "
                          f"it supports {', '.join(est.SUPPORTS)}")
+    min_k = getattr(est, "MIN_K", 1)
+    if k < min_k:
+        raise ValueError(f"estimator {estimator!r} needs k >= {min_k} samples (its baselines leave one "
+                         f"out), got k={k}")
+    if model is not None and getattr(est, "PATHWISE", False):
+        require_reparameterised(discrete_layer(model), estimator)
     return objective, est
 
 
@@ -196,7 +209,7 @@ def loss(model, x, k, bound="iwae", estimator="standard", *, m=None, beta=None, 
     here, by the estimator, and attached to the returned scalar (its value is exactly the
     loss): ``loss.backward()`` then puts them in p.grad. alpha: the renyi bound's.
     """
-    objective, est = check(bound, estimator, k, m, beta, alpha)
+    objective, est = check(bound, estimator, k, m, beta, alpha, model=model)
     f = Functional(model)
     params = f.parameters()
     if not torch.is_grad_enabled() or not params:

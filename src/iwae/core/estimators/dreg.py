@@ -33,10 +33,14 @@ smooth in z, and the identity fails there.
 """
 from torch.func import vjp
 
+from .pullback import require_reparameterised
+
 SUPPORTS = ("iwae", "miwae", "piwae", "renyi")
+PATHWISE = True             # differentiates through the samples z
 
 
 def gradients(f, params, x, objective):
+    require_reparameterised(f.discrete, "dreg")
     k = objective.k
     if not f.has_sample_q:
         log_w, pullback = vjp(lambda p: f.log_weights(p, x, k, stop_q=True), params)

@@ -11,6 +11,7 @@ dropped term is -d/dphi log q(z_max|x) at the best sample).
 from .pullback import pull_back
 
 SUPPORTS = ("elbo", "iwae", "miwae", "ciwae", "piwae", "renyi", "vr-max")
+PATHWISE = True             # differentiates through the samples z
 
 
 def gradients(f, params, x, objective):
