@@ -13,6 +13,8 @@ round), and the medians over --steps measured steps (after a warm-up) are compar
   main      the same, from the previous main (--baseline, a git revision of this repository,
             imported from its own source): the speed the step must keep
   stl, dreg, rws, piwae   the other estimators and the PIWAE bound through the same step
+  vimco     (--vimco) VIMCO's step on the same net, and vimco_bernoulli: VIMCO on the net of the
+            same hidden sizes with Bernoulli latents (paper_model(latent="bernoulli"))
   plain     plain PyTorch: -iwae_bound(model.log_weights(x, k)).mean(), backward, Adam
   tutorial  the common tutorial IWAE (x repeated k times); pyro: Pyro SVI RenyiELBO(alpha=0)
 
@@ -43,7 +45,8 @@ from .conv import conv_model
 
 EPOCH_STEPS, EPOCHS = 3000, 3280        # 60,000 / 20 steps per pass; the paper's 3280 passes
 BASELINE = "20794ac"                    # main before the one training engine
-TARGETS = {"main": 1.10, "stl": 1.25, "dreg": 1.25, "rws": 1.25, "piwae": 1.4}
+TARGETS = {"main": 1.10, "stl": 1.25, "dreg": 1.25, "rws": 1.25, "piwae": 1.4, "vimco": 1.3,
+           "vimco_bernoulli": 1.3}
 
 
 def arguments(argv=None):
@@ -62,6 +65,8 @@ def arguments(argv=None):
                         "and the matmul floor in bf16")
     p.add_argument("--bounds", action="store_true",
                    help="also the MIWAE(8, k/8) and CIWAE(0.5) bounds (k a multiple of 8)")
+    p.add_argument("--vimco", action="store_true",
+                   help="also VIMCO on the same net and on its Bernoulli-latent twin (target <= 1.3x the standard step)")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-conv", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation benchmark")
@@ -115,13 +120,15 @@ def main(argv=None):
     return 0
 
 
-def prepared_model(n_layers, train, pretrain, device="cpu"):
-    """The shared starting point: the paper network, output bias from the data, pretrained."""
+def prepared_model(n_layers, train, pretrain, device="cpu", latent="gaussian"):
+    """The shared starting point: the paper network, output bias from the data, pretrained
+    (a Bernoulli-latent one with VIMCO)."""
     torch.manual_seed(0)
-    model = iwae.paper_model(n_layers)
+    model = iwae.paper_model(n_layers, latent=latent)
     model.set_output_bias(train.mean(0))
     if pretrain:                                       # on the CPU, then moved: the same start anywhere
-        step = make_step(model, make_optimizer(model.parameters(), V.LR, V.BETAS, V.EPS), 5, compile="off")
+        step = make_step(model, make_optimizer(model.parameters(), V.LR, V.BETAS, V.EPS), 5, compile="off",
+                         estimator="standard" if latent == "gaussian" else "vimco")
         batches = Batches(train, seed=1)
         for _ in range(pretrain):
             step(batches())
@@ -177,6 +184,10 @@ def paper_row(n_layers, k, train, args, base, pyro, clock):
         fns["bf16"] = V.project(model, k, device=args.device, precision="bf16")
         if not args.no_estimators:
             fns["dreg_bf16"] = V.project(model, k, estimator="dreg", device=args.device, precision="bf16")
+    if args.vimco:
+        fns["vimco"] = V.project(model, k, estimator="vimco", device=args.device)
+        twin = prepared_model(n_layers, train, args.pretrain, args.device, latent="bernoulli")
+        fns["vimco_bernoulli"] = V.project(twin, k, estimator="vimco", device=args.device)
     if args.bounds and k % 8 == 0:
         fns["miwae"] = V.project(model, k, bound="miwae", m=8, device=args.device)
         fns["ciwae"] = V.project(model, k, bound="ciwae", beta=0.5, device=args.device)
@@ -262,6 +273,7 @@ def markdown(results, evaluation):
               + ", ".join(f"{r['layers']}-layer k={r['k']}: {r['projected_hours']:.1f} h" for r in results["rows"])
               + ".", ""]
     lines += bf16_markdown(results["rows"], c)
+    lines += vimco_markdown(results["rows"], c)
     conv = results.get("conv")
     if conv:
         lines += [f"Your own model (benchmarks/conv.py: two stride-2 convolutions each way, 16 latents), k=5: "
@@ -291,6 +303,26 @@ def bf16_markdown(rows, c):
         lines.append(f"| {r['layers']}-layer | {r['k']} | {ms['floor']:.3f} | {ms['floor_bf16']:.3f} | "
                      f"{ms['iwae']:.3f} | {ms['bf16']:.3f} | {mark(b['standard'])} | "
                      f"{mark(b['dreg']) if 'dreg' in b else 'n/a'} |")
+    return lines + [""]
+
+
+def vimco_markdown(rows, c):
+    """The --vimco table: VIMCO's step over the standard one's, on the same net (Gaussian
+    latents) and on the net of the same sizes with Bernoulli latents (target <= 1.3)."""
+    rows = [r for r in rows if "vimco" in r["ratio_to_iwae"]]
+    if not rows:
+        return []
+    lines = ["## VIMCO (`--estimator vimco`)", "",
+             "VIMCO's step over the standard step's on the same Gaussian-latent net, and on the net of the same "
+             "hidden sizes with Bernoulli latents (`paper_model(latent=\"bernoulli\")`), timed alongside "
+             "(target <= 1.3).", "",
+             "| net | k | standard ms | vimco ms | vimco / standard | vimco, Bernoulli latents ms | "
+             "vimco Bernoulli / standard |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms, ratio = r["median_ms"][c], r["ratio_to_iwae"]
+        mark = lambda v: f"{v:.2f}{' ok' if v <= TARGETS['vimco'] else ' MISS'}"
+        lines.append(f"| {r['layers']}-layer | {r['k']} | {ms['iwae']:.3f} | {ms['vimco']:.3f} | {mark(ratio['vimco'])} | "
+                     f"{ms['vimco_bernoulli']:.3f} | {mark(ratio['vimco_bernoulli'])} |")
     return lines + [""]
 
 

@@ -15,7 +15,10 @@ from iwae.training.step import make_step
 META = torch.device("meta")
 CONFIGS = [("iwae", "standard", {}), ("elbo", "standard", {}), ("miwae", "standard", {"m": 2}),
            ("ciwae", "standard", {"beta": 0.5}), ("piwae", "standard", {"m": 2}), ("iwae", "stl", {}),
-           ("iwae", "dreg", {}), ("piwae", "dreg", {"m": 2}), ("iwae", "rws", {})]
+           ("iwae", "dreg", {}), ("piwae", "dreg", {"m": 2}), ("iwae", "rws", {}),
+           ("renyi", "standard", {"alpha": 0.5}), ("renyi", "stl", {"alpha": 0.5}), ("renyi", "dreg", {"alpha": 0.5}),
+           ("vr-max", "standard", {}), ("iwae", "vimco", {}), ("renyi", "vimco", {"alpha": 0.5}),
+           ("piwae", "vimco", {"m": 2})]
 
 
 @pytest.fixture(params=[1, 2], ids=["1-layer", "2-layer"])
@@ -58,12 +61,38 @@ def test_loss_and_gradients_on_meta(meta_model, bound, estimator, kw):
     assert all(p.grad is not None and p.grad.device == META for p in meta_model.parameters())
 
 
-@pytest.mark.parametrize("estimator", ["standard", "dreg"])
+@pytest.mark.parametrize("estimator", ["standard", "dreg", "vimco"])
 def test_a_training_step_on_meta(meta_model, estimator):
     step = make_step(meta_model, make_optimizer(meta_model.parameters(), 1e-3), 3, estimator=estimator,
                      compile="off")
     assert step(x_meta()).device == META
     assert all(p.device == META for p in meta_model.parameters())
+
+
+@pytest.fixture(params=["sbn", "1-layer", "2-layer"])
+def bernoulli_meta_model(request):
+    if request.param == "sbn":
+        return iwae.sbn_model().to(META)
+    return iwae.paper_model(int(request.param[0]), latent="bernoulli").to(META)
+
+
+def test_bernoulli_latents_on_meta(bernoulli_meta_model):
+    model = bernoulli_meta_model
+    log_w = model.log_weights(x_meta(), 4)
+    assert log_w.device == META and log_w.shape == (4, 3)
+    zs = model.sample_q(x_meta(), 2)
+    assert all(z.device == META for z in zs)
+    assert model.log_weights(x_meta(), 2, zs=zs).device == META
+    for bound, estimator, kw in (("iwae", "vimco", {}), ("renyi", "vimco", {"alpha": 0.3}), ("iwae", "rws", {})):
+        model.zero_grad()
+        loss = iwae.loss(model, x_meta(), 4, bound, estimator, **kw)
+        loss.backward()
+        assert loss.device == META
+        assert all(p.grad is not None and p.grad.device == META for p in model.parameters())
+    step = make_step(model, make_optimizer(model.parameters(), 1e-3), 3, estimator="vimco", compile="off")
+    assert step(x_meta()).device == META
+    assert model.sample(5).device == META and model.reconstruct(x_meta()).device == META
+    assert all(m.device == META for m in model.encode(x_meta()))
 
 
 def test_a_bf16_training_step_on_meta(meta_model):

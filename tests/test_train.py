@@ -133,11 +133,11 @@ def test_cli_train_evaluate_end_to_end(tmp_path, data_dir):
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--objective", "iwea"], "iwae: error: unknown bound 'iwea'; expected one of elbo, iwae, miwae, ciwae, piwae (or 'vae')"),
+    (["--objective", "iwea"], "iwae: error: unknown bound 'iwea'; expected one of elbo, iwae, miwae, ciwae, piwae, renyi, vr-max (or 'vae')"),
     (["--objective", "miwae", "--k", "6", "--m", "4"], "iwae: error: m must be a positive divisor of k=6, got 4"),
     (["--objective", "ciwae", "--beta", "1.5"], "iwae: error: beta must be in [0, 1], got 1.5"),
     (["--estimator", "dreg", "--objective", "vae"],
-     "iwae: error: estimator 'dreg' does not apply to bound 'elbo'; it supports iwae, miwae, piwae"),
+     "iwae: error: estimator 'dreg' does not apply to bound 'elbo'; it supports iwae, miwae, piwae, renyi"),
 ])
 def test_cli_bad_configurations_fail_with_one_line(tmp_path, data_dir, args, message):
     out = iwae_cli("train", "--out", str(tmp_path / "r"), "--data-dir", data_dir, *args)

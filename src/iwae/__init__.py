@@ -8,7 +8,8 @@ evaluation, training, missing (iwae.Imputer), app (the command line).
 """
 from .core import bounds, estimators
 from .core.densities import Bernoulli, Gaussian, StudentT
-from .core.model import GaussianLayer, Model, paper_gaussian_layer, paper_model
+from .core.model import (BernoulliLayer, BernoulliPrior, GaussianLayer, Model, paper_gaussian_layer, paper_model,
+                         sbn_model)
 from .core.nets import mlp
 from .core.objective import loss
 from .evaluation.annealing import ais, bdmc
@@ -17,9 +18,9 @@ from .evaluation.likelihood import log_likelihood
 from .training.fit import fit
 from .training.rundir import load_model
 
-__all__ = ["Bernoulli", "Gaussian", "GaussianLayer", "Imputer", "Model", "StudentT", "ais", "bdmc", "bounds",
-           "estimators", "fit", "impute", "log_likelihood", "load_model", "loss", "mlp", "multiple_impute",
-           "paper_gaussian_layer", "paper_model"]
+__all__ = ["Bernoulli", "BernoulliLayer", "BernoulliPrior", "Gaussian", "GaussianLayer", "Imputer", "Model",
+           "StudentT", "ais", "bdmc", "bounds", "estimators", "fit", "impute", "log_likelihood", "load_model", "loss",
+           "mlp", "multiple_impute", "paper_gaussian_layer", "paper_model", "sbn_model"]
 __version__ = "0.1.0"
 
 

@@ -43,3 +43,37 @@ def ciwae_bound(log_w, beta):
     """CIWAE(beta) = beta * ELBO + (1 - beta) * IWAE [Rainforth et al. 2018]."""
     unit_interval("beta", beta)
     return beta * elbo(log_w) + (1.0 - beta) * iwae_bound(log_w)
+
+
+def renyi_bound(log_w, alpha):
+    """The Renyi (VR) bound's estimate [Li & Turner 2016, eq. 10]: [k, B] -> [B],
+        L_alpha = 1/(1 - alpha) log (1/k) sum_i w_i^(1 - alpha),
+    for alpha in [0, 1], per datapoint. alpha = 0 is L_k (iwae_bound, returned as such);
+    alpha = 1 is the ELBO (elbo, returned as such: the limit alpha -> 1); in between the bound
+    decreases in alpha from L_k to the ELBO. Its gradient is sum_i wbar_i d log w_i with
+    wbar = softmax((1 - alpha) log w).
+
+    Written as m + log1p(mean_i expm1(e (log w_i - m))) / e with e = 1 - alpha and m the
+    largest log w (held constant: the value does not depend on it): no term overflows, and as
+    e -> 0 the log1p/expm1 pair keeps the O(e) difference from the mean of log w that a plain
+    logsumexp / e would lose to rounding (1e-7 / e nats in float32).
+    """
+    _check(log_w)
+    unit_interval("alpha", alpha)
+    if alpha == 0:
+        return iwae_bound(log_w)
+    if alpha == 1:
+        return elbo(log_w)
+    e = 1.0 - alpha
+    top = log_w.detach().amax(0)
+    top = torch.where(torch.isfinite(top), top, torch.zeros_like(top))   # all -inf: -inf below
+    return top + torch.log1p(torch.expm1(e * (log_w - top)).mean(0)) / e
+
+
+def vr_max_bound(log_w):
+    """VR-max [Li & Turner 2016, sec. 5.1]: max_i log w_i, [k, B] -> [B], the alpha -> -inf limit
+    of the VR objective. Not a lower bound on log p(x) in general: it is >= L_k for every draw,
+    and E[max_i log w_i] can exceed log p(x) (it grows to the largest log w as k grows). Its
+    gradient is that of the largest log w."""
+    _check(log_w)
+    return log_w.amax(0)

@@ -1,12 +1,17 @@
-"""Deep latent Gaussian models and their log importance weights.
+"""Deep latent models (Gaussian or Bernoulli stochastic layers) and their log importance weights.
 
 A model with L stochastic layers z_1..z_L (z_L on top) is
-    p(x, z) = p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1),   p(z_L) = N(0, I)
+    p(x, z) = p(z_L) p(z_{L-1} | z_L) ... p(z_1 | z_2) p(x | z_1),   p(z_L) = N(0, I) by default
     q(z | x) = q(z_1 | x) q(z_2 | z_1) ... q(z_L | z_{L-1})
 and its single product is ``log_weights(x, k)``: the [k, batch] tensor of
     log w_i = log p(x | z_i) + log p(z_i) - log q(z_i | x)
 at k samples z_i ~ q(z | x), every stochastic layer included [Burda et al. 2016, eq. 8].
 Bounds and gradient estimators are functions of that tensor alone.
+
+A layer is a ``GaussianLayer`` (diagonal Gaussian, reparameterised draws) or a
+``BernoulliLayer`` (independent binary units, discrete draws without a gradient); a sigmoid
+belief net (``sbn_model``) has Bernoulli layers only and a ``BernoulliPrior`` with learned
+logits on top. Both give exact log q and log p, so log w means the same for either.
 
 Missing data [Mattei & Frellsen 2019]. With a mask s (True = observed) the log weights are
     log w_i = log p(x_o | z_i) + log p(z_i) - log q(z_i | x_o),
@@ -46,6 +51,7 @@ from .validate import positive_int
 
 SCALES = ("exp", "softplus")
 PAPER_LAYERS = (1, 2)       # stochastic layers of the paper's nets
+LATENTS = ("gaussian", "bernoulli")     # the units of paper_model's stochastic layers
 
 
 class GaussianLayer(nn.Module):
@@ -55,7 +61,14 @@ class GaussianLayer(nn.Module):
     with sigma = exp(s) (the paper's choice) or softplus(s) (``scale="softplus"``).
     Any leading dimensions of h are flattened for the net, so user networks (conv nets
     with an nn.Unflatten in front, say) only ever see a 2-d batch.
+
+    A stochastic layer (this one, ``BernoulliLayer``) has ``forward(h, params=None)`` (the
+    distribution's parameters, "stats"), ``draw(stats, k)`` -> (noise, z), ``log_prob(z, stats,
+    eps=None)`` -> [k, B], ``mean(stats)``, and the flags ``reparameterised`` and ``support``.
     """
+
+    reparameterised = True
+    support = "real"
 
     def __init__(self, net, scale="exp"):
         super().__init__()
@@ -77,6 +90,102 @@ class GaussianLayer(nn.Module):
             return mu, head
         return mu, torch.log(F.softplus(head))
 
+    def draw(self, stats, k=None):
+        """(eps, z): z = mu + sigma * eps, reparameterised, eps ~ N(0, I) shaped [k, B, d]
+        (or like mu when k is None); ``stats`` = (mu, log_sigma) from forward."""
+        mu, log_sigma = stats
+        if k is None:
+            eps = torch.randn_like(mu)
+        else:
+            eps = torch.randn((k,) + mu.shape[-2:], dtype=mu.dtype, device=mu.device)
+        return eps, reparameterize(mu, log_sigma, eps)
+
+    def log_prob(self, z, stats, eps=None):
+        """log N(z; mu, sigma^2) summed over units: [k, B]. With the draw's eps, (z - mu) / sigma
+        = eps exactly, so it is not recomputed."""
+        mu, log_sigma = stats
+        if eps is None:
+            return normal_log_prob(z, mu, log_sigma)
+        return -(0.5 * eps.square() + log_sigma).sum(-1) - HALF_LOG_2PI * z.shape[-1]
+
+    def mean(self, stats):
+        return stats[0]
+
+
+class BernoulliLayer(nn.Module):
+    """Independent Bernoulli units prod_j Bernoulli(z_j; sigmoid(l_j)), whose logits l a network
+    computes from h: ``net`` maps [N, d_in] to [N, d].
+
+    Used for q(z_l | z_{l-1}) or p(z_l | z_{l+1}); a sigmoid belief net (SBN) is a model whose
+    every layer is one [Neal 1992; Mnih & Rezende 2016]. Its draws z in {0, 1}^d are discrete and
+    carry no gradient (``reparameterised = False``): a model with a BernoulliLayer in q trains with a
+    score-function estimator (``vimco``) or reweighted wake-sleep (``rws``); the estimators that
+    differentiate through z refuse it. log q and log p are exact:
+        log Bernoulli(z; sigmoid(l)) = sum_j z_j l_j - softplus(l_j).
+    """
+
+    reparameterised = False
+    support = "binary"
+
+    def __init__(self, net):
+        super().__init__()
+        self.net = net
+
+    def forward(self, h, params=None):
+        """h [..., d_in] -> logits [..., d] (leading dimensions flattened for the net)."""
+        flat = h.reshape(-1, h.shape[-1])
+        out = self.net(flat) if params is None else functional_call(self.net, params, (flat,))
+        return out.reshape(*h.shape[:-1], out.shape[-1]).to(h.dtype)
+
+    def draw(self, logits, k=None):
+        """(None, z): z_j = [u_j < sigmoid(l_j)], u ~ U(0, 1), shaped [k, B, d] (or like the
+        logits when k is None); binary values in the logits' dtype, no gradient."""
+        shape = logits.shape if k is None else (k,) + logits.shape[-2:]
+        u = torch.rand(shape, dtype=logits.dtype, device=logits.device)
+        return None, (u < torch.sigmoid(logits)).to(logits.dtype)
+
+    def log_prob(self, z, logits, eps=None):
+        """sum_j z_j l_j - softplus(l_j): [k, B] (exact for any finite logit)."""
+        return (z * logits).sum(-1) - F.softplus(logits).sum(-1)
+
+    def mean(self, logits):
+        return torch.sigmoid(logits)
+
+
+class StandardNormal(nn.Module):
+    """p(z_L) = N(0, I), the paper's prior on the top layer (no parameters)."""
+
+    reparameterised = True
+    support = "real"
+    size = None                 # the width is the top generative module's input
+
+    def log_prob(self, z):
+        return standard_normal_log_prob(z)
+
+    def sample(self, n, size, like):
+        return torch.randn(n, size, dtype=like.dtype, device=like.device)
+
+
+class BernoulliPrior(nn.Module):
+    """p(z_L) = prod_j Bernoulli(z_j; sigmoid(b_j)) with learned logits b [size] (0 at first):
+    the top layer of a sigmoid belief net. Its logits are a parameter of p (the decoder's)."""
+
+    reparameterised = False
+    support = "binary"
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = positive_int("size", size)
+        self.logits = nn.Parameter(torch.zeros(size))
+
+    def log_prob(self, z):
+        """z [..., size] -> [...]."""
+        return (z * self.logits).sum(-1) - F.softplus(self.logits).sum()
+
+    def sample(self, n, size, like):
+        u = torch.rand(n, self.size, dtype=self.logits.dtype, device=self.logits.device)
+        return (u < torch.sigmoid(self.logits)).to(self.logits.dtype)
+
 
 def paper_gaussian_layer(sizes, latent, scale="exp"):
     """A tanh MLP ending in separate Glorot-initialised mean and scale heads (fused in one Linear)."""
@@ -91,15 +200,19 @@ def paper_gaussian_layer(sizes, latent, scale="exp"):
 
 
 class Model(nn.Module):
-    """p(x, z) and q(z | x) with Gaussian stochastic layers.
+    """p(x, z) and q(z | x) with Gaussian or Bernoulli stochastic layers.
 
     Args:
-        encoder: GaussianLayers q(z_1 | x), q(z_2 | z_1), ..., q(z_L | z_{L-1}).
+        encoder: stochastic layers (GaussianLayer, BernoulliLayer) q(z_1 | x), q(z_2 | z_1),
+            ..., q(z_L | z_{L-1}).
         decoder: a module mapping z_1 [N, d_1] to the likelihood's parameters
             [N, D * likelihood.params_per_dim] (logits for Bernoulli).
         likelihood: ``Bernoulli()`` or ``Gaussian(scale)`` from ``iwae.core.densities``.
-        decoder_layers: GaussianLayers p(z_{L-1} | z_L), ..., p(z_1 | z_2), top-down
-            (L - 1 of them; empty for one stochastic layer). p(z_L) = N(0, I).
+        decoder_layers: stochastic layers p(z_{L-1} | z_L), ..., p(z_1 | z_2), top-down
+            (L - 1 of them; empty for one stochastic layer), each of the same kind (binary or
+            real units) as the q layer of that z.
+        prior: p(z_L): None for N(0, I) (``StandardNormal``), or ``BernoulliPrior(d_L)`` (learned
+            logits) for a Bernoulli top layer, which needs it.
         missing: NaN entries of x are missing values (the mask is ~isnan(x)) wherever the
             model reads x; see the module docstring.
         mask_input: the first encoder layer reads [x with missing entries 0, mask] (2 D
@@ -110,16 +223,19 @@ class Model(nn.Module):
     """
 
     def __init__(self, encoder, decoder, likelihood=None, decoder_layers=(), *, missing=False,
-                 mask_input=False, missingness=None):
+                 mask_input=False, missingness=None, prior=None):
         super().__init__()
         encoder = list(encoder) if isinstance(encoder, (list, tuple, nn.ModuleList)) else [encoder]
         if len(decoder_layers) != len(encoder) - 1:
             raise ValueError(
                 f"{len(encoder)} encoder layers need {len(encoder) - 1} decoder_layers, "
                 f"got {len(decoder_layers)}")
+        prior = StandardNormal() if prior is None else prior
+        _check_supports(encoder, decoder_layers, prior)
         self.encoder = nn.ModuleList(encoder)
         self.decoder_layers = nn.ModuleList(decoder_layers)
         self.decoder = decoder
+        self.prior = prior
         self.likelihood = likelihood if likelihood is not None else Bernoulli()
         self.missing, self.mask_input = bool(missing), bool(mask_input)
         if missingness is not None:
@@ -132,6 +248,7 @@ class Model(nn.Module):
 
     def decoder_parameters(self):
         """theta: the parameters of p(x, z)."""
+        yield from self.prior.parameters()
         yield from self.decoder_layers.parameters()
         yield from self.decoder.parameters()
         if self.missingness is not None:
@@ -177,40 +294,41 @@ class Model(nn.Module):
         x, mask = self.observe(x, mask)
         log_q, drawn = 0.0, []
         posterior = self._posterior(self.encoder_input(x, mask), k, zs, stop_z)
-        for depth, (layer, h, mu, log_sigma, eps, z) in enumerate(posterior):
+        for depth, (layer, h, stats, eps, z) in enumerate(posterior):
             if stop_z or (zs is not None and not stop_q):
-                log_q = log_q + normal_log_prob(z, mu, log_sigma)
+                log_q = log_q + layer.log_prob(z, stats)
             elif stop_q:
                 if depth == 0:      # x carries no gradient: stopping the outputs stops phi
-                    mu_q, log_sigma_q = mu.detach(), log_sigma.detach()
+                    stats_q = _detached(stats)
                 else:               # keep the dependence on z_{l-1}, stop only phi
                     frozen = {n: p.detach() for n, p in layer.net.named_parameters()}
-                    mu_q, log_sigma_q = layer(h, frozen)
-                log_q = log_q + normal_log_prob(z, mu_q, log_sigma_q)
-            else:                   # (z - mu) / sigma = eps exactly: no need to recompute it
-                log_q = log_q - (0.5 * eps.square() + log_sigma).sum(-1) \
-                    - HALF_LOG_2PI * z.shape[-1]
+                    stats_q = layer(h, frozen)
+                log_q = log_q + layer.log_prob(z, stats_q)
+            else:                   # a Gaussian's (z - mu) / sigma = eps exactly: not recomputed
+                log_q = log_q + layer.log_prob(z, stats, eps)
             drawn.append(z)
         return self.log_joint(x, drawn, mask, xm) - log_q
 
     def sample_q(self, x, k, mask=None):
-        """k reparameterised draws z ~ q(z | x) of every layer: [[k, B, d_l]], bottom first."""
+        """k draws z ~ q(z | x) of every layer: [[k, B, d_l]], bottom first (reparameterised for
+        Gaussian layers; a Bernoulli layer's are binary and carry no gradient)."""
         x, mask = self.observe(x, mask)
         return [z for *_, z in self._posterior(self.encoder_input(x, mask), k)]
 
     def _posterior(self, x, k, zs=None, stop_z=False):
-        """Per q layer, bottom first: (layer, its input h, mu, log sigma, eps, z), with
-        z = mu + sigma * eps drawn (eps [k, B, d]) or, with zs, given (eps None)."""
+        """Per q layer, bottom first: (layer, its input h, stats, eps, z), stats the layer's
+        output (a Gaussian's (mu, log sigma), a Bernoulli's logits), z drawn (a Gaussian's
+        z = mu + sigma * eps, eps [k, B, d]; a Bernoulli's eps is None) or, with zs, given
+        (eps None)."""
         h = x                                                   # [B, D], then [k, B, d]
         for depth, layer in enumerate(self.encoder):
-            mu, log_sigma = layer(h)                            # [B, d] or [k, B, d]
+            stats = layer(h)                                    # [B, d] or [k, B, d] each
             if zs is None:
-                eps = torch.randn((k,) + mu.shape[-2:], dtype=mu.dtype, device=mu.device)
-                z = reparameterize(mu, log_sigma, eps)         # [k, B, d]
+                eps, z = layer.draw(stats, k)                  # z: [k, B, d]
                 z = z.detach() if stop_z else z
             else:
                 eps, z = None, zs[depth]
-            yield layer, h, mu, log_sigma, eps, z
+            yield layer, h, stats, eps, z
             h = z
 
     def log_joint(self, x, zs, mask=None, xm=None):
@@ -234,12 +352,11 @@ class Model(nn.Module):
         return params, self.likelihood.sample(params)
 
     def log_prior(self, zs):
-        """log p(z) [k, B]: N(0, I) on the top layer, the generative layers below it."""
+        """log p(z) [k, B]: the prior on the top layer, the generative layers below it."""
         h = zs[-1]
-        log_p = standard_normal_log_prob(h)                     # [k, B]
+        log_p = self.prior.log_prob(h)                          # [k, B]
         for layer, below in zip(self.decoder_layers, reversed(zs[:-1])):
-            mu, log_sigma = layer(h)
-            log_p = log_p + normal_log_prob(below, mu, log_sigma)
+            log_p = log_p + layer.log_prob(below, layer(h))
             h = below
         return log_p
 
@@ -256,17 +373,17 @@ class Model(nn.Module):
     def log_q(self, x, zs, mask=None):
         """log q(z | x) [k, B] at samples zs [[k, B, d_l]] (bottom first)."""
         h = self.encoder_input(*self.observe(x, mask))
-        return sum(normal_log_prob(z, mu, log_sigma) for _, _, mu, log_sigma, _, z in self._posterior(h, None, zs))
+        return sum(layer.log_prob(z, stats) for layer, _, stats, _, z in self._posterior(h, None, zs))
 
     def sample_prior(self, n):
         """n draws z ~ p(z) of every layer: [[n, d_l]], bottom first."""
         top = self.decoder_layers[0] if len(self.decoder_layers) else self.decoder
         like = next(self.parameters())
-        h = torch.randn(n, _in_features(top), dtype=like.dtype, device=like.device)   # z_L ~ N(0, I)
+        size = self.prior.size if self.prior.size is not None else _in_features(top)
+        h = self.prior.sample(n, size, like)                    # z_L ~ p(z_L)
         zs = [h]
         for layer in self.decoder_layers:
-            mu, log_sigma = layer(h)
-            h = reparameterize(mu, log_sigma)
+            _, h = layer.draw(layer(h))
             zs.insert(0, h)
         return zs
 
@@ -280,9 +397,9 @@ class Model(nn.Module):
         """The mean of each q layer, the upper ones at one sample of the layer below: [[B, d_l]]."""
         means, h = [], self.encoder_input(*self.observe(x, mask))
         for layer in self.encoder:
-            mu, log_sigma = layer(h)
-            means.append(mu)
-            h = reparameterize(mu, log_sigma)
+            stats = layer(h)
+            means.append(layer.mean(stats))
+            _, h = layer.draw(stats)
         return means
 
     @torch.no_grad()
@@ -308,6 +425,24 @@ class Model(nn.Module):
             last.bias.copy_(torch.logit(p))
 
 
+def _detached(stats):
+    """A layer's output with its gradient stopped (a tensor, or a tuple of them)."""
+    return tuple(t.detach() for t in stats) if isinstance(stats, tuple) else stats.detach()
+
+
+def _check_supports(encoder, decoder_layers, prior):
+    """p and q of each z must agree on its units: both binary or both real (a density against a
+    probability mass is no importance weight). Layers without a ``support`` are not checked."""
+    names = [f"z_{len(encoder)}"] + [f"z_{l}" for l in range(len(encoder) - 1, 0, -1)]
+    ps = [prior] + list(decoder_layers)                         # top-down: p(z_L), p(z_{L-1} | z_L), ...
+    for name, q, p in zip(names, reversed(encoder), ps):
+        q_kind, p_kind = getattr(q, "support", None), getattr(p, "support", None)
+        if q_kind is not None and p_kind is not None and q_kind != p_kind:
+            hint = " (a Bernoulli top layer needs prior=BernoulliPrior(d))" if name == names[0] else ""
+            raise ValueError(f"{name} has {q_kind} units under q ({type(q).__name__}) but {p_kind} units "
+                             f"under p ({type(p).__name__}): p and q of a layer must agree{hint}")
+
+
 def _in_features(module):
     """The input width of the first nn.Linear in module (the latent size it reads)."""
     first = next((m for m in module.modules() if isinstance(m, nn.Linear)), None)
@@ -316,21 +451,51 @@ def _in_features(module):
     return first.in_features
 
 
-def paper_model(layers=1, input_dim=784, likelihood=None, scale="exp"):
+def paper_model(layers=1, input_dim=784, likelihood=None, scale="exp", latent="gaussian"):
     """The networks of [Burda et al. 2016, sec. 5.1 and App. C].
 
     layers=1: q 784-200-200-(50 mean, 50 log sigma); p 50-200-200-784.
     layers=2: q(h1|x) 784-200-200-100, q(h2|h1) 100-100-100-50,
               p(h1|h2) 50-100-100-100, p(x|h1) 100-200-200-784; prior on h2 only.
+    latent="bernoulli": the same nets with Bernoulli stochastic layers (each head gives the d
+    logits instead of 2 d Gaussian parameters; ``scale`` does not apply) and a Bernoulli prior
+    with learned logits on the top layer (``BernoulliPrior``): train with vimco or rws.
     """
+    if latent not in LATENTS:
+        raise ValueError(f"latent must be one of {', '.join(LATENTS)}, got {latent!r}")
+    if layers not in PAPER_LAYERS:
+        raise ValueError(f"layers must be 1 or 2, got {layers}")
     likelihood = likelihood if likelihood is not None else Bernoulli()
     out = input_dim * likelihood.params_per_dim
+    if latent == "bernoulli":
+        if scale != "exp":
+            raise ValueError(f"scale is a Gaussian layer's setting; latent='bernoulli' has none, got {scale!r}")
+        layer = lambda sizes, d: BernoulliLayer(mlp(sizes, d))
+        prior = BernoulliPrior(50)
+    else:
+        layer = lambda sizes, d: paper_gaussian_layer(sizes, d, scale)
+        prior = None
     if layers == 1:
-        return Model([paper_gaussian_layer([input_dim, 200, 200], 50, scale)],
-                     mlp([50, 200, 200], out), likelihood)
-    if layers == 2:
-        return Model([paper_gaussian_layer([input_dim, 200, 200], 100, scale),
-                      paper_gaussian_layer([100, 100, 100], 50, scale)],
-                     mlp([100, 200, 200], out), likelihood,
-                     decoder_layers=[paper_gaussian_layer([50, 100, 100], 100, scale)])
-    raise ValueError(f"layers must be 1 or 2, got {layers}")
+        return Model([layer([input_dim, 200, 200], 50)], mlp([50, 200, 200], out), likelihood, prior=prior)
+    return Model([layer([input_dim, 200, 200], 100), layer([100, 100, 100], 50)],
+                 mlp([100, 200, 200], out), likelihood,
+                 decoder_layers=[layer([50, 100, 100], 100)], prior=prior)
+
+
+def sbn_model(sizes=(200, 200, 200), input_dim=784, likelihood=None):
+    """A sigmoid belief net [Neal 1992]: Bernoulli layers whose logits are linear in the layer
+    next to them, q mirroring p bottom up. sizes=(200, 200, 200) is the SBN of [Mnih & Rezende
+    2016, sec. 6.1] on binarized MNIST: h_l of 200 units, p(h_3) Bernoulli(sigmoid(b)) with
+    learned logits b, p(h_l | h_{l+1}) = Bernoulli(sigmoid(W h_{l+1} + c)), p(x | h_1) likewise;
+    q(h_1 | x), q(h_2 | h_1), q(h_3 | h_2) linear-logit Bernoulli. Glorot weights, zero biases.
+    Train with estimator vimco or rws.
+    """
+    sizes = [positive_int("sizes[i]", d) for d in sizes]
+    if not sizes:
+        raise ValueError("sizes must name at least one stochastic layer")
+    likelihood = likelihood if likelihood is not None else Bernoulli()
+    widths = [input_dim] + sizes
+    encoder = [BernoulliLayer(mlp([a], b)) for a, b in zip(widths[:-1], widths[1:])]
+    decoder_layers = [BernoulliLayer(mlp([a], b)) for a, b in zip(sizes[:0:-1], sizes[-2::-1])]
+    return Model(encoder, mlp([sizes[0]], input_dim * likelihood.params_per_dim), likelihood,
+                 decoder_layers=decoder_layers, prior=BernoulliPrior(sizes[-1]))

@@ -13,9 +13,10 @@ from torch.func import functional_call, grad_and_value
 
 from . import bounds
 from .estimators import ESTIMATORS
+from .estimators.pullback import discrete_layer, require_reparameterised
 from .validate import divisor, positive_int, unit_interval
 
-BOUNDS = ("elbo", "iwae", "miwae", "ciwae", "piwae")
+BOUNDS = ("elbo", "iwae", "miwae", "ciwae", "piwae", "renyi", "vr-max")
 RUNNING_STATS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, nn.InstanceNorm1d,
                  nn.InstanceNorm2d, nn.InstanceNorm3d)     # modules that write buffers in forward
 ALIASES = {"vae": "elbo"}
@@ -26,10 +27,12 @@ class Objective:
 
     elbo: k-sample mean of log w (the VAE); iwae: L_k; miwae: M groups of K = k / M;
     ciwae: beta * ELBO + (1 - beta) * IWAE; piwae: the IWAE bound for the decoder and the
-    MIWAE(M, K) bound for the encoder (its value is the IWAE bound) [Rainforth et al. 2018].
+    MIWAE(M, K) bound for the encoder (its value is the IWAE bound) [Rainforth et al. 2018];
+    renyi: 1/(1 - alpha) log (1/k) sum_i w_i^(1 - alpha), alpha in [0, 1] (0: iwae, 1: elbo);
+    vr-max: max_i log w_i, k >= 2 [Li & Turner 2016].
     """
 
-    def __init__(self, name, k, m=None, beta=None):
+    def __init__(self, name, k, m=None, beta=None, alpha=None):
         name = ALIASES.get(name, name)
         if name not in BOUNDS:
             raise ValueError(f"unknown bound {name!r}; expected one of {', '.join(BOUNDS)} (or 'vae')")
@@ -47,7 +50,15 @@ class Objective:
             unit_interval("beta", beta)
         elif beta is not None:
             raise ValueError(f"beta is used only by ciwae, not {name}")
-        self.name, self.k, self.m, self.beta = name, k, m, beta
+        if name == "renyi":
+            if alpha is None:
+                raise ValueError("renyi needs alpha in [0, 1], got None")
+            unit_interval("alpha", alpha)
+        elif alpha is not None:
+            raise ValueError(f"alpha is used only by renyi, not {name}")
+        if name == "vr-max" and k < 2:
+            raise ValueError(f"vr-max is the largest of k >= 2 log weights (with k=1 it is the elbo), got k={k}")
+        self.name, self.k, self.m, self.beta, self.alpha = name, k, m, beta, alpha
         self.encoder_groups = m if grouped else 1
 
     def value(self, log_w):
@@ -58,14 +69,22 @@ class Objective:
             return bounds.miwae_bound(log_w, self.m)
         if self.name == "ciwae":
             return bounds.ciwae_bound(log_w, self.beta)
+        if self.name == "renyi":
+            return bounds.renyi_bound(log_w, self.alpha)
+        if self.name == "vr-max":
+            return bounds.vr_max_bound(log_w)
         return bounds.iwae_bound(log_w)                          # iwae, piwae
 
-    def surrogate(self, log_w, group="decoder"):
-        """The scalar whose gradient a parameter group follows: -mean(bound), except that
-        PIWAE's encoder follows the MIWAE bound."""
+    def group_value(self, log_w, group="decoder"):
+        """[k, B] -> [B]: the bound a parameter group follows: the value, except that PIWAE's
+        encoder follows the MIWAE bound."""
         if group == "encoder" and self.name == "piwae":
-            return -bounds.miwae_bound(log_w, self.m).mean()
-        return -self.value(log_w).mean()
+            return bounds.miwae_bound(log_w, self.m)
+        return self.value(log_w)
+
+    def surrogate(self, log_w, group="decoder"):
+        """The scalar whose gradient a parameter group follows: -mean(group_value)."""
+        return -self.group_value(log_w, group).mean()
 
     def cotangent(self, log_w, group="decoder"):
         """(d surrogate / d log w [k, B], the surrogate's value) at log_w, held constant."""
@@ -77,6 +96,16 @@ class Objective:
         k, batch = log_w.shape
         groups = log_w.detach().reshape(self.encoder_groups, k // self.encoder_groups, batch)
         return torch.softmax(groups, dim=1).reshape(k, batch)
+
+    def dreg_factor(self, log_w):
+        """[k, B]: what DReG multiplies the encoder's bound's weights by (iwae.estimators.dreg).
+        The IWAE family: w~ within each group (the encoder gets w~^2). Renyi: alpha + (1 - alpha)
+        wbar with wbar = softmax((1 - alpha) log w) (the encoder gets alpha wbar + (1 - alpha)
+        wbar^2; see dreg's docstring)."""
+        if self.name == "renyi":
+            e = 1.0 - self.alpha
+            return self.alpha + e * torch.softmax(e * log_w.detach(), 0)
+        return self.group_weights(log_w)
 
 
 class _Methods(nn.Module):
@@ -109,6 +138,7 @@ class Functional:
                                  "running statistics as it runs, which iwae's torch.func gradients cannot do; "
                                  "build it with track_running_stats=False, or use nn.GroupNorm or nn.LayerNorm")
         self.model = model
+        self.discrete = discrete_layer(model)       # a q layer without reparameterised draws, or None
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = tuple(n for n, _ in named)
         index = {id(p): i for i, (_, p) in enumerate(named)}
@@ -121,6 +151,7 @@ class Functional:
                 self._slots.append((f"model.{name}", index[id(p)]))
         self._module = _Methods(model)
         self.has_sample_q = callable(getattr(model, "sample_q", None))
+        self.has_densities = all(callable(getattr(model, name, None)) for name in ("sample_q", "log_joint", "log_q"))
         groups = getattr(model, "encoder_parameters", None)
         encoder = {id(p) for p in groups()} if callable(groups) else None
         self.encoder_mask = None if encoder is None else tuple(id(p) in encoder for _, p in named)
@@ -147,28 +178,38 @@ class Functional:
         return tuple(e if enc else d for e, d, enc in zip(encoder, decoder, self.encoder_mask))
 
 
-def check(bound, estimator, k, m=None, beta=None):
-    """Validate a configuration; returns (Objective, estimator module). Raises ValueError."""
+def check(bound, estimator, k, m=None, beta=None, alpha=None, model=None):
+    """Validate a configuration; returns (Objective, estimator module). Raises ValueError.
+
+    With ``model``, also whether the estimator can train it: one that differentiates through
+    the samples (standard, stl, dreg) refuses a model whose q has a layer without
+    reparameterised draws (a BernoulliLayer)."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; expected one of {', '.join(ESTIMATORS)}")
-    objective = Objective(bound, k, m, beta)
+    objective = Objective(bound, k, m, beta, alpha)
     est = ESTIMATORS[estimator]
     if objective.name not in est.SUPPORTS:
         raise ValueError(f"estimator {estimator!r} does not apply to bound {objective.name!r}; "
                          f"it supports {', '.join(est.SUPPORTS)}")
+    min_k = getattr(est, "MIN_K", 1)
+    if k < min_k:
+        raise ValueError(f"estimator {estimator!r} needs k >= {min_k} samples (its baselines leave one "
+                         f"out), got k={k}")
+    if model is not None and getattr(est, "PATHWISE", False):
+        require_reparameterised(discrete_layer(model), estimator)
     return objective, est
 
 
-def loss(model, x, k, bound="iwae", estimator="standard", *, m=None, beta=None):
+def loss(model, x, k, bound="iwae", estimator="standard", *, m=None, beta=None, alpha=None):
     """-mean(bound) over the batch x [B, D], whose backward() gives the estimator's gradient.
 
     model: anything with ``log_weights(x, k, stop_q=, stop_z=)``; estimators that treat
     q and p differently (dreg, rws, and the piwae bound) also need
     ``encoder_parameters()`` and ``decoder_parameters()``. The gradients are computed
     here, by the estimator, and attached to the returned scalar (its value is exactly the
-    loss): ``loss.backward()`` then puts them in p.grad.
+    loss): ``loss.backward()`` then puts them in p.grad. alpha: the renyi bound's.
     """
-    objective, est = check(bound, estimator, k, m, beta)
+    objective, est = check(bound, estimator, k, m, beta, alpha, model=model)
     f = Functional(model)
     params = f.parameters()
     if not torch.is_grad_enabled() or not params:

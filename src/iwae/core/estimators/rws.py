@@ -6,6 +6,8 @@ With samples that carry no gradient and w~ = softmax(log w) held constant:
              fits q to the self-normalised posterior estimate, minimising KL(p(z|x) || q))
 Since log w = log p - log q and the samples are fixed, one backward pass of
 -sum_i w~_i log w_i gives the decoder's gradient and the encoder's with its sign flipped.
+Nothing is differentiated through z, so it trains models with discrete layers too
+(BernoulliLayer, ``sbn_model``), as Bornschein & Bengio trained sigmoid belief nets.
 """
 import torch
 from torch.func import vjp
