@@ -4,7 +4,9 @@ the Renyi and VR-max bounds, their estimators and their refusals.
 Statistical tests are seeded (so deterministic); their tolerances are chosen so that a correct
 implementation would fail them with the false-alarm rate stated in each.
 """
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -427,6 +429,7 @@ def test_vimco_learning_signal_is_the_papers_leave_one_out():
                                         ("miwae", 4, {"m": 2}), ("ciwae", 2, {"beta": 0.3}),
                                         ("renyi", 3, {"alpha": 0.5}), ("vr-max", 3, {})])
 def test_vimco_and_reinforce_are_unbiased_by_exact_enumeration(bound, k, kw):
+    # estimator="vimco" and estimator="reinforce" (no baseline).
     # E[gradient] against the exact gradient of E[F] summed over all 16^k joint draws.
     # Each of 100 rows is the mean of 100 draws per datapoint; per coordinate (41 parameters)
     # t = (mean - exact) / standard error, |t| < 5 (t with 99 d.o.f.: 2.6e-6 per coordinate,
@@ -438,7 +441,7 @@ def test_vimco_and_reinforce_are_unbiased_by_exact_enumeration(bound, k, kw):
     exact = exact_gradient(model, x, objective)
     t = lambda rows: (rows.mean(0) - exact) / (rows.std(0) / rows.shape[0] ** 0.5)
     vim = batch_means(lambda xs: library_gradient(model, xs, objective, "vimco"), x, 100, 100)
-    rf = batch_means(lambda xs: score_function_gradient(model, xs, objective, 0.0), x, 100, 100)
+    rf = batch_means(lambda xs: library_gradient(model, xs, objective, "reinforce"), x, 100, 100)
     assert t(vim).abs().max() < 5, t(vim)
     assert t(rf).abs().max() < 5, t(rf)
     assert vim.var(0).sum() < 0.1 * rf.var(0).sum()          # the baselines' point
@@ -550,3 +553,82 @@ def test_pathwise_estimators_refuse_discrete_latents_in_one_line(estimator):
     with pytest.raises(ValueError) as err:
         iwae.core.objective.check("iwae", estimator, 3, model=model)
     assert str(err.value) == REFUSED.format(estimator)
+
+
+def test_unit_kl_of_bernoulli_layers_is_the_closed_form():
+    """units.unit_kl on an SBN: per unit, KL(Bernoulli(q) || Bernoulli(p)) at the drawn layer
+    below, against torch.distributions' closed form (the top prior's logits the model's)."""
+    from iwae.evaluation.units import unit_kl
+    torch.manual_seed(3)
+    model = iwae.sbn_model(sizes=(4, 3), input_dim=6).double()
+    with torch.no_grad():
+        model.prior.logits.normal_()
+    x = torch.rand(50, 6, dtype=F64).bernoulli()
+    torch.manual_seed(5)
+    kl = unit_kl(model, x)
+    torch.manual_seed(5)
+    q1 = model.encoder[0](x)
+    z1 = model.encoder[0].draw(q1)[1]
+    q2 = model.encoder[1](z1)
+    z2 = model.encoder[1].draw(q2)[1]
+    p1 = model.decoder_layers[0](z2)
+    Bern = torch.distributions.Bernoulli
+    expected = [torch.distributions.kl_divergence(Bern(logits=q1), Bern(logits=p1)).mean(0),
+                torch.distributions.kl_divergence(Bern(logits=q2), Bern(logits=model.prior.logits.expand_as(q2))).mean(0)]
+    for got, want in zip(kl, expected):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+def test_ais_and_the_gaps_refuse_binary_latents_in_one_line():
+    model, x = iwae.sbn_model(sizes=(4,), input_dim=6), torch.zeros(2, 6)
+    message = re.escape("needs continuous latent variables; this model has BernoulliLayers (binary units): "
+                        "evaluate it by L_k (iwae.log_likelihood, iwae evaluate --method iwae)")
+    with pytest.raises(ValueError, match=message):
+        iwae.ais(model, x, steps=2, chains=1)
+    from iwae.evaluation.gaps import inference_gaps
+    with pytest.raises(ValueError, match=message):
+        inference_gaps(model, x, q_steps=1, ais_steps=2, chains=1)
+
+
+def cli(capsys, *argv):
+    from iwae.app.cli import main
+    rc = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return rc, captured.out, captured.err
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--bound", "renyi", "--alpha", "1.5"], "iwae: error: alpha must be in [0, 1], got 1.5"),
+    (["--bound", "vr-max", "--k", "1"],
+     "iwae: error: vr-max is the largest of k >= 2 log weights (with k=1 it is the elbo), got k=1"),
+    (["--latent", "bernoulli"], "iwae: error: estimator 'standard' differentiates through the samples z, and a "
+     "BernoulliLayer draws discrete ones without a gradient; use estimator 'vimco' (any bound) or 'rws' (the iwae bound)"),
+    (["--net", "sbn", "--estimator", "dreg"], "iwae: error: estimator 'dreg' differentiates through the samples z, "
+     "and a BernoulliLayer draws discrete ones without a gradient; use estimator 'vimco' (any bound) or 'rws' (the iwae bound)"),
+])
+def test_the_cli_refuses_bad_family_settings_in_one_line(tmp_path, data_dir, capsys, flags, message):
+    rc, _, err = cli(capsys, "train", "--out", tmp_path / "run", "--data-dir", data_dir, "--limit-train", 40,
+                     "--epochs", 1, "--final-k", 0, "--quiet", *flags)
+    assert rc == 2 and err == message + "\n"
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_sbn_trains_evaluates_and_resumes_from_the_cli(tmp_path, data_dir, capsys):
+    """iwae train --net sbn --estimator vimco, then evaluate (L_k; units from Bernoulli KLs) and
+    resume: the spec saved (net, alpha) is the one compared."""
+    run = tmp_path / "run"
+    base = ["train", "--out", run, "--data-dir", data_dir, "--net", "sbn", "--estimator", "vimco",
+            "--limit-train", 40, "--eval-examples", 10, "--final-k", 20, "--final-limit-test", 10, "--quiet",
+            "--compile", "off"]
+    rc, out, err = cli(capsys, *base, "--epochs", 1)
+    assert rc == 0, err
+    assert "test NLL (L_20, 10 test images):" in out and "active units" in out
+    config = json.loads((run / "config.json").read_text())
+    assert (config["net"], config["estimator"], config["alpha"]) == ("sbn", "vimco", None)
+    rc, out, err = cli(capsys, *base, "--epochs", 2, "--resume")
+    assert rc == 0, err
+    rc, _, err = cli(capsys, "train", "--out", run, "--resume", "--net", "paper", "--data-dir", data_dir)
+    assert rc == 2 and "disagree" in err and "net" in err
+    rc, out, err = cli(capsys, "evaluate", run, "--data-dir", data_dir, "--k", 10, "--limit-test", 5, "--json")
+    assert rc == 0, err
+    assert len(json.loads(out)["informative_units"]) == 3

@@ -36,7 +36,7 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def add_train(sub):
     p = sub.add_parser("train", help="train a model (defaults: the paper's 1-layer IWAE, k=5, on MNIST)")
-    p.add_argument("--out", help="run directory (default: runs/<time>-<bound>-k<k>-l<layers>)")
+    p.add_argument("--out", help="run directory (default: runs/<time>-<bound>-k<k>-l<layers>, or -sbn)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint, or start it there if it holds none yet "
                         "(its saved settings are used; flags given must agree with them, except --epochs, "

@@ -20,7 +20,7 @@ def train(args):
         raise ValueError("--resume needs --out, the run directory to continue")
     saved = rundir.read_spec(args.out) if args.resume and rundir.holds_run(args.out) else None
     spec = spec_from(args, saved)
-    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{spec.bound}-k{spec.k}-l{spec.layers}")
+    out = Path(args.out or f"runs/{time.strftime('%Y%m%d-%H%M%S')}-{spec.name()}")
     try:
         result = train_and_evaluate(spec, out, resume=args.resume, say=print)
     except rundir.RunExists as err:

@@ -60,11 +60,22 @@ def inverse_temperatures(steps, kind="sigmoid", sharpness=4.0):
     return (s - s[0]) / (s[-1] - s[0])
 
 
+def require_continuous(model, what):
+    """ValueError unless every stochastic layer of model's q draws continuous z; `what` starts
+    the message ("... needs continuous ones")."""
+    discrete = [type(layer).__name__ for layer in getattr(model, "encoder", ())
+                if not getattr(layer, "reparameterised", True)]
+    if discrete:
+        raise ValueError(f"{what} needs continuous latent variables; this model has {discrete[0]}s (binary "
+                         "units): evaluate it by L_k (iwae.log_likelihood, iwae evaluate --method iwae)")
+
+
 def check(model, steps, chains, leapfrog, init, kind):
     missing = [name for name in NEEDS if not callable(getattr(model, name, None))]
     if missing:
         raise ValueError(f"AIS needs the model's {', '.join(missing)} (iwae.Model has them); "
                          f"{type(model).__name__} lacks them")
+    require_continuous(model, "AIS moves the latent variables by Hamiltonian Monte Carlo, which")
     for name, value in (("steps", steps), ("chains", chains), ("leapfrog", leapfrog)):
         positive_int(name, value)
     if init not in INITS:

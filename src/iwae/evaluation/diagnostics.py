@@ -36,6 +36,7 @@ BIAS_T = 3.0
 
 # short names for the configurations the library supports
 SHORT = {"standard": "iwae+standard", "stl": "iwae+stl", "dreg": "iwae+dreg", "rws": "iwae+rws",
+         "vimco": "iwae+vimco", "reinforce": "iwae+reinforce",
          "miwae": "miwae+standard", "piwae": "piwae+standard", "ciwae": "ciwae+standard",
          "vae": "elbo+standard", "elbo": "elbo+standard"}
 DEFAULT_ESTIMATORS = ("standard", "stl", "dreg", "rws", "miwae", "piwae", "ciwae")

@@ -17,7 +17,7 @@ import torch.nn as nn
 from ..core.densities import normal_log_prob, reparameterize
 from ..core.validate import positive_int
 from ..runtime.rng import forked_rng
-from .annealing import CHAINS, STEPS, ais
+from .annealing import CHAINS, STEPS, ais, require_continuous
 from .likelihood import log_likelihood
 
 
@@ -84,6 +84,7 @@ def inference_gaps(model, x, *, q_steps=500, q_k=10, ais_steps=STEPS, chains=CHA
     ELBOs), l5000_q, l5000_q_star, ais, approximation_gap = ais - elbo_q_star,
     amortization_gap = elbo_q_star - elbo_q, and the seconds each part took. q* takes q_steps
     Adam steps on its q_k-sample ELBO."""
+    require_continuous(model, "the inference gaps (a Gaussian q* per image, AIS)")
     seconds = {}
     started = time.perf_counter()
     torch.manual_seed(seed)

@@ -1,6 +1,7 @@
 """What a trained model's units do: active units, their KL to the prior, and the
 effective sample size of the log weights."""
 import torch
+import torch.nn.functional as F
 
 from ..core.densities import reparameterize
 from ..runtime.rng import forked_rng
@@ -27,23 +28,41 @@ def unit_kl(model, x):
     """KL(q(u | z_{l-1}) || p(u | z_{l+1})) per unit of every stochastic layer, in nats,
     averaged over the examples x [N, D] at one sample per layer: [[d_l]].
 
-    The prior of the top layer is N(0, I); a lower layer's is the generative layer above it.
-    A unit with KL near 0 tells the decoder nothing about x that the layer above does not,
-    even where Burda's A_u counts it active: a lower-layer unit whose posterior mean follows
-    its prior's mean p(u | z_{l+1}) varies with x and passes the 1e-2 threshold.
-    Needs a Model built from GaussianLayers (encoder, decoder_layers).
+    The prior of the top layer is the model's p(z_L) (N(0, I), or a learned Bernoulli); a lower
+    layer's is the generative layer above it. A unit with KL near 0 tells the decoder nothing
+    about x that the layer above does not, even where Burda's A_u counts it active: a
+    lower-layer unit whose posterior mean follows its prior's mean p(u | z_{l+1}) varies with x
+    and passes the 1e-2 threshold. Needs a Model (encoder, decoder_layers, prior) whose layers
+    are GaussianLayers or BernoulliLayers, q and p alike layer by layer.
     """
     qs, h = [], model.encoder_input(*model.observe(x)) if callable(getattr(model, "observe", None)) else x
     for layer in model.encoder:
-        mu, log_sigma = layer(h)                                  # [N, d_l]
-        h = reparameterize(mu, log_sigma)
-        qs.append((mu, log_sigma, h))
-    priors = [(torch.zeros_like(qs[-1][0]), torch.zeros_like(qs[-1][1]))]
-    for layer, (_, _, above) in zip(model.decoder_layers, reversed(qs[1:])):
+        out = layer(h)                                            # (mu, log sigma) or logits [N, d_l]
+        h = _draw(layer, out)
+        qs.append((out, h))
+    top = qs[-1][0]
+    priors = [(torch.zeros_like(top[0]), torch.zeros_like(top[1])) if isinstance(top, tuple)
+              else model.prior.logits.expand_as(top)]
+    for layer, (_, above) in zip(model.decoder_layers, reversed(qs[1:])):
         priors.insert(0, layer(above))                            # p(z_l | z_{l+1})
-    return [(log_sp - log_sq + (torch.exp(2 * log_sq) + (mu_q - mu_p).square())
-             / (2 * torch.exp(2 * log_sp)) - 0.5).mean(0)
-            for (mu_q, log_sq, _), (mu_p, log_sp) in zip(qs, priors)]
+    return [_kl(q, p).mean(0) for (q, _), p in zip(qs, priors)]
+
+
+def _draw(layer, out):
+    """One sample of a layer's units from its output."""
+    if isinstance(out, tuple):
+        return reparameterize(*out)
+    return layer.draw(out)[1]
+
+
+def _kl(q, p):
+    """KL per unit: of two diagonal Gaussians (mu, log sigma), or two Bernoullis (logits)."""
+    if isinstance(q, tuple):
+        (mu_q, log_sq), (mu_p, log_sp) = q, p
+        return log_sp - log_sq + (torch.exp(2 * log_sq) + (mu_q - mu_p).square()) / (2 * torch.exp(2 * log_sp)) - 0.5
+    prob = torch.sigmoid(q)            # KL = q (log q - log p) + (1 - q) (log(1 - q) - log(1 - p))
+    return (prob * (F.logsigmoid(q) - F.logsigmoid(p))
+            + (1 - prob) * (F.logsigmoid(-q) - F.logsigmoid(-p)))
 
 
 def effective_sample_size(log_w):

@@ -93,7 +93,7 @@ class _Trainer:
                                   capturable=device.type == "cuda")
         self.batches = math.ceil(self.train_x.shape[0] / spec.batch_size)
         self.step = make_step(model, self.opt, spec.k, spec.bound, spec.estimator, m=spec.m, beta=spec.beta,
-                              compile=spec.compile, precision=spec.precision,
+                              alpha=spec.alpha, compile=spec.compile, precision=spec.precision,
                               planned_steps=spec.epochs * self.batches, parallel=self.dp)
         self.data_rng = torch.Generator(device=device if device.type == "cuda" else "cpu").manual_seed(spec.seed + 1)
         self.fingerprint = state.fingerprint(self.train_x)

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from ..core.densities import Bernoulli, Gaussian
 from ..core.estimators import ESTIMATORS
-from ..core.model import PAPER_LAYERS, SCALES, paper_model
+from ..core.model import LATENTS, PAPER_LAYERS, SCALES, paper_model, sbn_model
 from ..core.objective import ALIASES, BOUNDS, check
 from ..data import LIKELIHOODS, VALIDATIONS
 from ..runtime.compile import COMPILES
@@ -26,6 +26,7 @@ from .schedule import SCHEDULES
 from .step import PRECISIONS
 
 NONFINITE_POLICIES = ("stop", "skip")
+NETS = ("paper", "sbn")            # iwae train's networks: paper_model, sbn_model
 RENAMED = {"objective": "bound"}     # config.json keys and keyword arguments of earlier versions
 
 
@@ -68,6 +69,7 @@ class RunSpec:
     k: int = setting(5, "samples per datapoint", low=1)
     m: int | None = setting(None, "groups for miwae/piwae (must divide k)", low=1)
     beta: float | None = setting(None, "ciwae mixing weight in [0, 1]")
+    alpha: float | None = setting(None, "renyi's alpha in [0, 1] (0: the iwae bound, 1: the ELBO)")
     # optimisation
     epochs: int = setting(10, "the first N epochs of the schedule (the paper's is 3280)", low=1, resumable=True)
     seed: int = setting(0, "seeds the initialisation, the training noise and the data order")
@@ -110,7 +112,7 @@ class RunSpec:
         """self if every setting is valid, else ValueError naming the first bad one."""
         for f in dataclasses.fields(self):
             check_field(f, getattr(self, f.name))
-        check(self.bound, self.estimator, self.k, self.m, self.beta)
+        check(self.bound, self.estimator, self.k, self.m, self.beta, self.alpha)
         if not 0 <= self.seed < 2 ** 63 - 1:
             raise ValueError(f"seed must be in [0, 2**63 - 1), got {self.seed}")
         if not (math.isfinite(self.lr) and self.lr > 0 and math.isfinite(self.adam_eps) and self.adam_eps > 0):
@@ -156,6 +158,10 @@ class PaperSpec(RunSpec):
 
     dataset: str = setting("mnist", "a dataset name (see `iwae datasets`) or a file/folder")
     layers: int = setting(1, "stochastic layers of the paper's net", choices=PAPER_LAYERS)
+    latent: str = setting("gaussian", "the units of the paper net's stochastic layers: gaussian, or bernoulli "
+                          "(binary; train with --estimator vimco or rws)", choices=LATENTS)
+    net: str = setting("paper", "paper: the paper's nets (--layers, --latent); sbn: the sigmoid belief net "
+                       "200-200-200 of Mnih & Rezende 2016 (train with --estimator vimco or rws)", choices=NETS)
     limit_train: int | None = setting(None, "use the first N training images", low=1)
     validation: str = setting("none", "none: 60k/10k; paper: hold out the last 400 of MNIST's 60k "
                               "(the original code)", choices=VALIDATIONS)
@@ -190,6 +196,11 @@ class PaperSpec(RunSpec):
             d.pop(name)
         return d
 
+    def name(self):
+        """The default run directory's name: bound, k and net, e.g. iwae-k5-l1 or vr-max-k5-sbn."""
+        net = "sbn" if self.net == "sbn" else f"l{self.layers}" + ("b" if self.latent == "bernoulli" else "")
+        return f"{self.bound}-k{self.k}-{net}"
+
     def comparable(self):
         return {**super().comparable(), "missing": self.missing}
 
@@ -197,7 +208,10 @@ class PaperSpec(RunSpec):
 def build_model(spec, input_dim, device="cpu"):
     """The paper network of a PaperSpec, freshly initialised, on device."""
     likelihood = Bernoulli() if spec.likelihood == "bernoulli" else Gaussian()
-    model = paper_model(spec.layers, input_dim, likelihood, spec.scale)
+    if spec.net == "sbn":
+        model = sbn_model(input_dim=input_dim, likelihood=likelihood)
+    else:
+        model = paper_model(spec.layers, input_dim, likelihood, spec.scale, latent=spec.latent)
     model.missing = spec.missing > 0           # NaN = a removed pixel (docs/missing.md)
     return model.to(device)
 

@@ -35,11 +35,12 @@ PRECISIONS = ("fp32", "bf16", "tf32")
 MATMUL_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "tf32": None}   # tf32: a CUDA switch
 
 
-def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None, beta=None,
+def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None, beta=None, alpha=None,
               compile="auto", planned_steps=None, parallel=None, precision="fp32"):
     """The training step for ``model`` and ``optimizer`` at k samples per datapoint.
 
-    compile: "auto" | "off" | "step" (see the module docstring). planned_steps: the number
+    m, beta, alpha: the bound's settings (iwae.core.objective.check, which also refuses an
+    estimator that cannot train the model). compile: "auto" | "off" | "step" (see the module docstring). planned_steps: the number
     of steps the run will take, if known (the trainer's epochs x batches). parallel: an
     iwae.runtime.distributed.DataParallel; the step then computes this rank's share of each global
     batch and averages the gradients over the ranks (it runs eagerly). precision: "fp32";
@@ -47,7 +48,7 @@ def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None
     (log densities, log w, the bound, gradients, parameters, Adam's state) fp32; "tf32": CUDA's
     fp32 matmuls on TF32 tensor cores (ValueError elsewhere).
     """
-    objective, est = check(bound, estimator, k, m, beta)
+    objective, est = check(bound, estimator, k, m, beta, alpha, model=model)
     check_precision(precision)
     device = _device(model)
     if precision == "tf32" and device.type != "cuda":

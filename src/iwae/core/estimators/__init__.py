@@ -5,6 +5,6 @@ An estimator module has ``SUPPORTS`` (the bounds it applies to) and
 (``iwae.core.objective.Functional``), params a tuple of tensors; it returns the loss
 -mean(bound) and one gradient per parameter. The math of each is in its docstring.
 """
-from . import dreg, rws, standard, stl, vimco
+from . import dreg, reinforce, rws, standard, stl, vimco
 
-ESTIMATORS = {"standard": standard, "stl": stl, "dreg": dreg, "rws": rws, "vimco": vimco}
+ESTIMATORS = {"standard": standard, "stl": stl, "dreg": dreg, "rws": rws, "vimco": vimco, "reinforce": reinforce}

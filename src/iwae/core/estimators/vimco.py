@@ -48,6 +48,12 @@ def learning_signals(objective, log_w, group="encoder"):
 
 
 def gradients(f, params, x, objective):
+    return score_gradients(f, params, x, objective, learning_signals, "vimco")
+
+
+def score_gradients(f, params, x, objective, signals, name):
+    """(loss, gradients) of the score-function estimator whose learning signal per sample is
+    signals(objective, log_w) [k, B] (VIMCO's leave-one-out one, or REINFORCE's F)."""
     k = objective.k
     if f.has_densities:
         zs = [z.detach() for z in f.call("sample_q", params, x, k)]
@@ -56,12 +62,12 @@ def gradients(f, params, x, objective):
         log_w = log_p - log_q
         cot, value = objective.cotangent(log_w)
         encoder_cot = objective.cotangent(log_w, "encoder")[0] if objective.name == "piwae" else cot
-        signal = learning_signals(objective, log_w) / log_w.shape[1]
+        signal = signals(objective, log_w) / log_w.shape[1]
         (grads,) = pullback((cot, -encoder_cot - signal))
         return value, grads
     log_w, pullback = vjp(lambda p: f.log_weights(p, x, k, stop_z=True), params)
     cot, value = objective.cotangent(log_w)
     encoder_cot = objective.cotangent(log_w, "encoder")[0] if objective.name == "piwae" else cot
     (decoder,) = pullback(cot)
-    (encoder,) = pullback(encoder_cot + learning_signals(objective, log_w) / log_w.shape[1])
-    return value, f.by_group(encoder, decoder, "vimco")
+    (encoder,) = pullback(encoder_cot + signals(objective, log_w) / log_w.shape[1])
+    return value, f.by_group(encoder, decoder, name)
