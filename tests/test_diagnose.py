@@ -213,7 +213,7 @@ def test_every_objective_and_estimator_trains_from_the_cli(tmp_path, data_dir, c
     ["--objective", "iwae", "--m", "2"],
     ["--objective", "iwae", "--beta", "0.5"],
     ["--objective", "iwea"],
-    ["--estimator", "reinforce"],
+    ["--estimator", "magic"],
 ])
 def test_invalid_combinations_give_one_line_errors(tmp_path, data_dir, capsys, flags):
     out = tmp_path / "run"

@@ -632,3 +632,10 @@ def test_an_sbn_trains_evaluates_and_resumes_from_the_cli(tmp_path, data_dir, ca
     rc, out, err = cli(capsys, "evaluate", run, "--data-dir", data_dir, "--k", 10, "--limit-test", 5, "--json")
     assert rc == 0, err
     assert len(json.loads(out)["informative_units"]) == 3
+    rc, out, err = cli(capsys, "diagnose", run, "--data-dir", data_dir, "--k", 5, "--estimators", "vimco,reinforce,rws",
+                       "--draws", 3, "--examples", 5, "--quiet")
+    assert rc == 0, err
+    result = json.loads((run / "diagnose.json").read_text())
+    assert result["reference"].startswith("iwae+vimco")      # unbiased where z is binary
+    assert [r["estimator"] for r in result["results"]] == ["iwae+vimco", "iwae+reinforce", "iwae+rws",
+                                                           "iwae+vimco (reference)"]

@@ -13,7 +13,7 @@ from tqdm import tqdm
 from ..evaluation.annealing import CHAINS, STEPS, ais, bdmc
 from ..core.validate import positive_int
 from ..evaluation.diagnostics import (DEFAULT_ESTIMATORS, DEFAULT_K, check_draws, diagnose_model, header, parse_ks,
-                                      specs_of)
+                                      reference_of, specs_of)
 from ..core.densities import Bernoulli
 from ..data import remove_pixels
 from ..evaluation.gaps import inference_gaps
@@ -207,7 +207,7 @@ def diagnose_run(run_dir, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, draws=
     json_path, png_path = out / "diagnose.json", out / "diagnose.png"
     result = {"run": str(run_dir), "epochs_trained": recorded_epochs(run_dir), "training": {
         key: getattr(config, key) for key in ("dataset", "layers", "bound", "estimator", "k", "m", "beta")},
-        **header(specs, draws, int(x.shape[0]), seed)}
+        **header(specs, draws, int(x.shape[0]), seed, reference_of(model).name)}
     done = _partial(json_path, result, specs, draws, examples, seed)   # k -> (results, skipped)
     rows, skipped, started = [], [], time.perf_counter()
     for k in ks:                     # one k at a time, saved as it goes: a killed diagnosis resumes

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..core.estimators.pullback import discrete_layer
 from ..core.objective import ALIASES, check
 from ..core.objective import loss as iwae_loss
 from ..runtime.compile import flushed_subnormals
@@ -231,7 +232,7 @@ def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, dra
     ks = parse_ks(",".join(map(str, ks)))
     groups = [("encoder", [p for p in model.encoder_parameters() if p.requires_grad]),
               ("decoder", [p for p in model.decoder_parameters() if p.requires_grad])]
-    reference = Spec("iwae", "standard")
+    reference = reference_of(model)
     projections = random_projections([sum(p.numel() for p in ps) for _, ps in groups])
     results, skipped = [], []
     with forked_rng(x.device), flushed_subnormals(x.device):
@@ -255,10 +256,17 @@ def diagnose_model(model, x, ks=DEFAULT_K, estimators=DEFAULT_ESTIMATORS, *, dra
                 results.append(entry)
                 if progress:
                     progress(entry)
-            results.append({"estimator": f"{REFERENCE} (reference)", "reference": True, "k": k, "m": None,
+            results.append({"estimator": f"{reference.name} (reference)", "reference": True, "k": k, "m": None,
                             "seconds": round(ref_seconds, 3),
                             **{name: summarize(ref[name]) for name, _ in groups}})
-    return {"k": ks, **header(specs, draws, int(x.shape[0]), seed), "results": results, "skipped": skipped}
+    return {"k": ks, **header(specs, draws, int(x.shape[0]), seed, reference.name), "results": results,
+            "skipped": skipped}
+
+
+def reference_of(model):
+    """The unbiased gradient of L_k the others are compared with: the reparameterised one
+    (REFERENCE), or VIMCO's for a model whose q draws binary units (no reparameterisation)."""
+    return Spec("iwae", "vimco") if discrete_layer(model) is not None else Spec(*REFERENCE.split("+"))
 
 
 def check_draws(draws):
@@ -268,10 +276,10 @@ def check_draws(draws):
     return draws
 
 
-def header(specs, draws, examples, seed):
+def header(specs, draws, examples, seed, reference=REFERENCE):
     """The settings a diagnosis records beside its results."""
     return {"draws": draws, "examples": examples, "seed": seed,
-            "reference": f"{REFERENCE}, drawn with independent seeds (seed + {REFERENCE_SEED_OFFSET} + draw)",
+            "reference": f"{reference}, drawn with independent seeds (seed + {REFERENCE_SEED_OFFSET} + draw)",
             "estimators": [{"name": s.name, "objective": s.objective, "estimator": s.estimator,
                             "beta": s.beta, "m": s.m if s.m is not None else ("sqrt(k)" if s.grouped else None),
                             "targets": s.targets()} for s in specs]}
