@@ -44,18 +44,13 @@ class Objective:
             divisor("m", m, k)
         elif m is not None:
             raise ValueError(f"m is used only by miwae and piwae, not {name}")
-        if name == "ciwae":
-            if beta is None:
-                raise ValueError("ciwae needs beta in [0, 1], got None")
-            unit_interval("beta", beta)
-        elif beta is not None:
-            raise ValueError(f"beta is used only by ciwae, not {name}")
-        if name == "renyi":
-            if alpha is None:
-                raise ValueError("renyi needs alpha in [0, 1], got None")
-            unit_interval("alpha", alpha)
-        elif alpha is not None:
-            raise ValueError(f"alpha is used only by renyi, not {name}")
+        for setting, value, owner in (("beta", beta, "ciwae"), ("alpha", alpha, "renyi")):   # in [0, 1]
+            if name == owner and value is None:
+                raise ValueError(f"{owner} needs {setting} in [0, 1], got None")
+            if name == owner:
+                unit_interval(setting, value)
+            elif value is not None:
+                raise ValueError(f"{setting} is used only by {owner}, not {name}")
         if name == "vr-max" and k < 2:
             raise ValueError(f"vr-max is the largest of k >= 2 log weights (with k=1 it is the elbo), got k={k}")
         self.name, self.k, self.m, self.beta, self.alpha = name, k, m, beta, alpha
