@@ -160,7 +160,7 @@ def test_gradients_stay_finite_with_log_weights_near_minus_1e4(dtype, estimator)
 @pytest.mark.parametrize("args,message", [
     (("elbo", "dreg"), "estimator 'dreg' does not apply to bound 'elbo'; it supports iwae, miwae, piwae, renyi"),
     (("miwae", "rws", 2), "estimator 'rws' does not apply to bound 'miwae'; it supports iwae"),
-    (("iwae", "reinforce"), "unknown estimator 'reinforce'; expected one of standard, stl, dreg, rws, vimco"),
+    (("iwae", "magic"), "unknown estimator 'magic'; expected one of standard, stl, dreg, rws, vimco, reinforce"),
     (("iwea", "standard"), "unknown bound 'iwea'; expected one of elbo, iwae, miwae, ciwae, piwae, renyi, vr-max (or 'vae')"),
     (("miwae", "standard", 3), "m must be a positive divisor of k=8, got 3"),
     (("miwae", "standard"), "miwae needs m, the number of groups (m must divide k=8)"),

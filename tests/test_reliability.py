@@ -437,7 +437,7 @@ BAD_FLAGS = [
     (["--dataset", "nosuch"], "unknown dataset 'nosuch': not one of mnist, fashion-mnist, binarized-mnist, "
                               "omniglot, and no such file or folder"),
     (["--objective", "iwea"], "unknown bound 'iwea'; expected one of elbo, iwae, miwae, ciwae, piwae, renyi, vr-max (or 'vae')"),
-    (["--estimator", "drge"], "unknown estimator 'drge'; expected one of standard, stl, dreg, rws, vimco"),
+    (["--estimator", "drge"], "unknown estimator 'drge'; expected one of standard, stl, dreg, rws, vimco, reinforce"),
     (["--k", "0"], "argument --k: must be an integer >= 1, got 0 (see: iwae train --help)"),
     (["--k", "-3"], "argument --k: must be an integer >= 1, got -3 (see: iwae train --help)"),
     (["--k", "two"], "argument --k: expected an integer, got 'two' (see: iwae train --help)"),
