@@ -38,6 +38,8 @@ AUTO_CONTINUOUS = "gaussian"   # the continuous likelihood of likelihood="auto" 
 TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_size rows
 MIN_EPOCHS = 20
 HIDDEN = 128                   # units per hidden layer (the authors' width)
+HOLDOUT = 0.1                  # patience given: the fraction of the observed entries held out to stop on
+HELD_ROWS = 1000               # patience given: the most rows whose entries are held out (scored each epoch)
 MAX_LATENT = 10
 
 
@@ -72,6 +74,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         continuous columns. sign: self-masking's w_j sign when known, None, "positive" (high
         values go missing) or "negative".
 
+    patience: None (train for epochs, or the shape's budget) or P: hold out HOLDOUT of the
+        observed entries, stop once their held-out bound has not improved for P epochs (epochs
+        then the most) and keep the best epoch's parameters (docs/missing.md: not the default).
     keep_empty_features: a column with no observed value is dropped from the output (False,
         with scikit-learn's warning) or kept and filled with 0 (True), as SimpleImputer's.
 
@@ -86,7 +91,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     for Bernoulli columns; a constant column's value and |value| (1 for 0); 0 and 1 for an
     empty column), ``binary_`` (Bernoulli columns), ``constant_``, ``empty_``, ``modeled_``
     (the columns the network models), ``n_features_in_`` (and ``feature_names_in_`` for a
-    DataFrame), ``epochs_``,
+    DataFrame), ``epochs_`` (the budget), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
+    epoch whose parameters are kept), ``history_`` (per epoch: train_bound, held_bound (with
+    patience), seconds),
     ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``,
     ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
@@ -94,12 +101,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __init__(self, likelihood="auto", k=20, epochs=None, *, latent=None, hidden=None, hidden_layers=2,
                  batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto", seed=0,
                  device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
-                 keep_empty_features=False):
+                 keep_empty_features=False, patience=None):
         self.likelihood, self.k, self.epochs = likelihood, k, epochs
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
         self.batch_size, self.lr, self.draws, self.estimator = batch_size, lr, draws, estimator
         self.mask_input, self.seed, self.device, self.compile, self.verbose = mask_input, seed, device, compile, verbose
         self.mechanism, self.sign, self.keep_empty_features = mechanism, sign, keep_empty_features
+        self.patience = patience
 
     def fit(self, X, y=None):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
@@ -107,10 +115,11 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
         if self.mask_input not in ("auto", True, False):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
-        for name in ("epochs", "latent", "hidden"):
+        for name in ("epochs", "latent", "hidden", "patience"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None (from the data's shape) or an integer >= 1, got {value!r}")
+                what = "no early stopping" if name == "patience" else "from the data's shape"
+                raise ValueError(f"{name} must be None ({what}) or an integer >= 1, got {value!r}")
         values, _ = _as_array(X, self, reset=True)
         observed = ~np.isnan(values)
         self._check_mechanism(observed)
@@ -125,17 +134,21 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         latent, hidden, epochs = default_sizes(n, int(self.modeled_.sum()), self.batch_size)
         self.epochs_ = self.epochs if self.epochs is not None else epochs
         began = time.perf_counter()
-        self.model_, self.train_bound_ = None, float("nan")
+        self.model_, self.train_bound_, self.n_epochs_, self.best_epoch_, self.history_ = None, float("nan"), 0, 0, []
         if self.modeled_.any():
             device = parse_device(self.device)
+            train_x, budget = self._budget(self._standardised(values))
             with forked_rng(device):
                 torch.manual_seed(self.seed)
                 model = self._build(int(self.modeled_.sum()), self.latent or latent, self.hidden or hidden)
-                trained = train(model, self._standardised(values), k=self.k, estimator=self.estimator,
-                                epochs=self.epochs_, batch_size=self.batch_size, lr=self.lr, schedule="constant",
-                                seed=self.seed, device=str(device), compile=self._compile(n), quiet=not self.verbose)
+                trained = train(model, train_x, k=self.k, estimator=self.estimator, batch_size=self.batch_size,
+                                lr=self.lr, schedule="constant", seed=self.seed, device=str(device),
+                                compile=self._compile(n), quiet=not self.verbose, **budget)
             self.train_bound_ = trained.train_bound
             self.model_ = model.eval()
+            self.n_epochs_, self.best_epoch_ = len(trained.history), trained.best_epoch or len(trained.history)
+            self.history_ = [{"epoch": r["epoch"], "train_bound": r["train_bound"], "held_bound": r.get("test_bound"),
+                              "seconds": r["seconds"]} for r in trained.history]
         self.fit_seconds_ = time.perf_counter() - began
         self.missingness_ = missingness(self)
         return self
@@ -167,6 +180,22 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     f"(mechanism={self.mechanism!r})")
             warnings.warn(f"column(s) with a single observed value: {_names(names, self.constant_)}; {what}",
                           UserWarning, stacklevel=3)
+
+    def _budget(self, x):
+        """(the training table, the loop's budget settings) for the standardised table x: with
+        patience=None, all of x for epochs_ epochs; with patience=P, x less a random HOLDOUT of
+        the observed entries of at most HELD_ROWS rows, for at most epochs_ epochs, stopping once
+        the bound of those entries given the rest of their rows has not improved for P epochs,
+        with the best epoch's parameters kept (iwae.training.loop)."""
+        if self.patience is None:
+            return x, {"epochs": self.epochs_}
+        rng = np.random.default_rng(self.seed)
+        rows = torch.as_tensor(rng.permutation(x.shape[0])[:HELD_ROWS])
+        held = torch.zeros(x.shape, dtype=torch.bool)
+        held[rows] = torch.as_tensor(rng.random((len(rows), x.shape[1])) < HOLDOUT) & ~torch.isnan(x[rows])
+        train_x = x.masked_fill(held, float("nan"))
+        return train_x, {"epochs": self.epochs_, "patience": self.patience, "eval_data": x[rows],
+                         "eval_given": train_x[rows], "eval_examples": len(rows)}
 
     def _compile(self, n):
         """The training step's compile for a fit on n rows: "auto" decides by its number of steps."""

@@ -88,6 +88,6 @@ def impute_file(path, out, *, multiple=None, progress=True, **options):
     write_table(out, values, columns, key)
     data = table.to_numpy(dtype=float, na_value=np.nan) if hasattr(table, "to_numpy") else np.asarray(table, float)
     return {"rows": data.shape[0], "columns": data.shape[1], "missing": int(np.isnan(data).sum()),
-            "epochs": imputer.epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
+            "epochs": imputer.n_epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
             "fit_seconds": imputer.fit_seconds_, "seconds": time.perf_counter() - began,
             "missingness": imputer.missingness_}
