@@ -2,6 +2,8 @@
 
     python -m benchmarks.imputation                 # results/imputation.{jsonl,md,png}
     python -m benchmarks.imputation --seeds 2 --datasets iris wine --methods mean iwae
+    python -m benchmarks.imputation --datasets breast_cancer --methods iwae iwae-base --baseline 61a83d6 \
+        --out results/imputation_speed          # this iwae.Imputer beside a previous main's, one process
 
 For each data set and seed, exactly half the cells (a seeded permutation of all cells) are
 removed; every imputer sees only the incomplete table; the score is the MSE on the removed
@@ -21,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -30,8 +33,10 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
 EXTRA = ("digits",)            # outside the list: a check of the default rule
 METHODS = ("mean", "knn", "mice", "missforest", "iwae", "iwae-t")
+BASELINE = ("iwae-base",)      # iwae.Imputer() of --baseline REV, imported as iwae_base (benchmarks.common)
 LABELS = {"mean": "mean", "knn": "kNN (5)", "mice": "MICE (BayesianRidge)", "missforest": "missForest (ExtraTrees 100)",
-          "iwae": "iwae.Imputer()", "iwae-t": "iwae.Imputer(likelihood='student-t')"}
+          "iwae": "iwae.Imputer()", "iwae-t": "iwae.Imputer(likelihood='student-t')",
+          "iwae-base": "iwae.Imputer() of --baseline"}
 
 
 def load(name):
@@ -59,6 +64,7 @@ def imputer(method, seed):
             "missforest": lambda: IterativeImputer(ExtraTreesRegressor(n_estimators=100, random_state=seed),
                                                    random_state=seed),
             "iwae": lambda: iwae.Imputer(seed=seed),
+            "iwae-base": lambda: sys.modules["iwae_base"].Imputer(seed=seed),
             "iwae-t": lambda: iwae.Imputer(likelihood="student-t", seed=seed)}[method]()
 
 
@@ -152,10 +158,17 @@ def write_report(rows, datasets, methods, out):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS + EXTRA)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS + BASELINE)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--baseline", metavar="REV", help="git revision whose iwae.Imputer is method iwae-base")
     args = p.parse_args(argv)
+    if "iwae-base" in args.methods:
+        if not args.baseline:
+            p.error("method iwae-base needs --baseline REV")
+        from .common import load_baseline
+        load_baseline(args.baseline)
+        LABELS["iwae-base"] = f"iwae.Imputer() at {args.baseline}"
     rows = run_missing(args.out / "imputation.jsonl", args, run_one,
                        after=lambda rows: write_report(rows, args.datasets, args.methods, args.out))
     write_report(rows, args.datasets, args.methods, args.out)
