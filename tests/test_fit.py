@@ -188,3 +188,36 @@ def test_checkpoint_every_writes_after_every_nth_epoch_and_the_last_and_resumes_
     assert states_equal(resumed.state_dict(), plain.state_dict())
     with pytest.raises(ValueError, match=r"^checkpoint_every must be an integer >= 1, got 0$"):
         iwae.fit(model(), x, out=tmp_path / "bad", epochs=1, checkpoint_every=0, **options)
+
+
+def _gaussian_model(d=6):
+    torch.manual_seed(0)
+    return iwae.Model(iwae.GaussianLayer(iwae.mlp([d, 16], 4)), iwae.mlp([2, 16], 2 * d), iwae.Gaussian(),
+                      missing=True)
+
+
+def test_patience_stops_on_the_held_out_bound_and_keeps_the_best_epochs_parameters():
+    g = torch.Generator().manual_seed(0)
+    x = 0.1 * torch.randn(40, 6, generator=g)     # the decoder's scales shrink from ~1 towards 0.1, past
+    held = 0.5 * torch.randn(30, 6, generator=g)  # the held-out rows' 0.5: their bound rises, then falls
+    given = held.masked_fill(torch.rand(held.shape, generator=g) < 0.3, float("nan"))
+    settings = {**SMALL, "k": 3, "batch_size": 10}
+    settings.pop("epochs")
+    stopped = iwae.training.fit.train(_gaussian_model(), x, eval_data=held, eval_given=given, epochs=200,
+                                      patience=3, **settings)
+    bounds = [r["test_bound"] for r in stopped.history]
+    best = stopped.best_epoch
+    assert len(bounds) == best + 3 < 200 and best > 1 and bounds[best - 1] == max(bounds)   # measured: 10
+    assert all(b < bounds[best - 1] for b in bounds[best:])
+    again = iwae.training.fit.train(_gaussian_model(), x, eval_data=held, eval_given=given, epochs=best, **settings)
+    assert states_equal(stopped.model.state_dict(), again.model.state_dict())   # the best epoch's parameters
+    assert again.best_epoch is None
+
+
+@pytest.mark.parametrize("kwargs, message", [({}, "needs held-out data"), ({"out": "run", "eval_data": "held"},
+                                                                            "no run directory")])
+def test_patience_needs_held_out_data_in_memory(kwargs, message, tmp_path):
+    x = torch.randn(20, 6)
+    kwargs = {key: (tmp_path / "run" if v == "run" else x if v == "held" else v) for key, v in kwargs.items()}
+    with pytest.raises(ValueError, match=message):
+        iwae.training.fit.train(_gaussian_model(), x, patience=2, **{**SMALL, **kwargs})

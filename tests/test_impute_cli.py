@@ -50,11 +50,9 @@ def test_npy_npz_and_multiple_imputations(tmp_path, capsys):
 @pytest.mark.parametrize("content,out,message", [
     ("a,b\n1,x\n2,y\n3,z\n", "o.csv", "non-numeric column(s) b; encode them as numbers first"),
     ("a,b\n1,2\n,3\n2,4\n", "o.txt", "--out"),
-    ("a,b\n1,2\n1,3\n1,4\n", "o.csv", "constant column(s) (one observed value): a; drop them"),
-    ("a,b\n,2\n,3\n,4\n", "o.csv", "column(s) with no observed value: a; drop them"),
     ("a,b\n1,2\ninf,3\n2,4\n", "o.csv", "X holds infinite values"),
     (None, "o.csv", "no such file"),
-], ids=["non-numeric", "extension", "constant", "empty-column", "inf", "missing-file"])
+], ids=["non-numeric", "extension", "inf", "missing-file"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, out, message):
     src = tmp_path / "t.csv"
     if content is not None:
@@ -65,6 +63,17 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, out, messag
     assert not (tmp_path / out).exists()
     if content is not None:
         assert src.read_text() == content
+
+
+def test_a_constant_column_is_filled_with_its_value_and_an_empty_one_dropped(tmp_path, capsys):
+    src = tmp_path / "t.csv"
+    src.write_text("a,b,c\n1,,2\n,,3\n1,,\n,,5\n")
+    code, _, err = run(["impute", str(src), "--out", str(tmp_path / "o.csv")] + FAST, capsys)
+    warned = [line for line in err.splitlines() if line.startswith("iwae: warning: ")]
+    assert code == 0 and len(warned) == 2
+    assert "single observed value: a;" in warned[0] and "without any observed values: ['b']" in warned[1]
+    out = pd.read_csv(tmp_path / "o.csv")
+    assert list(out.columns) == ["a", "c"] and (out["a"] == 1).all() and out["c"].notna().all()
 
 
 def test_out_must_not_be_the_input(tmp_path, capsys):

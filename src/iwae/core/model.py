@@ -273,7 +273,7 @@ class Model(nn.Module):
         observed = torch.ones_like(x) if mask is None else mask.to(x.dtype)
         return torch.cat([x, observed.expand_as(x)], -1)
 
-    def log_weights(self, x, k, *, mask=None, stop_q=False, stop_z=False, zs=None, xm=None):
+    def log_weights(self, x, k, *, mask=None, stop_q=False, stop_z=False, zs=None, xm=None, params=None):
         """log w [k, B] for x [B, D] at k samples per datapoint:
         log w = log_joint(x, z) - log q(z | x).
 
@@ -288,6 +288,8 @@ class Model(nn.Module):
             (see the module docstring; NaN entries are the mask of a missing=True model).
         xm: with a missingness model, the draws x ~ p(x | z_1) [k, B, D] whose missing
             entries are x_m (``sample_missing``) instead of new ones.
+        params: with zs, ``decode(zs[0])`` when the caller has it already (imputation reads
+            the likelihood's parameters beside the weights): not decoded a second time.
         """
         if zs is None:
             positive_int("k", k)
@@ -307,7 +309,7 @@ class Model(nn.Module):
             else:                   # a Gaussian's (z - mu) / sigma = eps exactly: not recomputed
                 log_q = log_q + layer.log_prob(z, stats, eps)
             drawn.append(z)
-        return self.log_joint(x, drawn, mask, xm) - log_q
+        return self.log_joint(x, drawn, mask, xm, params) - log_q
 
     def sample_q(self, x, k, mask=None):
         """k draws z ~ q(z | x) of every layer: [[k, B, d_l]], bottom first (reparameterised for
@@ -331,16 +333,17 @@ class Model(nn.Module):
             yield layer, h, stats, eps, z
             h = z
 
-    def log_joint(self, x, zs, mask=None, xm=None):
+    def log_joint(self, x, zs, mask=None, xm=None, params=None):
         """log p(x, z) = log p(z) + log p(x | z_1): [k, B] at samples zs [[k, B, d_l]]; with a
         mask, log p(x_o, z) (x's missing entries already 0: see ``observe``); with a
-        missingness model, + log p(s | x_o, x_m) at x_m = xm or drawn from p(x_m | z_1)."""
+        missingness model, + log p(s | x_o, x_m) at x_m = xm or drawn from p(x_m | z_1).
+        params: decode(zs[0]), if the caller has it."""
         if self.missingness is None:
-            return self.log_prior(zs) + self.log_p_x_given_z(x, zs, mask)
+            return self.log_prior(zs) + self.log_p_x_given_z(x, zs, mask, params)
         if mask is None:
             x, mask = self.observe(x)
         mask = torch.ones_like(x, dtype=torch.bool) if mask is None else mask
-        params = self.decode(zs[0])
+        params = self.decode(zs[0]) if params is None else params
         xm = self.likelihood.sample(params) if xm is None else xm       # [k, B, D], reparameterised
         complete = torch.where(mask, x, xm)
         return (self.log_prior(zs) + self.likelihood.log_prob(x, params, mask)
@@ -360,15 +363,16 @@ class Model(nn.Module):
             h = below
         return log_p
 
-    def log_p_x_given_z(self, x, zs, mask=None):
+    def log_p_x_given_z(self, x, zs, mask=None, params=None):
         """log p(x | z_1) [k, B] for x [B, D] at samples zs (bottom first); with a mask
         [B, D], log p(x_o | z_1) over the observed entries. (Not ``iwae.log_likelihood``,
-        which estimates log p(x) by L_k.)"""
+        which estimates log p(x) by L_k.) params: decode(zs[0]), if the caller has it."""
         if mask is None:
             x, mask = self.observe(x)
+        params = self.decode(zs[0]) if params is None else params
         if mask is None:
-            return self.likelihood.log_prob(x, self.decode(zs[0]))
-        return self.likelihood.log_prob(x, self.decode(zs[0]), mask)
+            return self.likelihood.log_prob(x, params)
+        return self.likelihood.log_prob(x, params, mask)
 
     def log_q(self, x, zs, mask=None):
         """log q(z | x) [k, B] at samples zs [[k, B, d_l]] (bottom first)."""

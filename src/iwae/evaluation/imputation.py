@@ -22,7 +22,7 @@ and the multiple imputations resample those same pairs (z_l, x_m,l).
 
 Observed entries come back exactly as given. A row with nothing observed is imputed from
 the prior (its weights are p(z) / q(z | 0)). Both need a model with ``sample_q(x, k,
-mask)``, ``log_weights(x, k, mask=, zs=)``, ``decode`` and ``likelihood`` (iwae.Model).
+mask)``, ``log_weights(x, k, mask=, zs=, params=)``, ``decode`` and ``likelihood`` (iwae.Model).
 """
 import torch
 
@@ -51,9 +51,10 @@ def _weighted_draws(model, x, mask, draws):
     draws z ~ q(z | x_o); the draws x are those a missingness model's weights were taken at."""
     zs = model.sample_q(x, draws, mask)
     if getattr(model, "missingness", None) is None:
-        return model.log_weights(x, draws, mask=mask, zs=zs), model.decode(zs[0]), None
+        params = model.decode(zs[0])
+        return model.log_weights(x, draws, mask=mask, zs=zs, params=params), params, None
     params, xm = model.sample_missing(zs)
-    return model.log_weights(x, draws, mask=mask, zs=zs, xm=xm), params, xm
+    return model.log_weights(x, draws, mask=mask, zs=zs, xm=xm, params=params), params, xm
 
 
 def _resample(log_w, m):

@@ -38,6 +38,8 @@ AUTO_CONTINUOUS = "gaussian"   # the continuous likelihood of likelihood="auto" 
 TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_size rows
 MIN_EPOCHS = 20
 HIDDEN = 128                   # units per hidden layer (the authors' width)
+HOLDOUT = 0.1                  # patience given: the fraction of the observed entries held out to stop on
+HELD_ROWS = 1000               # patience given: the most rows whose entries are held out (scored each epoch)
 MAX_LATENT = 10
 
 
@@ -72,21 +74,40 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         continuous columns. sign: self-masking's w_j sign when known, None, "positive" (high
         values go missing) or "negative".
 
-    Fitted attributes: ``model_`` (an iwae.Model on standardised data), ``mean_``, ``scale_``
-    (of the observed values only; 0 and 1 for Bernoulli columns), ``binary_`` (Bernoulli
-    columns), ``n_features_in_`` (and ``feature_names_in_`` for a DataFrame), ``epochs_``,
+    patience: None (train for epochs, or the shape's budget) or P: hold out HOLDOUT of the
+        observed entries, stop once their held-out bound has not improved for P epochs (epochs
+        then the most) and keep the best epoch's parameters (docs/missing.md: not the default).
+    keep_empty_features: a column with no observed value is dropped from the output (False,
+        with scikit-learn's warning) or kept and filled with 0 (True), as SimpleImputer's.
+
+    Degenerate columns (docs/missing.md): a column whose observed values are all equal (one
+    observed value included) is, under "mar", kept out of the network (it is the same on
+    every row, so it tells nothing about the others) and its missing entries take that value;
+    under a missingness model it stays in the network with a Gaussian of fixed scale (its
+    missing values may differ from the observed one). One warning line each.
+
+    Fitted attributes: ``model_`` (an iwae.Model on the standardised modelled columns; None
+    when no column is modelled), ``mean_``, ``scale_`` (of the observed values only; 0 and 1
+    for Bernoulli columns; a constant column's value and |value| (1 for 0); 0 and 1 for an
+    empty column), ``binary_`` (Bernoulli columns), ``constant_``, ``empty_``, ``modeled_``
+    (the columns the network models), ``n_features_in_`` (and ``feature_names_in_`` for a
+    DataFrame), ``epochs_`` (the budget), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
+    epoch whose parameters are kept), ``history_`` (per epoch: train_bound, held_bound (with
+    patience), seconds),
     ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``,
     ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
 
     def __init__(self, likelihood="auto", k=20, epochs=None, *, latent=None, hidden=None, hidden_layers=2,
                  batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto", seed=0,
-                 device="auto", compile="auto", verbose=False, mechanism="mar", sign=None):
+                 device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
+                 keep_empty_features=False, patience=None):
         self.likelihood, self.k, self.epochs = likelihood, k, epochs
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
         self.batch_size, self.lr, self.draws, self.estimator = batch_size, lr, draws, estimator
         self.mask_input, self.seed, self.device, self.compile, self.verbose = mask_input, seed, device, compile, verbose
-        self.mechanism, self.sign = mechanism, sign
+        self.mechanism, self.sign, self.keep_empty_features = mechanism, sign, keep_empty_features
+        self.patience = patience
 
     def fit(self, X, y=None):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
@@ -94,38 +115,87 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
         if self.mask_input not in ("auto", True, False):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
-        for name in ("epochs", "latent", "hidden"):
+        for name in ("epochs", "latent", "hidden", "patience"):
             value = getattr(self, name)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be None (from the data's shape) or an integer >= 1, got {value!r}")
+                what = "no early stopping" if name == "patience" else "from the data's shape"
+                raise ValueError(f"{name} must be None ({what}) or an integer >= 1, got {value!r}")
         values, _ = _as_array(X, self, reset=True)
         observed = ~np.isnan(values)
-        _check_columns(values, observed, self._column_names())
-        self.binary_ = _binary_columns(values, observed)
-        if self.likelihood == "bernoulli" and not self.binary_.all():
-            raise ValueError("likelihood='bernoulli' needs 0/1 data; non-binary columns: "
-                             + _names(self._column_names(), ~self.binary_))
+        self._check_mechanism(observed)
+        self._columns(values, observed)
         if self.likelihood in CONTINUOUS:
             self.binary_ = np.zeros_like(self.binary_)
-        self._check_mechanism(observed)
-        self.mean_ = np.where(self.binary_, 0.0, np.nanmean(values, 0))
-        self.scale_ = np.where(self.binary_, 1.0, np.nanstd(values, 0))
+        if self.mechanism != "mar" and self.binary_.any():
+            raise ValueError(f"mechanism={self.mechanism!r} draws the missing values by reparameterisation, which "
+                             "binary (Bernoulli) column(s) cannot give: " + _names(self._column_names(), self.binary_)
+                             + "; use mechanism='mar', or likelihood='gaussian' to treat them as continuous")
         n, d = values.shape
-        latent, hidden, epochs = default_sizes(n, d, self.batch_size)
+        latent, hidden, epochs = default_sizes(n, int(self.modeled_.sum()), self.batch_size)
         self.epochs_ = self.epochs if self.epochs is not None else epochs
         began = time.perf_counter()
-        device = parse_device(self.device)
-        with forked_rng(device):
-            torch.manual_seed(self.seed)
-            model = self._build(d, self.latent or latent, self.hidden or hidden)
-            trained = train(model, self._standardised(values), k=self.k, estimator=self.estimator,
-                            epochs=self.epochs_, batch_size=self.batch_size, lr=self.lr, schedule="constant",
-                            seed=self.seed, device=str(device), compile=self._compile(n), quiet=not self.verbose)
-        self.train_bound_ = trained.train_bound
+        self.model_, self.train_bound_, self.n_epochs_, self.best_epoch_, self.history_ = None, float("nan"), 0, 0, []
+        if self.modeled_.any():
+            device = parse_device(self.device)
+            train_x, budget = self._budget(self._standardised(values))
+            with forked_rng(device):
+                torch.manual_seed(self.seed)
+                model = self._build(int(self.modeled_.sum()), self.latent or latent, self.hidden or hidden)
+                trained = train(model, train_x, k=self.k, estimator=self.estimator, batch_size=self.batch_size,
+                                lr=self.lr, schedule="constant", seed=self.seed, device=str(device),
+                                compile=self._compile(n), quiet=not self.verbose, **budget)
+            self.train_bound_ = trained.train_bound
+            self.model_ = model.eval()
+            self.n_epochs_, self.best_epoch_ = len(trained.history), trained.best_epoch or len(trained.history)
+            self.history_ = [{"epoch": r["epoch"], "train_bound": r["train_bound"], "held_bound": r.get("test_bound"),
+                              "seconds": r["seconds"]} for r in trained.history]
         self.fit_seconds_ = time.perf_counter() - began
-        self.model_ = model.eval()
         self.missingness_ = missingness(self)
         return self
+
+    def _columns(self, values, observed):
+        """The fitted column attributes (empty_, constant_, binary_, modeled_, mean_, scale_),
+        with the constant columns' warning."""
+        names = self._column_names()
+        self.empty_ = ~observed.any(0)
+        filled = np.where(observed, values, 0.0)
+        high = np.where(observed, values, -np.inf).max(0)
+        low = np.where(observed, values, np.inf).min(0)
+        self.constant_ = ~self.empty_ & (high == low)
+        binary = _binary_columns(values, observed)
+        if self.likelihood == "bernoulli" and not binary.all():
+            raise ValueError("likelihood='bernoulli' needs 0/1 data; non-binary columns: " + _names(names, ~binary))
+        self.binary_ = binary & ~self.empty_ & ~self.constant_
+        self.modeled_ = ~self.empty_ & ~(self.constant_ & (self.mechanism == "mar"))
+        count = np.maximum(observed.sum(0), 1)
+        mean = filled.sum(0) / count
+        std = np.sqrt((np.where(observed, values - mean, 0.0) ** 2).sum(0) / count)
+        value = np.where(self.constant_, high, 0.0)
+        self.mean_ = np.where(self.constant_, value, np.where(self.binary_ | self.empty_, 0.0, mean))
+        self.scale_ = np.where(self.constant_, np.where(value == 0, 1.0, np.abs(value)),
+                               np.where(self.binary_ | self.empty_, 1.0, std))
+        if self.constant_.any():
+            what = ("their missing entries take that value (mechanism='mar')" if self.mechanism == "mar" else
+                    f"modelled with a fixed scale of |value| (1 for 0), their missing values free to differ "
+                    f"(mechanism={self.mechanism!r})")
+            warnings.warn(f"column(s) with a single observed value: {_names(names, self.constant_)}; {what}",
+                          UserWarning, stacklevel=3)
+
+    def _budget(self, x):
+        """(the training table, the loop's budget settings) for the standardised table x: with
+        patience=None, all of x for epochs_ epochs; with patience=P, x less a random HOLDOUT of
+        the observed entries of at most HELD_ROWS rows, for at most epochs_ epochs, stopping once
+        the bound of those entries given the rest of their rows has not improved for P epochs,
+        with the best epoch's parameters kept (iwae.training.loop)."""
+        if self.patience is None:
+            return x, {"epochs": self.epochs_}
+        rng = np.random.default_rng(self.seed)
+        rows = torch.as_tensor(rng.permutation(x.shape[0])[:HELD_ROWS])
+        held = torch.zeros(x.shape, dtype=torch.bool)
+        held[rows] = torch.as_tensor(rng.random((len(rows), x.shape[1])) < HOLDOUT) & ~torch.isnan(x[rows])
+        train_x = x.masked_fill(held, float("nan"))
+        return train_x, {"epochs": self.epochs_, "patience": self.patience, "eval_data": x[rows],
+                         "eval_given": train_x[rows], "eval_examples": len(rows)}
 
     def _compile(self, n):
         """The training step's compile for a fit on n rows: "auto" decides by its number of steps."""
@@ -137,46 +207,75 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"mechanism must be one of {', '.join(MECHANISMS)}, got {self.mechanism!r}")
         if self.sign not in SIGNS:
             raise ValueError(f"sign must be None, 'positive' or 'negative', got {self.sign!r}")
-        if self.mechanism == "mar":
-            return
-        if self.binary_.any():
-            raise ValueError(f"mechanism={self.mechanism!r} draws the missing values by reparameterisation, which "
-                             "binary (Bernoulli) column(s) cannot give: " + _names(self._column_names(), self.binary_)
-                             + "; use mechanism='mar', or likelihood='gaussian' to treat them as continuous")
-        if observed.all():
+        if self.mechanism != "mar" and observed.all():
             warnings.warn(f"mechanism={self.mechanism!r} on data with nothing missing: p(s | x) is fitted to an "
                           "all-observed mask and tells nothing about the mechanism", UserWarning, stacklevel=3)
 
     def transform(self, X):
         """X with every missing entry replaced by E[x_m | x_o] (self-normalised importance
-        sampling, ``draws`` samples); observed entries bit for bit; the same kind as X."""
+        sampling, ``draws`` samples); observed entries bit for bit; the same kind as X. A
+        constant column's missing entries under "mar" take its value; an empty column is
+        dropped (or, keep_empty_features=True, its missing entries are 0)."""
         values, kind = self._checked(X)
-        filled = self._run(lambda m, x: impute(m, x, draws=self.draws), values)
-        return _like(np.where(np.isnan(values), filled, values), kind)
+        filled = self._filled(values, lambda m, x: impute(m, x, draws=self.draws))
+        return self._kept(np.where(np.isnan(values), filled, values), kind)
 
     def sample(self, X, m=5):
         """m multiple imputations of X by sampling importance resampling: [m, N, D] (numpy,
         or a torch tensor for a tensor X)."""
         values, kind = self._checked(X)
-        draws = self._run(lambda model, x: multiple_impute(model, x, m, draws=self.draws), values)
+        draws = self._filled(values, lambda model, x: multiple_impute(model, x, m, draws=self.draws), m)
         out = np.where(np.isnan(values)[None], draws, values[None])
-        return _like(out, kind if kind[0] in ("torch", "numpy") else ("numpy", np.float64))
+        return self._kept(out, kind if kind[0] in ("torch", "numpy") else ("numpy", np.float64))
 
     def score(self, X, y=None):
-        """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units); with a
-        mechanism other than "mar", of log p(x_o, s) (the missingness model's term included)."""
+        """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units) over
+        the modelled columns (0 when none is); with a mechanism other than "mar", of
+        log p(x_o, s) (the missingness model's term included)."""
         values, _ = self._checked(X)
+        if self.model_ is None:
+            return 0.0
         bound = self._run(lambda m, x: log_likelihood(m, x, self.draws, compile="off"), values, units=False)
-        observed = ~np.isnan(values)
-        jacobian = (np.log(self.scale_)[None] * (observed & ~self.binary_[None])).sum(1)
+        modeled = self.modeled_
+        observed = ~np.isnan(values[:, modeled])
+        jacobian = (np.log(self.scale_[modeled])[None] * (observed & ~self.binary_[modeled][None])).sum(1)
         return float((bound - jacobian).mean())
+
+    def get_feature_names_out(self, input_features=None):
+        """The output's column names: X's, less the empty columns unless keep_empty_features."""
+        names = super().get_feature_names_out(input_features)
+        return names if self.keep_empty_features else names[~self.empty_]
+
+    def _filled(self, values, fn, m=None):
+        """Every column's fill for values [N, D] ([m, N, D] when m is given): the network's fn
+        on the modelled columns, mean_ on the others (a constant column's value, an empty one's 0)."""
+        shape = values.shape if m is None else (m, *values.shape)
+        out = np.broadcast_to(self.mean_, shape).copy()
+        if self.model_ is not None:
+            out[..., self.modeled_] = self._run(fn, values)
+        return out
+
+    def _kept(self, values, kind):
+        """values [..., D] less the empty columns (with scikit-learn's warning) unless
+        keep_empty_features, as the kind of input they came from."""
+        if self.empty_.any() and not self.keep_empty_features:
+            empty = np.flatnonzero(self.empty_)
+            if getattr(self, "feature_names_in_", None) is not None:
+                empty = self.feature_names_in_[empty]
+            warnings.warn(f"Skipping features without any observed values: {empty}. At least one non-missing "
+                          "value is needed for imputation with iwae.Imputer.", UserWarning, stacklevel=3)
+            values = values[..., ~self.empty_]
+            if kind[0] == "pandas":
+                index, columns, dtype = kind[1]
+                kind = ("pandas", (index, columns[~self.empty_], dtype))
+        return _like(values, kind)
 
     def _column_names(self):
         names = getattr(self, "feature_names_in_", None)
         return list(names) if names is not None else [str(j) for j in range(self.n_features_in_)]
 
     def _checked(self, X):
-        check_is_fitted(self, "model_")
+        check_is_fitted(self, "modeled_")
         values, kind = _as_array(X, self, reset=False)
         bad = self.binary_ & ~(np.isnan(values) | (values == 0) | (values == 1)).all(0)
         if bad.any():
@@ -184,25 +283,29 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return values, kind
 
     def _standardised(self, values):
-        return torch.as_tensor((values - self.mean_) / self.scale_, dtype=torch.float32)
+        """The modelled columns of values, standardised, as a float32 tensor (NaN = missing)."""
+        m = self.modeled_
+        return torch.as_tensor((values[:, m] - self.mean_[m]) / self.scale_[m], dtype=torch.float32)
 
     def _run(self, fn, values, units=True):
-        """fn(model, standardised NaN-coded tensor), seeded by self.seed, as numpy (back in X's
-        units if units)."""
+        """fn(model, standardised NaN-coded tensor of the modelled columns), seeded by
+        self.seed, as numpy (back in X's units if units)."""
         device = next(self.model_.parameters()).device
         with forked_rng(device), torch.no_grad():
             torch.manual_seed(self.seed + 1)
             out = fn(self.model_, self._standardised(values).to(device)).double().cpu().numpy()
-        return out * self.scale_ + self.mean_ if units else out
+        m = self.modeled_
+        return out * self.scale_[m] + self.mean_[m] if units else out
 
     def _build(self, d, latent, hidden):
-        """The networks: tanh MLPs of hidden_layers x hidden units, q Gaussian, p as likelihood."""
-        binary = self.binary_
+        """The networks over the d modelled columns: tanh MLPs of hidden_layers x hidden units,
+        q Gaussian, p as likelihood (a constant column's a Gaussian of scale 1 in its
+        standardised units: a learned one would shrink to 0 on its one value)."""
+        binary, constant = self.binary_[self.modeled_], self.constant_[self.modeled_]
         continuous = CONTINUOUS[AUTO_CONTINUOUS if self.likelihood in ("auto", "bernoulli") else self.likelihood]()
-        likelihood = Bernoulli() if binary.all() else continuous
-        if binary.any() and not binary.all():
-            likelihood = Columns([(continuous, np.flatnonzero(~binary).tolist()),
-                                  (Bernoulli(), np.flatnonzero(binary).tolist())])
+        parts = [(like, np.flatnonzero(cols).tolist()) for like, cols in
+                 ((continuous, ~binary & ~constant), (Bernoulli(), binary), (Gaussian(1.0), constant)) if cols.any()]
+        likelihood = parts[0][0] if len(parts) == 1 else Columns(parts)
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
         sizes = [hidden] * self.hidden_layers
         mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
@@ -223,10 +326,12 @@ def missingness(imputer):
     self-masking: {"feature", "w", "b"} with logit p(s_j = 1 | x_j) = -w_j (x_j - b_j);
     linear: {"feature", "weight" [D, D], "bias" [D]} with logit p(s = 1 | x) = weight @ x + bias.
     The model's parameters act on standardised x_std = (x - mean_) / scale_; they are mapped back."""
-    model = imputer.model_.missingness
+    model = None if imputer.model_ is None else imputer.model_.missingness
     if model is None:
         return None
-    mean, scale, names = imputer.mean_, imputer.scale_, imputer._column_names()
+    kept = imputer.modeled_
+    mean, scale = imputer.mean_[kept], imputer.scale_[kept]
+    names = [n for n, k in zip(imputer._column_names(), kept) if k]
     if isinstance(model, SelfMasking):
         w, b = (t.detach().double().cpu().numpy() for t in (model.w, model.b))
         return {"feature": names, "w": w / scale, "b": mean + b * scale}
@@ -292,15 +397,6 @@ def _numeric(X):
     if values.shape[1] < 1:
         raise ValueError(f"Found array with 0 feature(s) (shape={values.shape}) while a minimum of 1 is required.")
     return values
-
-
-def _check_columns(values, observed, names):
-    empty = ~observed.any(0)
-    if empty.any():
-        raise ValueError("column(s) with no observed value: " + _names(names, empty) + "; drop them")
-    spread = np.nanmax(values, 0) - np.nanmin(values, 0)
-    if (spread == 0).any():
-        raise ValueError("constant column(s) (one observed value): " + _names(names, spread == 0) + "; drop them")
 
 
 def _binary_columns(values, observed):

@@ -83,9 +83,11 @@ def impute_file(path, out, *, multiple=None, progress=True, **options):
     imputer = Imputer(verbose=progress, **options).fit(table)
     values = imputer.transform(table) if multiple is None else imputer.sample(table, multiple)
     values = values.to_numpy() if hasattr(values, "to_numpy") else values
+    if columns is not None:                    # empty columns are dropped (keep_empty_features)
+        columns = [c for c, e in zip(columns, imputer.empty_) if not e or imputer.keep_empty_features]
     write_table(out, values, columns, key)
     data = table.to_numpy(dtype=float, na_value=np.nan) if hasattr(table, "to_numpy") else np.asarray(table, float)
     return {"rows": data.shape[0], "columns": data.shape[1], "missing": int(np.isnan(data).sum()),
-            "epochs": imputer.epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
+            "epochs": imputer.n_epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
             "fit_seconds": imputer.fit_seconds_, "seconds": time.perf_counter() - began,
             "missingness": imputer.missingness_}

@@ -45,13 +45,20 @@ def fit(model, data, *, out=None, resume=False, eval_data=None, image_shape=None
                  **settings).model
 
 
-def train(model, data, *, out=None, resume=False, eval_data=None, image_shape=None, **settings):
-    """``fit``, returning the loop's Trained (the model and its per-epoch records)."""
+def train(model, data, *, out=None, resume=False, eval_data=None, image_shape=None, eval_given=None, **settings):
+    """``fit``, returning the loop's Trained (the model and its per-epoch records). eval_given:
+    eval_data with the entries whose held-out bound is wanted removed (NaN), for a model built
+    with missing=True (iwae.training.source.Source.held_given)."""
     spec = _spec(model, data, out, settings)
     train_x, held_x, binarization, split = _source(model, data, eval_data, spec)
+    given = None
+    if eval_given is not None:
+        given = check_data(eval_given, "eval_given", False, missing=True)[:spec.eval_examples]
+        if held_x is None or given.shape != held_x.shape:
+            raise ValueError("eval_given must have eval_data's shape")
     model.to(parse_device(spec.device))
     _check_model_takes(model, train_x[:2].to(parse_device(spec.device)), spec.model)
-    source = Source(train_x, held_x, binarization, split, image_shape)
+    source = Source(train_x, held_x, binarization, split, image_shape, held_given=given)
     init = lambda: torch.manual_seed(spec.seed)
     if out is None:
         return loop.run(model, spec, source, None, init)

@@ -10,6 +10,13 @@ same parameters, bitwise on the CPU, as a run that was never interrupted: SIGINT
 the current step and save a mid-epoch checkpoint that also records the position inside the
 epoch (its permutation, the batch index, the data RNG after the last batch, the running
 bound's sum). Without one it touches no file.
+
+Early stopping (``spec.patience`` = N, in memory only): after each epoch the held-out bound
+(``{split}_bound``, of ``source.held``, or of its held-out entries given the rest with
+``source.held_given``) is compared with the best so far; the run stops once N epochs have
+passed without a higher one, and the model gets back the parameters of the best epoch
+(``Trained.best_epoch``; the history keeps every epoch trained). It is the only stopping rule
+of the loop: ``epochs`` stays the most it trains.
 """
 import math
 import time
@@ -31,10 +38,12 @@ from .step import make_step
 
 @dataclass
 class Trained:
-    """What a run learned: the model (trained in place) and one record per epoch."""
+    """What a run learned: the model (trained in place) and one record per epoch; best_epoch:
+    with spec.patience, the epoch whose parameters the model holds (else None)."""
 
     model: torch.nn.Module
     history: list
+    best_epoch: int | None = None
 
     @property
     def train_bound(self):
@@ -54,6 +63,9 @@ def run(model, spec, source, run=None, init=None):
     process's up to float rounding (see iwae.runtime.distributed).
     """
     distributed.per_rank_batch(spec.batch_size, distributed.world_size())   # the global batch divides
+    if spec.patience is not None and (source.held is None or run is not None):
+        raise ValueError("patience stops on the held-out bound and keeps the best parameters in memory: it "
+                         "needs held-out data and no run directory")
     previous = run.state if run is not None else None
     if previous is None and init is not None:
         init()
@@ -68,11 +80,16 @@ def run(model, spec, source, run=None, init=None):
                 signals = distributed.AgreedSignals(signals)
             for epoch in range(trainer.start, spec.epochs):
                 trainer.train_epoch(epoch, signals)
+                if spec.patience is not None and not trainer.improving():
+                    break
         trainer.bar.close()
     finally:
         trainer.close()
     distributed.barrier(trainer.ctx)           # rank 0's files are complete for every rank
-    return Trained(model, trainer.history)
+    if trainer.best is None:
+        return Trained(model, trainer.history)
+    model.load_state_dict(trainer.best[2])
+    return Trained(model, trainer.history, trainer.best[1])
 
 
 class _Trainer:
@@ -84,6 +101,7 @@ class _Trainer:
         device = next(model.parameters()).device
         self.train_x = source.train.to(device, next(model.parameters()).dtype)
         self.held_x = None if source.held is None else source.held.to(device, self.train_x.dtype)
+        self.given_x = None if source.held_given is None else source.held_given.to(device, self.train_x.dtype)
         self.binarization, self.split, self.dim = source.binarization, source.split, source.dim
         self.device = device
         self.units_x = fixed_binarization(self.train_x[:ACTIVE_UNIT_EXAMPLES].cpu(), self.binarization).to(device)
@@ -100,6 +118,7 @@ class _Trainer:
         self.holes = self.train_x.device.type != "meta" and bool(torch.isnan(self.train_x).any())
         self.start, self.steps, self.history, self.position = 0, 0, [], None
         self.guard, self.board, self.bar = None, None, None
+        self.best = None                       # spec.patience: (bound, epoch, parameters) of the best epoch
 
     def restore(self, previous):
         """Continue from a checkpoint's state (model, optimizer, RNGs, position)."""
@@ -160,6 +179,15 @@ class _Trainer:
         if signals.received:
             raise Interrupted(epoch + 1, self.batches, self.run.path, signals.received)
 
+    def improving(self):
+        """Whether to go on (spec.patience): the last epoch's held-out bound, kept with its
+        parameters if it is the best so far, and fewer than patience epochs since the best."""
+        record = self.history[-1]
+        bound = record[f"{self.split}_bound"]
+        if self.best is None or bound > self.best[0] or math.isnan(self.best[0]):
+            self.best = (bound, record["epoch"], {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return record["epoch"] - self.best[1] < self.spec.patience
+
     def _epoch_start(self):
         """(order, first batch, running loss sum, skipped steps, seconds spent) of this epoch:
         a new permutation, or where a mid-epoch checkpoint stopped."""
@@ -195,8 +223,10 @@ class _Trainer:
         record = {"epoch": epoch + 1, "steps": self.steps, "lr": lr,
                   "train_bound": -total.item() / good if good else float("nan")}
         if self.held_x is not None:
-            record[f"{self.split}_bound"] = seeded_log_likelihood(
-                self.model, self.held_x, self.spec.k, ctx=self.ctx).mean().item()
+            bound = seeded_log_likelihood(self.model, self.held_x, self.spec.k, ctx=self.ctx)
+            if self.given_x is not None:       # the held-out entries given the rest of their rows
+                bound = bound - seeded_log_likelihood(self.model, self.given_x, self.spec.k, ctx=self.ctx)
+            record[f"{self.split}_bound"] = bound.mean().item()
             record["eval_k"] = self.spec.k
         record.update({"seconds": round(seconds, 3), "steps_per_second": round(self.batches / seconds, 2),
                        "skipped_steps": skipped})

@@ -12,7 +12,10 @@ class Source:
     """train [N, D] (NaN = missing where the model allows it); held [n, D] for the per-epoch
     L_k, binarized once (or None); binarization: "dynamic" (a fresh draw per batch), "fixed"
     or "none"; split: the held-out rows' name in metrics.jsonl; image_shape (H, W) for image
-    grids; dim: the model's input dimension as its checkpoint records it."""
+    grids; dim: the model's input dimension as its checkpoint records it. held_given: held
+    with some observed entries removed (NaN), or None; the per-epoch bound is then
+    L_k(held) - L_k(held_given), an estimate of log p(those entries | the rest of the row):
+    held-out *entries* of rows, as iwae.Imputer holds out part of a table's observed cells."""
 
     train: torch.Tensor
     held: torch.Tensor | None
@@ -20,6 +23,7 @@ class Source:
     split: str = "test"
     image_shape: tuple | None = None
     dim: int | None = None
+    held_given: torch.Tensor | None = None
 
     def __post_init__(self):
         self.dim = self.dim if self.dim is not None else self.train.shape[1]

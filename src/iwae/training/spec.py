@@ -82,6 +82,9 @@ class RunSpec:
                                 "0.99,0.999)", flag={"metavar": "B1,B2"})
     adam_eps: float = setting(1e-4, "Adam's eps (the paper's 1e-4)")
     eval_examples: int = setting(1000, "held-out examples for the per-epoch L_k", low=1)
+    patience: int | None = setting(None, "stop once the held-out bound has not improved for N epochs and keep the "
+                                   "parameters of its best epoch (needs held-out data; in memory, no run "
+                                   "directory)", low=1, saved=False, cli=False)
     # what happens on the way
     on_nonfinite: str = setting("stop", "a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) "
                                 "or skip the batch (counted as skipped_steps in metrics.jsonl)",
