@@ -27,6 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .common import Batches, interleaved, summary
+from iwae.training import rundir
 
 K = 64
 EPOCH_STEPS = 3000        # 60,000 training images / batch 20
@@ -70,7 +71,7 @@ def train_command(name, objective, estimator, extra, run_dir, args):
         cmd += ["--data-dir", args.data_dir]
     if args.limit_train:
         cmd += ["--limit-train", str(args.limit_train)]
-    if (run_dir / "config.json").exists():
+    if rundir.holds_run(run_dir):
         cmd.append("--resume")
     return cmd
 
@@ -94,10 +95,7 @@ def diagnose_command(run_dir, out, args):
 
 
 def _metrics(run_dir):
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rundir.read_metrics(run_dir)
 
 
 def _run(cmd, log, threads, capture=False):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from iwae.evaluation.annealing import CHAINS, LEAPFROG, STEPS
+from iwae.training import rundir
 
 CHUNK = 100                     # images per saved piece of an AIS or BDMC run (each seeded apart)
 SPEED_CHAINS = (1, 2, 4, 8, 16, 32)
@@ -61,7 +62,7 @@ def run_dir(args, name):
 
 
 def train_missing(args, names):
-    missing = [name for name in names if not (run_dir(args, name) / "eval.json").exists()]
+    missing = [name for name in names if rundir.read_eval(run_dir(args, name)) is None]
     if not missing:
         return
     cmd = [sys.executable, "-m", "iwae", "reproduce", "--table", "1", "--epochs", str(args.epochs),

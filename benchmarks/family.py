@@ -16,10 +16,10 @@ results/family_gradients.json the gradient variance and SNR of VIMCO, REINFORCE 
 and RWS at the finished SBN k=5 VIMCO run's checkpoint (`iwae diagnose`).
 """
 import argparse
-import json
 from pathlib import Path
 
 from .common import data_dir, git_revision, machine_info
+from iwae.training import rundir
 
 SBN = dict(net="sbn", dataset="binarized-mnist", batch_size=24, schedule="constant", lr=1e-3)
 SBNS = [(f"sbn-{est}-k{k}", dict(SBN, estimator=est, k=k)) for k in (5, 50) for est in ("vimco", "rws")]
@@ -39,7 +39,7 @@ def train_all(args):
         if args.only and name not in args.only.split(","):
             continue
         run_dir = Path(args.out) / name
-        if (run_dir / "eval.json").exists():
+        if rundir.read_eval(run_dir) is not None:
             continue
         spec = PaperSpec(**settings, epochs=args.epochs, data_dir=args.data_dir, quiet=True, threads=1,
                          final_limit_test=args.test, eval_examples=1000).validate()
@@ -52,7 +52,7 @@ def gradients(args):
     from iwae.app.runs import diagnose_run
     from iwae.evaluation.diagnostics import parse_estimators
     run = Path(args.out) / "sbn-vimco-k5"
-    if not (run / "eval.json").exists():
+    if rundir.read_eval(run) is None:
         return None
     result, _, _ = diagnose_run(run, [5, 50], parse_estimators("vimco,reinforce,rws"), draws=args.draws,
                                 examples=20, out=Path(args.results) / "family_gradients", data_dir=args.data_dir)
@@ -60,7 +60,6 @@ def gradients(args):
 
 
 def table(args, grads):
-    from iwae.training import rundir
     rows, curves = [], []
     for name, settings in RUNS:
         run = Path(args.out) / name

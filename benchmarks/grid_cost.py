@@ -23,6 +23,7 @@ from pathlib import Path
 from iwae.data import DataError, load_dataset
 from iwae.app.reproduce import grid, select
 from iwae.training.schedule import PAPER_EPOCHS
+from iwae.training import rundir
 
 BATCH = 20
 TEST_IMAGES = 10_000
@@ -91,12 +92,12 @@ def main(argv=None):
 def measured(out, per_step):
     """(run name, epochs done, projected seconds per epoch, each epoch's seconds) for every run
     with a metrics.jsonl under out/table<t>/."""
-    for metrics in sorted(Path(out).glob("table*/*/metrics.jsonl")):
-        config = json.loads((metrics.parent / "config.json").read_text())
-        history = [json.loads(line) for line in metrics.read_text().splitlines()]
+    for run in sorted(path.parent for path in Path(out).glob(f"table*/*/{rundir.METRICS}")):
+        spec = rundir.read_spec(run)
+        history = rundir.read_metrics(run)
         if history:
             steps = history[0]["steps"] / history[0]["epoch"]          # steps per epoch
-            yield (metrics.parent.name, history[-1]["epoch"], steps * per_step[(config["layers"], config["k"])] / 1e3,
+            yield (run.name, history[-1]["epoch"], steps * per_step[(spec.layers, spec.k)] / 1e3,
                    [m["seconds"] for m in history])
 
 

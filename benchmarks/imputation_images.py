@@ -21,8 +21,8 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 def train(run, epochs, missing, data_dir, limit_train=None):
     from iwae.app.cli import main
-    from iwae.training.checkpoint import load
-    if (run / "checkpoint.pt").exists() and load(run / "checkpoint.pt")["epoch"] >= epochs:
+    from iwae.training import rundir
+    if rundir.recorded_epochs(run) >= epochs:
         return
     args = ["train", "--dataset", "binarized-mnist", "--epochs", str(epochs), "--out", str(run), "--final-k", "0",
             "--quiet"] + (["--missing", str(missing)] if missing else []) + (["--resume"] if run.exists() else [])

@@ -12,7 +12,6 @@ commit and the commands; the step times come from `python -m benchmarks.step --b
 (benchmarks/results/step_bf16.md).
 """
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -21,6 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from .common import data_dir, git_revision, machine_info
+from iwae.training import rundir
 
 SETTINGS = [(1, 50), (2, 5)]          # (layers, k), IWAE
 SEEDS = (0, 1)
@@ -41,13 +41,13 @@ def command(run, run_dir, args, resume=None):
            "--device", "cpu", "--data-dir", str(data_dir(args.data_dir))]
     if args.limit_train:
         cmd += ["--limit-train", str(args.limit_train), "--final-limit-test", str(args.limit_train)]
-    resume = (run_dir / "checkpoint.pt").exists() if resume is None else resume
+    resume = (run_dir / rundir.CHECKPOINT).exists() if resume is None else resume
     return cmd + (["--resume"] if resume else [])
 
 
 def train(run, args):
     run_dir = Path(args.out) / run["name"]
-    if (run_dir / "eval.json").exists():
+    if rundir.read_eval(run_dir) is not None:
         return
     run_dir.parent.mkdir(parents=True, exist_ok=True)
     with (run_dir.parent / f"{run['name']}.log").open("a") as log:
@@ -59,11 +59,10 @@ def train(run, args):
 def finished(args):
     out = {}
     for run in runs(args.epochs):
-        path = Path(args.out) / run["name"] / "eval.json"
-        if path.exists():
-            result = json.loads(path.read_text())
-            metrics = (path.parent / "metrics.jsonl").read_text().splitlines()
-            result["train_seconds"] = sum(json.loads(line)["seconds"] for line in metrics if line.strip())
+        run_dir = Path(args.out) / run["name"]
+        result = rundir.read_eval(run_dir)
+        if result is not None:
+            result["train_seconds"] = sum(m["seconds"] for m in rundir.read_metrics(run_dir))
             out[run["name"]] = (run, result)
     return out
 
