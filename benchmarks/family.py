@@ -11,7 +11,7 @@ stopped, skipped once evaluated; cheap first):
   results/table1.md's rows, at their short budget of --renyi-epochs 20) at k = 5 and 50 with the Renyi bound at alpha = 0 (= IWAE), 0.5 and
   1 (= the ELBO) and VR-max (alpha = -inf).
 Each ends with the test NLL from L_5000 on the first --test images. results/family.md gets the
-table (with the machine and commit), results/family.png the held-out curves, and
+table (with the machine and commit), results/family.png the SBN training curves beside VIMCO's reference code's early epochs and every run's held-out curve, and
 results/family_gradients.json the gradient variance and SNR of VIMCO, REINFORCE (no baseline)
 and RWS at the finished SBN k=5 VIMCO run's checkpoint (`iwae diagnose`).
 """
@@ -69,7 +69,8 @@ def table(args, grads):
             continue
         metrics = rundir.read_metrics(run)
         held = next(key for key in metrics[0] if key.endswith("_bound") and key != "train_bound")
-        curves.append((name, [m["epoch"] for m in metrics], [m[held] for m in metrics]))
+        curves.append((name, [m["epoch"] for m in metrics], [m[held] for m in metrics],
+                       [m["train_bound"] for m in metrics]))
         rows.append(f"| {name} | {settings.get('estimator', 'standard')} | {settings.get('bound', 'iwae')} "
                     f"| {ALPHA.get(settings.get('bound'), settings.get('alpha', ''))} | {settings['k']} | {len(metrics)} | "
                     f"{metrics[0]['train_bound']:.2f} | {metrics[-1]['train_bound']:.2f} | "
@@ -95,13 +96,21 @@ def table(args, grads):
 
 
 def plot(curves, path):
+    """Left: the SBN runs' training bound per epoch beside VIMCO's reference code's (REFERENCE);
+    right: every run's held-out bound per epoch."""
     from matplotlib.figure import Figure
-    fig = Figure(figsize=(7, 4.5), dpi=100, layout="constrained")
-    ax = fig.subplots()
-    for name, epochs, bounds in curves:
-        ax.plot(epochs, bounds, "o-", ms=3, label=name)
-    ax.set(xlabel="epoch", ylabel="held-out L_k (nats)", title="SBNs and Renyi bounds: held-out bound per epoch")
-    ax.legend(fontsize=7)
+    fig = Figure(figsize=(11, 4.5), dpi=100, layout="constrained")
+    sbn, held = fig.subplots(1, 2)
+    for name, epochs, bounds, train in curves:
+        if name.startswith("sbn"):
+            sbn.plot(epochs, train, "o-", ms=3, label=f"{name} (train)")
+        held.plot(epochs, bounds, "o-", ms=3, label=name)
+    sbn.plot([4], [-130.41], "k*", ms=10, label="y0ast/VIMCO k=5: train, epoch 4")
+    sbn.plot([1], [-145.71], "kx", ms=9, label="y0ast/VIMCO k=5: validation, epoch 1")
+    sbn.set(xlabel="epoch", ylabel="training bound L_k (nats)", title="SBN 200-200-200 beside the reference code")
+    held.set(xlabel="epoch", ylabel="held-out L_k (nats)", title="held-out bound per epoch")
+    sbn.legend(fontsize=7)
+    held.legend(fontsize=6)
     fig.savefig(path)
 
 
