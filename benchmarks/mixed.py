@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .common import git_revision
 from .imputation import RESULTS, run_missing
 
 TABLES = ("penguins", "credit_data", "Chile", "anes96")
@@ -169,7 +170,7 @@ def run_one(key, seed, method):
             std = np.nanstd(observed) or 1.0
             squares += float((((guess.astype(float) - truth.astype(float)) / std) ** 2).sum())
             n_numeric += len(truth)
-    return {"dataset": key, "seed": seed, "method": method, "shape": list(table.shape),
+    return {"dataset": key, "seed": seed, "method": method, "shape": list(table.shape), "revision": git_revision(),
             "rmse": float(np.sqrt(squares / n_numeric)) if n_numeric else None,
             "error_rate": wrong / n_cat if n_cat else None, "seconds": round(seconds, 2)}
 
