@@ -161,3 +161,8 @@ def test_the_encoder_features_run_on_meta():
     out = features(torch.zeros(5, 8, device="meta"))
     assert out.device.type == "meta" and out.shape == (5, 1 + 3 + 2)
 
+
+
+def test_set_output_pandas_keeps_the_dtypes(frame):
+    out = Imputer(**FAST).set_output(transform="pandas").fit_transform(frame)
+    assert out.dtypes.equals(frame.dtypes) and out.index.equals(frame.index)
