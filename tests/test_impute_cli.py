@@ -48,11 +48,12 @@ def test_npy_npz_and_multiple_imputations(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content,out,message", [
-    ("a,b\n1,x\n2,y\n3,z\n", "o.csv", "non-numeric column(s) b; encode them as numbers first"),
+    ("a,b\n" + "".join(f"{i},t{i}\n" for i in range(60)), "o.csv", "column 'b' has 60 distinct values"),
+    ("a,b\n1,x\n2,y\n3,z\n", "o.npy", "t.csv has non-numeric columns, which only a .csv holds"),
     ("a,b\n1,2\n,3\n2,4\n", "o.txt", "--out"),
     ("a,b\n1,2\ninf,3\n2,4\n", "o.csv", "X holds infinite values"),
     (None, "o.csv", "no such file"),
-], ids=["non-numeric", "extension", "inf", "missing-file"])
+], ids=["free-text", "strings-to-npy", "extension", "inf", "missing-file"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, out, message):
     src = tmp_path / "t.csv"
     if content is not None:
@@ -81,3 +82,31 @@ def test_out_must_not_be_the_input(tmp_path, capsys):
     src.write_text(CSV)
     code, _, err = run(["impute", str(src), "--out", str(src)] + FAST, capsys)
     assert code == 2 and "is the input file" in err and src.read_text() == CSV
+
+
+def test_string_and_integer_cells_come_back_as_written(tmp_path, capsys):
+    """A .csv with a string column and an integer column with holes: observed cells come back
+    as the same text (no "3.0"), missing strings as one of the column's strings, and
+    --types overrides a column's inferred type."""
+    src, dst = tmp_path / "t.csv", tmp_path / "o.csv"
+    text = "n,colour,size\n" + "".join(f"{i},{c},{s}\n" for i, c, s in
+                                      zip(range(12), ["red", "blue", "", "red"] * 3, [3, "", 5, 7] * 3))
+    src.write_text(text)
+    code, out, _ = run(["impute", str(src), "--out", str(dst), "--types", "size=count"] + FAST, capsys)
+    assert code == 0
+    given, got = src.read_text().splitlines(), dst.read_text().splitlines()
+    assert got[0] == given[0] and len(got) == len(given)
+    for before, after in zip(given[1:], got[1:]):
+        for cell, filled in zip(before.split(","), after.split(",")):
+            assert filled == cell if cell else filled
+        assert after.split(",")[1] in ("red", "blue") and "." not in after.split(",")[2]
+
+
+def test_a_bad_types_option_is_one_line(tmp_path, capsys):
+    src = tmp_path / "t.csv"
+    src.write_text(CSV)
+    with pytest.raises(SystemExit) as exit_:
+        main(["impute", str(src), "--out", str(tmp_path / "o.csv"), "--types", "a"] + FAST)
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
+    assert "argument --types: expected COLUMN=TYPE[,COLUMN=TYPE...], got 'a'" in err

@@ -163,9 +163,10 @@ FITTED = None
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: bad(pd.DataFrame({"a": [1.0, 2.0, np.nan], "b": ["x", "y", "z"], "c": ["u", "v", "w"]})),
-     r"^non-numeric column\(s\) b, c; encode them as numbers first"),
-    (lambda: bad(np.array([[1.0, "x"], [2.0, "y"]], dtype=object)), r"^X has non-numeric entries; encode them"),
+    (lambda: bad(pd.DataFrame({"a": [1.0, 2.0, np.nan], "b": ["x", 1, "z"]})),
+     r"^column 'b' mixes strings and numbers \(e.g. 1\); make it one or the other$"),
+    (lambda: bad(np.array([[1.0, "x"], [2.0, "y"]], dtype=object)),
+     r"^X has non-numeric entries; pass a pandas DataFrame, whose string"),
     (lambda: bad(_with(X0, (0, 0), np.inf)), r"^X holds infinite values; mark missing entries as NaN$"),
     (lambda: bad(X0, likelihood="bernoulli"), r"^likelihood='bernoulli' needs 0/1 data; non-binary columns: 0, 1, 2, 3, 4$"),
     (lambda: (lambda: iwae.Imputer(epochs=0).fit(X0)),

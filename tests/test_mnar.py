@@ -237,7 +237,7 @@ def test_the_imputer_refuses_bad_mechanisms_in_one_line():
     binary[:, 2] = (np.arange(50) % 2).astype(float)
     with pytest.raises(ValueError) as err:
         iwae.Imputer(mechanism="self-masking", **fast).fit(binary)
-    assert "binary (Bernoulli) column(s) cannot give: 2;" in str(err.value) and "\n" not in str(err.value)
+    assert "binary, categorical, ordinal or count column(s) cannot give: 2;" in str(err.value) and "\n" not in str(err.value)
     iwae.Imputer(mechanism="self-masking", likelihood="gaussian", **fast).fit(binary)   # continuous: allowed
     with pytest.warns(UserWarning, match="nothing missing"):
         iwae.Imputer(mechanism="linear", **fast).fit(np.nan_to_num(given, nan=1.0))

@@ -145,6 +145,18 @@ def add_datasets(sub):
     p.add_argument("--json", action="store_true", help="print a JSON list (name, description, files, found, path)")
 
 
+def column_types(text):
+    """--types "a=categorical,b=count" -> {"a": "categorical", "b": "count"} (positions as ints);
+    "auto" as it is."""
+    if text == "auto":
+        return text
+    pairs = [item.partition("=") for item in text.split(",") if item.strip()]
+    bad = [name for name, eq, kind in pairs if not eq or not name.strip() or not kind.strip()]
+    if bad or not pairs:
+        raise argparse.ArgumentTypeError(f"expected COLUMN=TYPE[,COLUMN=TYPE...], got {text!r}")
+    return {int(n) if n.strip().isdigit() else n.strip(): kind.strip() for n, _, kind in pairs}
+
+
 def add_impute(sub):
     p = sub.add_parser("impute", help="fill the missing cells of a table (.csv, .npy, .npz) with an iwae.Imputer")
     p.add_argument("file", help=".csv (header; empty, NA and NaN cells missing), .npy or .npz (NaN missing)")
@@ -153,6 +165,9 @@ def add_impute(sub):
                    help="write M multiple imputations [M, N, D] instead of the single imputation")
     p.add_argument("--epochs", type=COUNT, help="training epochs (default: from the table's shape)")
     p.add_argument("--likelihood", default="auto", help="auto | gaussian | student-t | bernoulli")
+    p.add_argument("--types", type=column_types, default="auto", metavar="COL=TYPE,...",
+                   help="override the inferred column types (real, positive, count, binary, categorical, "
+                        "ordinal; .csv: column names, arrays: positions), e.g. stage=ordinal,children=count")
     p.add_argument("--mechanism", default="mar",
                    help="mar (missing at random) | self-masking | linear (missing not at random, docs/missing.md)")
     p.add_argument("--sign", choices=("positive", "negative"),

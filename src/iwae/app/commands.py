@@ -163,7 +163,8 @@ def impute(args):
     except ModuleNotFoundError as err:
         raise ValueError(f"iwae impute needs {err.name}: pip install \"iwae[missing]\"") from None
     r = impute_file(args.file, args.out, multiple=args.multiple, epochs=args.epochs, likelihood=args.likelihood,
-                    k=args.k, seed=args.seed, device=args.device, mechanism=args.mechanism, sign=args.sign)
+                    types=args.types, k=args.k, seed=args.seed, device=args.device, mechanism=args.mechanism,
+                    sign=args.sign)
     what = f"{args.multiple} multiple imputations" if args.multiple else "the single imputation"
     print(f"{r['rows']} x {r['columns']}, {r['missing']} missing; trained {r['epochs']} epochs in "
           f"{r['fit_seconds']:.1f} s (train bound {r['train_bound']:.3f}, standardised)")

@@ -273,7 +273,8 @@ class NegativeBinomial:
     def sample(self, params):
         """x ~ Poisson(G), G ~ Gamma(r, scale exp(logits)) (mean mu)."""
         r, logits = self.total_count_and_logits(params)
-        return torch.poisson(torch._standard_gamma(r) * torch.exp(logits))
+        rate = torch.distributions.Gamma(r, torch.exp(-logits), validate_args=False).sample()
+        return torch.poisson(rate)
 
     def config(self):
         return {"name": "negative-binomial"}

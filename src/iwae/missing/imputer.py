@@ -2,9 +2,12 @@
 incomplete data with the IWAE bound over the observed entries and imputes the missing ones
 [Mattei & Frellsen 2019] (docs/missing.md).
 
-    imputer = iwae.Imputer()                 # NaN = missing
+    imputer = iwae.Imputer()                 # NaN (or pandas' NA) = missing
     filled = imputer.fit_transform(X)        # numpy, pandas DataFrame or torch tensor in and out
-    draws = imputer.sample(X, m=20)          # [m, N, D] multiple imputations
+    draws = imputer.sample(X, m=20)          # [m, N, D] multiple imputations (m DataFrames)
+
+A DataFrame may mix numeric, bool, categorical and string columns: each column gets its own
+likelihood (``iwae.missing.types``) and comes back with its dtype.
 
 Imported only when ``iwae.Imputer`` is first used (scikit-learn and pandas stay out of
 ``import iwae``). Training runs through the project's one loop (``iwae.fit``) in memory,
@@ -17,10 +20,12 @@ import warnings
 import numpy as np
 import torch
 from scipy import sparse
+from torch import nn
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..core.densities import Bernoulli, Columns, Gaussian, StudentT
+from ..core.tabular import Categorical, LogNormal, NegativeBinomial, Ordinal
 from ..core.missingness import SIGNS, LinearMasking, SelfMasking
 from ..core.model import GaussianLayer, Model
 from ..core.nets import mlp
@@ -30,6 +35,8 @@ from ..runtime.compile import decide
 from ..runtime.devices import parse_device
 from ..runtime.rng import forked_rng
 from ..training.fit import train
+from .encoding import NEEDED, table_input
+from .types import infer, infer_array
 
 LIKELIHOOD_NAMES = ("auto", "gaussian", "student-t", "bernoulli")
 CONTINUOUS = {"gaussian": Gaussian, "student-t": StudentT}
@@ -55,8 +62,12 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Missing-value imputation by an importance weighted autoencoder trained on the observed
     entries (NaN = missing).
 
-    likelihood: "auto" (columns whose observed values are all 0 or 1 Bernoulli, the others
-        Gaussian), "gaussian", "student-t" or "bernoulli" (every column binary).
+    likelihood: the real columns' likelihood: "auto" (Gaussian), "gaussian" or "student-t"
+        (either also makes numeric 0/1 columns real, unless types says otherwise), or
+        "bernoulli" (every column binary).
+    types: "auto" (from each column's dtype and observed values: iwae.missing.types) or a dict
+        {column: type} overriding some columns (names for a DataFrame, positions for an
+        array), type one of "real", "positive", "count", "binary", "categorical", "ordinal".
     k: importance samples of the training bound. epochs, latent, hidden: None picks them from
         the data's shape (``default_sizes``). hidden_layers: per network. batch_size, lr: Adam's.
     draws: importance samples L per row for transform, sample and score. estimator: "standard",
@@ -86,7 +97,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     under a missingness model it stays in the network with a Gaussian of fixed scale (its
     missing values may differ from the observed one). One warning line each.
 
-    Fitted attributes: ``model_`` (an iwae.Model on the standardised modelled columns; None
+    Fitted attributes: ``types_`` ({column name: type}; an array's columns are named "0",
+    "1", ...), ``model_`` (an iwae.Model on the standardised modelled columns; None
     when no column is modelled), ``mean_``, ``scale_`` (of the observed values only; 0 and 1
     for Bernoulli columns; a constant column's value and |value| (1 for 0); 0 and 1 for an
     empty column), ``binary_`` (Bernoulli columns), ``constant_``, ``empty_``, ``modeled_``
@@ -98,11 +110,11 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
 
-    def __init__(self, likelihood="auto", k=20, epochs=None, *, latent=None, hidden=None, hidden_layers=2,
-                 batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto", seed=0,
-                 device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
+    def __init__(self, likelihood="auto", k=20, epochs=None, *, types="auto", latent=None, hidden=None,
+                 hidden_layers=2, batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto",
+                 seed=0, device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
                  keep_empty_features=False, patience=None):
-        self.likelihood, self.k, self.epochs = likelihood, k, epochs
+        self.likelihood, self.k, self.epochs, self.types = likelihood, k, epochs, types
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
         self.batch_size, self.lr, self.draws, self.estimator = batch_size, lr, draws, estimator
         self.mask_input, self.seed, self.device, self.compile, self.verbose = mask_input, seed, device, compile, verbose
@@ -124,12 +136,12 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         observed = ~np.isnan(values)
         self._check_mechanism(observed)
         self._columns(values, observed)
-        if self.likelihood in CONTINUOUS:
-            self.binary_ = np.zeros_like(self.binary_)
-        if self.mechanism != "mar" and self.binary_.any():
+        discrete = self.modeled_ & ~self.constant_ & ~np.isin(self._types(), ("real", "positive"))
+        if self.mechanism != "mar" and discrete.any():
             raise ValueError(f"mechanism={self.mechanism!r} draws the missing values by reparameterisation, which "
-                             "binary (Bernoulli) column(s) cannot give: " + _names(self._column_names(), self.binary_)
-                             + "; use mechanism='mar', or likelihood='gaussian' to treat them as continuous")
+                             "binary, categorical, ordinal or count column(s) cannot give: "
+                             + _names(self._column_names(), discrete) + "; use mechanism='mar', or "
+                             "types={column: 'real'} (likelihood='gaussian' for 0/1 columns) to treat them as continuous")
         n, d = values.shape
         latent, hidden, epochs = default_sizes(n, int(self.modeled_.sum()), self.batch_size)
         self.epochs_ = self.epochs if self.epochs is not None else epochs
@@ -140,7 +152,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             train_x, budget = self._budget(self._standardised(values))
             with forked_rng(device):
                 torch.manual_seed(self.seed)
-                model = self._build(int(self.modeled_.sum()), self.latent or latent, self.hidden or hidden)
+                model = self._build(train_x, self.latent or latent, self.hidden or hidden)
                 trained = train(model, train_x, k=self.k, estimator=self.estimator, batch_size=self.batch_size,
                                 lr=self.lr, schedule="constant", seed=self.seed, device=str(device),
                                 compile=self._compile(n), quiet=not self.verbose, **budget)
@@ -157,29 +169,48 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """The fitted column attributes (empty_, constant_, binary_, modeled_, mean_, scale_),
         with the constant columns' warning."""
         names = self._column_names()
+        types = self._chosen_types(names, values, observed)
+        self.types_ = dict(zip(names, types.tolist()))
         self.empty_ = ~observed.any(0)
         filled = np.where(observed, values, 0.0)
         high = np.where(observed, values, -np.inf).max(0)
         low = np.where(observed, values, np.inf).min(0)
         self.constant_ = ~self.empty_ & (high == low)
-        binary = _binary_columns(values, observed)
-        if self.likelihood == "bernoulli" and not binary.all():
-            raise ValueError("likelihood='bernoulli' needs 0/1 data; non-binary columns: " + _names(names, ~binary))
-        self.binary_ = binary & ~self.empty_ & ~self.constant_
+        self.binary_ = (types == "binary") & ~self.empty_ & ~self.constant_
         self.modeled_ = ~self.empty_ & ~(self.constant_ & (self.mechanism == "mar"))
         count = np.maximum(observed.sum(0), 1)
         mean = filled.sum(0) / count
         std = np.sqrt((np.where(observed, values - mean, 0.0) ** 2).sum(0) / count)
         value = np.where(self.constant_, high, 0.0)
-        self.mean_ = np.where(self.constant_, value, np.where(self.binary_ | self.empty_, 0.0, mean))
-        self.scale_ = np.where(self.constant_, np.where(value == 0, 1.0, np.abs(value)),
-                               np.where(self.binary_ | self.empty_, 1.0, std))
+        centred = (types == "real") & ~self.empty_
+        scaled = centred | ((types == "positive") & ~self.empty_)
+        self.mean_ = np.where(self.constant_, value, np.where(centred, mean, 0.0))
+        self.scale_ = np.where(self.constant_, np.where(value == 0, 1.0, np.abs(value)), np.where(scaled, std, 1.0))
         if self.constant_.any():
             what = ("their missing entries take that value (mechanism='mar')" if self.mechanism == "mar" else
                     f"modelled with a fixed scale of |value| (1 for 0), their missing values free to differ "
                     f"(mechanism={self.mechanism!r})")
             warnings.warn(f"column(s) with a single observed value: {_names(names, self.constant_)}; {what}",
                           UserWarning, stacklevel=3)
+
+    def _chosen_types(self, names, values, observed):
+        """Each column's type (str array [D]): columns_' (types= or inferred), with
+        likelihood="gaussian"/"student-t" making inferred numeric 0/1 columns real."""
+        given = {str(c) for c in self.types} if isinstance(self.types, dict) else set()
+        types = np.array([c.type for c in self.columns_], dtype=object)
+        if self.likelihood in CONTINUOUS:
+            numeric_binary = np.array([c.type == "binary" and not c.categories and c.name not in given
+                                       for c in self.columns_], dtype=bool)
+            types[numeric_binary] = "real"
+        if self.likelihood == "bernoulli":
+            binary = _binary_columns(values, observed)
+            if not binary.all():
+                raise ValueError("likelihood='bernoulli' needs 0/1 data; non-binary columns: " + _names(names, ~binary))
+            types[:] = "binary"
+        return types.astype(str)
+
+    def _types(self):
+        return np.array(list(self.types_.values()))
 
     def _budget(self, x):
         """(the training table, the loop's budget settings) for the standardised table x: with
@@ -221,12 +252,15 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self._kept(np.where(np.isnan(values), filled, values), kind)
 
     def sample(self, X, m=5):
-        """m multiple imputations of X by sampling importance resampling: [m, N, D] (numpy,
-        or a torch tensor for a tensor X)."""
+        """m multiple imputations of X by sampling importance resampling (categories drawn, not
+        averaged): [m, N, D] (numpy, or a torch tensor for a tensor X), or for a DataFrame a
+        list of m DataFrames like X."""
         values, kind = self._checked(X)
         draws = self._filled(values, lambda model, x: multiple_impute(model, x, m, draws=self.draws), m)
         out = np.where(np.isnan(values)[None], draws, values[None])
-        return self._kept(out, kind if kind[0] in ("torch", "numpy") else ("numpy", np.float64))
+        if kind[0] == "pandas":
+            return [self._kept(one, kind) for one in out]
+        return self._kept(out, kind)
 
     def score(self, X, y=None):
         """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units) over
@@ -238,7 +272,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         bound = self._run(lambda m, x: log_likelihood(m, x, self.draws, compile="off"), values, units=False)
         modeled = self.modeled_
         observed = ~np.isnan(values[:, modeled])
-        jacobian = (np.log(self.scale_[modeled])[None] * (observed & ~self.binary_[modeled][None])).sum(1)
+        jacobian = (np.log(self.scale_[modeled])[None] * observed).sum(1)      # scale_ is 1 where unscaled
         return float((bound - jacobian).mean())
 
     def get_feature_names_out(self, input_features=None):
@@ -258,17 +292,17 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _kept(self, values, kind):
         """values [..., D] less the empty columns (with scikit-learn's warning) unless
         keep_empty_features, as the kind of input they came from."""
+        kept = np.ones_like(self.empty_)
         if self.empty_.any() and not self.keep_empty_features:
             empty = np.flatnonzero(self.empty_)
             if getattr(self, "feature_names_in_", None) is not None:
                 empty = self.feature_names_in_[empty]
             warnings.warn(f"Skipping features without any observed values: {empty}. At least one non-missing "
                           "value is needed for imputation with iwae.Imputer.", UserWarning, stacklevel=3)
-            values = values[..., ~self.empty_]
-            if kind[0] == "pandas":
-                index, columns, dtype = kind[1]
-                kind = ("pandas", (index, columns[~self.empty_], dtype))
-        return _like(values, kind)
+            kept = ~self.empty_
+        if kind[0] == "pandas":
+            return _decoded(kind[1], values, self.columns_, kept)
+        return _like(values[..., kept], kind)
 
     def _column_names(self):
         names = getattr(self, "feature_names_in_", None)
@@ -297,19 +331,26 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         m = self.modeled_
         return out * self.scale_[m] + self.mean_[m] if units else out
 
-    def _build(self, d, latent, hidden):
-        """The networks over the d modelled columns: tanh MLPs of hidden_layers x hidden units,
-        q Gaussian, p as likelihood (a constant column's a Gaussian of scale 1 in its
-        standardised units: a learned one would shrink to 0 on its one value)."""
-        binary, constant = self.binary_[self.modeled_], self.constant_[self.modeled_]
-        continuous = CONTINUOUS[AUTO_CONTINUOUS if self.likelihood in ("auto", "bernoulli") else self.likelihood]()
-        parts = [(like, np.flatnonzero(cols).tolist()) for like, cols in
-                 ((continuous, ~binary & ~constant), (Bernoulli(), binary), (Gaussian(1.0), constant)) if cols.any()]
-        likelihood = parts[0][0] if len(parts) == 1 else Columns(parts)
+    def _build(self, x, latent, hidden):
+        """The networks over the modelled columns of x [N, d] (standardised, NaN = missing):
+        tanh MLPs of hidden_layers x hidden units, q Gaussian, p each column's likelihood (a
+        constant column's a Gaussian of scale 1 in its standardised units: a learned one
+        would shrink to 0 on its one value). The encoder reads x (and the mask where
+        mask_input says) or, for a table with categorical, ordinal, count or positive
+        columns, their features (iwae.missing.encoding) built from [x, mask]."""
+        d = x.shape[1]
+        kinds = np.where(self.constant_, "constant", self._types())[self.modeled_]
+        categories = [len(c.categories) for c, m in zip(self.columns_, self.modeled_) if m]
+        likelihood = _likelihood(kinds, categories, self.likelihood)
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
         sizes = [hidden] * self.hidden_layers
         mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
-        encoder = GaussianLayer(mlp([d * (2 if mask_input else 1)] + sizes, 2 * latent))
+        if np.isin(kinds, NEEDED).any():
+            features = table_input(kinds.tolist(), categories, x.numpy().astype(np.float64), mask_input)
+            encoder = GaussianLayer(nn.Sequential(features, mlp([features.width] + sizes, 2 * latent)))
+            mask_input = True                  # the features need the mask; they pass it on if asked
+        else:
+            encoder = GaussianLayer(mlp([d * (2 if mask_input else 1)] + sizes, 2 * latent))
         kind = MECHANISMS[self.mechanism]
         mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else LinearMasking(d)
         return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=mask_input,
@@ -341,24 +382,26 @@ def missingness(imputer):
 
 
 def _as_array(X, imputer, reset):
-    """(float64 [N, D] numpy copy of X, kind), with the bad-input checks of docs/missing.md.
-    kind: ("numpy", dtype), ("pandas", (index, columns, dtype)) or ("torch", (dtype, device))."""
+    """(float64 [N, D] numpy copy of X, kind), with the bad-input checks of docs/missing.md; a
+    DataFrame's columns coded by their types (columns_, inferred when reset). kind:
+    ("numpy", dtype), ("pandas", the DataFrame) or ("torch", (dtype, device))."""
     kind = ("numpy", None)
     if isinstance(X, torch.Tensor):
         kind = ("torch", (X.dtype, X.device))
         X = X.detach().cpu().numpy()
     elif hasattr(X, "dtypes") and hasattr(X, "columns"):          # a pandas DataFrame
-        numeric = [str(c) for c, t in X.dtypes.items() if not (t.kind in "biuf")]
-        if numeric:
-            raise ValueError(f"non-numeric column(s) {', '.join(numeric)}; encode them as numbers first "
-                             "(one-hot or ordinal, e.g. sklearn.preprocessing.OneHotEncoder)")
-        kind = ("pandas", (X.index, X.columns, None))
+        kind = ("pandas", X)
         names = np.asarray([str(c) for c in X.columns], dtype=object)
         if reset:
             imputer.feature_names_in_ = names
+            imputer.columns_ = infer(X, imputer.types)
         elif getattr(imputer, "feature_names_in_", None) is not None and list(names) != list(imputer.feature_names_in_):
             raise ValueError("X's column names differ from those the Imputer was fitted on")
-        X = X.to_numpy(dtype=np.float64, na_value=np.nan)
+        elif X.shape[1] != imputer.n_features_in_:
+            raise ValueError(f"X has {X.shape[1]} features, but Imputer is expecting {imputer.n_features_in_} "
+                             "features as input")
+        X = np.stack([c.encode(X.iloc[:, j]) for j, c in enumerate(imputer.columns_)], 1) if X.shape[1] \
+            else np.empty((len(X), 0))
     elif reset and hasattr(imputer, "feature_names_in_"):
         del imputer.feature_names_in_
     values = _numeric(X)
@@ -372,6 +415,8 @@ def _as_array(X, imputer, reset):
         raise ValueError("X holds infinite values; mark missing entries as NaN")
     if reset:
         imputer.n_features_in_ = values.shape[1]
+        if kind[0] != "pandas":
+            imputer.columns_ = infer_array(values, imputer.types)
     elif values.shape[1] != imputer.n_features_in_:
         raise ValueError(f"X has {values.shape[1]} features, but Imputer is expecting {imputer.n_features_in_} "
                          "features as input")
@@ -389,14 +434,36 @@ def _numeric(X):
     try:
         values = np.array(given) if given.dtype.kind == "f" else np.array(given, dtype=np.float64)
     except ValueError:
-        raise ValueError("X has non-numeric entries; encode them as numbers first (one-hot or ordinal, "
-                         "e.g. sklearn.preprocessing.OneHotEncoder)") from None
+        raise ValueError("X has non-numeric entries; pass a pandas DataFrame, whose string and categorical "
+                         "columns the Imputer models itself (docs/missing.md)") from None
     if values.ndim != 2:
         raise ValueError(f"Expected a 2-d array [N, D], got shape {list(values.shape)}; Reshape your data "
                          "with array.reshape(-1, 1) for a single feature or array.reshape(1, -1) for a single sample")
     if values.shape[1] < 1:
         raise ValueError(f"Found array with 0 feature(s) (shape={values.shape}) while a minimum of 1 is required.")
     return values
+
+
+def _likelihood(kinds, categories, continuous):
+    """p(x | z) for the modelled columns' kinds (and categories, C per column): one part per
+    likelihood (per C for categorical and ordinal columns), in a Columns when more than one;
+    continuous: the Imputer's likelihood setting, for the real columns."""
+    real = CONTINUOUS[AUTO_CONTINUOUS if continuous in ("auto", "bernoulli") else continuous]
+    make = {"real": lambda c: real(), "binary": lambda c: Bernoulli(), "constant": lambda c: Gaussian(1.0),
+            "categorical": Categorical, "ordinal": Ordinal, "count": lambda c: NegativeBinomial(),
+            "positive": lambda c: LogNormal()}
+    groups = {}
+    for j, kind in enumerate(kinds):
+        groups.setdefault((kind, categories[j] if kind in ("categorical", "ordinal") else 0), []).append(j)
+    parts = [(make[kind](c), groups[kind, c]) for kind, c in sorted(groups, key=lambda g: (list(make).index(g[0]), g[1]))]
+    return parts[0][0] if len(parts) == 1 else Columns(parts)
+
+
+def _decoded(frame, values, columns, kept):
+    """frame's kept columns with their missing cells from values [N, D] (codes), each column
+    its own dtype (iwae.missing.types.Column.decode); frame itself untouched."""
+    import pandas as pd
+    return pd.concat([columns[j].decode(values[:, j], frame.iloc[:, j]) for j in np.flatnonzero(kept)], axis=1)
 
 
 def _binary_columns(values, observed):

@@ -32,7 +32,7 @@ def read_table(path):
     if suffix == ".csv":
         import pandas as pd
         try:
-            return pd.read_csv(path, keep_default_na=False, na_values=MISSING_CELLS), None
+            return pd.read_csv(path, keep_default_na=False, na_values=MISSING_CELLS, dtype_backend="numpy_nullable"), None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
             raise ValueError(f"cannot read {path} as CSV: {' '.join(str(err).split())[:200]}") from None
     try:
@@ -50,8 +50,19 @@ def read_table(path):
 
 
 def write_table(path, values, columns=None, key=None):
-    """values [N, D] or [M, N, D] into a .csv, .npy or .npz file (replaced atomically)."""
+    """values [N, D] or [M, N, D] (or a DataFrame, or a list of M) into a .csv, .npy or .npz
+    file (replaced atomically)."""
     suffix = _format(path, "--out")
+    if suffix == ".csv" and not isinstance(values, np.ndarray):
+        import pandas as pd
+        frames = [values] if hasattr(values, "columns") else list(values)
+        frame = pd.concat(frames, ignore_index=True)
+        if not hasattr(values, "columns"):
+            frame.insert(0, "imputation", np.repeat(np.arange(1, len(frames) + 1), [len(f) for f in frames]))
+        buffer = io.StringIO()
+        frame.to_csv(buffer, index=False)
+        write_text(path, buffer.getvalue())
+        return
     values = np.asarray(values)
     if suffix == ".npy":
         atomic_write(path, lambda f: np.save(f, values))
@@ -73,21 +84,24 @@ def write_table(path, values, columns=None, key=None):
 def impute_file(path, out, *, multiple=None, progress=True, **options):
     """Fit an iwae.Imputer on the table in ``path`` and write its imputations to ``out``;
     returns a summary dict (shape, missing, epochs, bound, seconds)."""
+    from pandas.api.types import is_numeric_dtype as pd_numeric
     from .imputer import Imputer
     if Path(out).resolve() == Path(path).resolve():
         raise ValueError(f"--out {out} is the input file; write the imputations elsewhere")
     _format(out, "--out")
     table, key = read_table(path)
     columns = getattr(table, "columns", None)
+    array_out = columns is not None and Path(out).suffix.lower() != ".csv"
+    if array_out and not all(pd_numeric(t) for t in table.dtypes):
+        raise ValueError(f"--out {out}: {path} has non-numeric columns, which only a .csv holds")
     began = time.perf_counter()
     imputer = Imputer(verbose=progress, **options).fit(table)
     values = imputer.transform(table) if multiple is None else imputer.sample(table, multiple)
-    values = values.to_numpy() if hasattr(values, "to_numpy") else values
-    if columns is not None:                    # empty columns are dropped (keep_empty_features)
-        columns = [c for c, e in zip(columns, imputer.empty_) if not e or imputer.keep_empty_features]
-    write_table(out, values, columns, key)
-    data = table.to_numpy(dtype=float, na_value=np.nan) if hasattr(table, "to_numpy") else np.asarray(table, float)
-    return {"rows": data.shape[0], "columns": data.shape[1], "missing": int(np.isnan(data).sum()),
+    if array_out:                                  # a table's cells as numbers
+        values = np.stack([v.to_numpy(dtype=float) for v in values]) if multiple else values.to_numpy(dtype=float)
+    write_table(out, values, None, key)
+    missing = table.isna().to_numpy() if columns is not None else np.isnan(np.asarray(table, dtype=float))
+    return {"rows": missing.shape[0], "columns": missing.shape[1], "missing": int(missing.sum()),
             "epochs": imputer.n_epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
             "fit_seconds": imputer.fit_seconds_, "seconds": time.perf_counter() - began,
             "missingness": imputer.missingness_}

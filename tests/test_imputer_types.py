@@ -1,0 +1,168 @@
+"""iwae.Imputer on mixed tables (issue 36): column types inferred from pandas dtypes or given,
+each column its own likelihood, the same dtypes out, observed cells bit for bit, the caller's
+DataFrame untouched, and one-line refusals of what cannot be modelled."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from iwae.missing.encoding import TableInput, table_input
+from iwae.missing.imputer import Imputer
+from iwae.missing.types import MAX_CATEGORIES
+
+FAST = dict(epochs=3, k=2, draws=20, compile="off", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def frame():
+    """40 rows, one column of each kind, ~20% of each column's cells missing (NA of its dtype)."""
+    rng = np.random.default_rng(0)
+    n = 40
+    base = pd.DataFrame({
+        "real": rng.normal(10, 2, n),
+        "flag": rng.integers(0, 2, n).astype(float),
+        "colour": pd.Categorical(rng.choice(["red", "green", "blue"], n), categories=["red", "green", "blue"]),
+        "stage": pd.Categorical(rng.choice(["I", "II", "III"], n), categories=["I", "II", "III"], ordered=True),
+        "word": pd.Series(rng.choice(["yes", "no", "maybe"], n), dtype=object),
+        "smoker": pd.array(rng.integers(0, 2, n).astype(bool), dtype="boolean"),
+        "children": pd.array(rng.poisson(1.5, n), dtype="Int64"),
+        "year": pd.array(rng.integers(2001, 2004, n), dtype="Int64"),
+        "income": pd.array(rng.integers(1000, 5000, n), dtype="Int64"),
+    })
+    holes = rng.random(base.shape) < 0.2
+    holes[0] = False                                  # row 0 complete, row 1 has every kind missing
+    holes[1] = True
+    return base.mask(holes)
+
+
+def test_types_are_inferred_from_dtypes_as_documented(frame):
+    imputer = Imputer(**FAST).fit(frame)
+    assert imputer.types_ == {"real": "real", "flag": "binary", "colour": "categorical", "stage": "ordinal",
+                              "word": "categorical", "smoker": "binary", "children": "count", "year": "ordinal",
+                              "income": "real"}
+
+
+def test_types_can_be_overridden(frame):
+    imputer = Imputer(types={"children": "real", "year": "categorical", "real": "positive"}, **FAST).fit(frame)
+    assert (imputer.types_["children"], imputer.types_["year"], imputer.types_["real"]) == ("real", "categorical",
+                                                                                           "positive")
+
+
+def test_dtypes_index_and_observed_cells_round_trip_and_the_input_is_untouched(frame):
+    given = frame.copy(deep=True)
+    shuffled = frame.set_index(pd.Index([f"r{i}" for i in range(len(frame))]))
+    out = Imputer(**FAST).fit_transform(shuffled)
+    pd.testing.assert_frame_equal(frame, given)
+    assert out.dtypes.equals(shuffled.dtypes) and out.index.equals(shuffled.index)
+    assert not out.isna().any().any()
+    for column in frame.columns:
+        observed = shuffled[column].notna().to_numpy()
+        assert out[column][observed].equals(shuffled[column][observed])
+    assert set(out["word"]) <= {"yes", "no", "maybe"} and list(out["colour"].cat.categories) == ["red", "green", "blue"]
+    assert out["stage"].cat.ordered and out["children"].dtype == "Int64"
+    assert set(out["year"]) <= {2001, 2002, 2003}
+    assert set(out["flag"]) <= {0.0, 1.0}               # a table's 0/1 column gets its mode
+
+
+def test_multiple_imputations_are_dataframes_with_drawn_categories(frame):
+    draws = Imputer(**FAST).fit(frame).sample(frame, m=3)
+    assert isinstance(draws, list) and len(draws) == 3
+    for one in draws:
+        assert one.dtypes.equals(frame.dtypes) and not one.isna().any().any()
+        assert set(one["word"]) <= {"yes", "no", "maybe"} and (one["children"] >= 0).all()
+
+
+def test_a_category_determined_by_a_number_is_imputed_from_it():
+    """sign = "neg"/"pos" of a N(0, 1) column, a second column noise; sign hidden on 30% of
+    the rows (x always observed). A model that reads x gets >= 90% right (chance: ~50%; the
+    rows with |x| < 0.1, about 8%, are the hard ones)."""
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=600)
+    table = pd.DataFrame({"x": x, "noise": rng.normal(size=600), "sign": np.where(x < 0, "neg", "pos")})
+    hidden = rng.random(600) < 0.3
+    holes = table.assign(sign=table["sign"].mask(hidden))
+    out = Imputer(epochs=100, seed=0, compile="off", device="cpu").fit_transform(holes)
+    assert (out["sign"][hidden] == table["sign"][hidden]).mean() >= 0.9
+
+
+def test_a_one_category_column_is_constant(frame):
+    table = frame.assign(only=pd.Series(["same"] * 20 + [None] * 20, dtype=object))
+    with pytest.warns(UserWarning, match="single observed value: only;"):
+        out = Imputer(**FAST).fit_transform(table)
+    assert (out["only"] == "same").all()
+
+
+@pytest.mark.parametrize("column,message", [
+    (pd.Series([f"id{i}" for i in range(80)]), f"column 'bad' has 80 distinct values, more than the {MAX_CATEGORIES}"),
+    (pd.Series(["a", 1, "b", 2.5] * 20, dtype=object), "column 'bad' mixes strings and numbers (e.g. 1)"),
+    (pd.Series(pd.date_range("2020-01-01", periods=80)), "column 'bad' holds dates or times (datetime64"),
+], ids=["free-text", "mixed", "datetime"])
+def test_bad_columns_are_refused_in_one_line(frame, column, message):
+    table = pd.concat([frame, frame], ignore_index=True).assign(bad=column)
+    with pytest.raises(ValueError) as err:
+        Imputer(**FAST).fit(table)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("types,message", [
+    ({"word": "real"}, "column 'word' holds non-numbers, so it cannot be 'real'"),
+    ({"real": "count"}, "column 'real' cannot be 'count': it needs non-negative integers"),
+    ({"nope": "real"}, "types names column(s) not in X: nope"),
+    ({"real": "gaussian"}, "types must be among real, positive, count"),
+    ("numeric", "types must be 'auto' or a dict"),
+])
+def test_bad_types_are_refused_in_one_line(frame, types, message):
+    with pytest.raises(ValueError, match=None) as err:
+        Imputer(types=types, **FAST).fit(frame)
+    assert message in str(err.value)
+
+
+def test_an_unseen_category_at_transform_is_refused(frame):
+    imputer = Imputer(**FAST).fit(frame)
+    other = frame.assign(word=frame["word"].replace({"maybe": "perhaps"}))
+    with pytest.raises(ValueError, match="column 'word' holds categories not seen in fit: perhaps"):
+        imputer.transform(other)
+
+
+def test_missingness_models_refuse_discrete_columns(frame):
+    with pytest.raises(ValueError, match="categorical, ordinal or count column.s. cannot give: flag, colour, stage"):
+        Imputer(mechanism="self-masking", **FAST).fit(frame)
+
+
+def test_a_numeric_table_keeps_todays_model_and_numbers():
+    """No coded column: the encoder reads x as before (no TableInput), so numeric results stay
+    those of the numeric path: a DataFrame and its array impute the same, to the bit."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(50, 4))
+    x[rng.random(x.shape) < 0.2] = np.nan
+    from_array = Imputer(**FAST).fit(x)
+    from_frame = Imputer(**FAST).fit(pd.DataFrame(x, columns=list("abcd")))
+    assert not isinstance(from_frame.model_.encoder[0].net[0], TableInput)
+    np.testing.assert_array_equal(from_array.transform(x), from_frame.transform(pd.DataFrame(x, columns=list("abcd"))))
+
+
+def test_the_encoder_features_one_hot_and_log_scale():
+    """[x, mask] -> real as is, a 3-category column one-hot (0s when missing), a count's
+    standardised log(1 + x), the mask when asked: by hand on two rows."""
+    values = np.array([[0.5, 2.0, 3.0], [np.nan, np.nan, 0.0], [1.0, 0.0, 7.0]])
+    features = table_input(["real", "categorical", "count"], [0, 3, 0], values, mask=True)
+    x = torch.tensor([[0.5, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 1.0]])
+    logged = np.log1p([3.0, 0.0, 7.0])
+    z = (np.log1p([3.0, 0.0]) - logged.mean()) / logged.std()
+    expected = torch.tensor([[0.5, 0, 0, 1, z[0], 1, 1, 1], [0.0, 0, 0, 0, z[1], 0, 0, 1]], dtype=torch.float32)
+    assert features.width == 8
+    torch.testing.assert_close(features(torch.cat([x, mask], -1)), expected)
+
+
+def test_the_encoder_features_run_on_meta():
+    values = np.array([[0.5, 2.0, 3.0, 1.5], [np.nan, 1.0, 0.0, 2.0], [1.0, 0.0, 7.0, 0.5]])
+    features = table_input(["real", "ordinal", "count", "positive"], [0, 3, 0, 0], values, mask=False).to("meta")
+    out = features(torch.zeros(5, 8, device="meta"))
+    assert out.device.type == "meta" and out.shape == (5, 1 + 3 + 2)
+
+
+
+def test_set_output_pandas_keeps_the_dtypes(frame):
+    out = Imputer(**FAST).set_output(transform="pandas").fit_transform(frame)
+    assert out.dtypes.equals(frame.dtypes) and out.index.equals(frame.index)
