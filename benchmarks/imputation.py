@@ -109,7 +109,8 @@ def run_one(name, seed, method):
     filled = fill(model, holes)
     seconds = time.perf_counter() - began
     error = (filled - x) / np.nanstd(x, 0)
-    row = {"dataset": name, "seed": seed, "method": method, "shape": list(x.shape),
+    from iwae.app.provenance import cpu_model
+    row = {"dataset": name, "seed": seed, "method": method, "shape": list(x.shape), "cpu": cpu_model(),
            "mse": float(np.mean(error[removed] ** 2)), "seconds": round(seconds, 2)}
     if hasattr(model, "fit_seconds_"):                    # iwae.Imputer: its fit alone, without the transform
         row["fit_seconds"] = round(model.fit_seconds_, 2)
@@ -137,7 +138,7 @@ def table(rows, datasets, methods):
             se = mse.std(ddof=1) / math.sqrt(len(mse)) if len(mse) > 1 else float("nan")
             fits = [r["fit_seconds"] for r in got if "fit_seconds" in r]
             fit = f", fit {np.mean(fits):.1f} s" if len(fits) == len(got) else ""
-            cells.append(f"{mse.mean():.3f} ± {se:.3f} ({np.mean([r['seconds'] for r in got]):.1f} s{fit}, n={len(mse)})")
+            cells.append(f"{mse.mean():.3g} ± {se:.2g} ({np.mean([r['seconds'] for r in got]):.1f} s{fit}, n={len(mse)})")
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -162,16 +163,25 @@ def plot(rows, datasets, methods, path):
 
 
 def write_report(rows, datasets, methods, out):
-    from iwae.app.provenance import cpu_model, revision
+    from iwae.app.provenance import revision
     text = ["# Tabular imputation, 50% MCAR", "",
             "`python -m benchmarks.imputation` (docs/missing.md): exactly half the cells removed at random "
             "(seeds 0..4), MSE on the removed cells of the data standardised with the complete data's "
             "statistics (scoring only), mean ± standard error over seeds, seconds per fit_transform in brackets "
             "(and iwae.Imputer's fit alone). "
-            f"One thread; {cpu_model()}; this page written at {revision()} (each line of imputation.jsonl is one fit).", "",
+            f"One thread; {machines(rows)}; this page written at {revision()} (each line of imputation.jsonl is one "
+            "fit, with its machine).", "",
             table(rows, datasets, methods), ""]
     (out / "imputation.md").write_text("\n".join(text))
     plot(rows, datasets, methods, out / "imputation.png")
+
+
+def machines(rows):
+    """Which machine timed which tables, e.g. "Intel Xeon: iris, wine; AMD EPYC: airquality"."""
+    by = {}
+    for r in rows.values():
+        by.setdefault(r["cpu"], set()).add(r["dataset"])
+    return "; ".join(f"{cpu}: {', '.join(sorted(names))}" for cpu, names in sorted(by.items()))
 
 
 def main(argv=None):
