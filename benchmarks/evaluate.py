@@ -15,6 +15,7 @@ samples. Writes benchmarks/results/evaluate.json.
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,7 @@ import torch
 
 import iwae
 import iwae.evaluation.likelihood as evaluation
+from iwae.runtime import decisions
 
 from .common import (RESULTS, MatmulFloor, data_dir, git_revision, interleaved, linear_shapes,
                      load_baseline, load_images, machine_info, medians)
@@ -75,6 +77,19 @@ class EvalFloor:
                 self.likelihood(floor.layers[-1][4], self.pixels[id(floor)])  # the decoder's output [rows, 784]
 
 
+def probe_against_saving(n_layers, ms_per_image, k):
+    """What compiling saved (eager minus compiled, ns per element of k x 784) against
+    runtime.decisions' probe measured now (median of 5): their ratio is decisions.PER_PROBE's
+    calibration."""
+    saving = (ms_per_image["eager"] - ms_per_image["iwae"]) * 1e6 / (k * 784)
+    probe = statistics.median(decisions._measure() for _ in range(5))
+    row = {"layers": n_layers, "saving_ns": saving, "probe_ns": probe, "per_probe": saving / probe if probe else None,
+           "assumed_per_probe": decisions.PER_PROBE}
+    print(f"compiling saved {saving:.2f} ns per element of k D; the probe {probe:.2f} ns: "
+          f"{row['per_probe'] or float('nan'):.2f}x (decisions.PER_PROBE = {decisions.PER_PROBE})", flush=True)
+    return row
+
+
 def pixel_log_density(logits, x):
     """sum_d log Bernoulli(x_d | logits_d) per row: [rows, D] -> [rows]."""
     return -torch.nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(-1)
@@ -93,7 +108,7 @@ def run(args, test=None):
     result = {"machine": machine_info(args.device), "revision": git_revision(), "images": x.shape[0],
               "data": source, "k": args.k, "threads": args.threads, "target_clock": clock,
               "chunk_rows": evaluation.CHUNK_BYTES // (4 * 784),
-              "speed": [], "memory": [], "compile": []}
+              "speed": [], "memory": [], "compile": [], "probe": []}
     labels = {"iwae": "iwae.log_likelihood, {}-layer (compiled)", "eager": "  the same, compile=\"off\"",
               "floor_lik": "  the floor plus the pixels' Bernoulli log density (compiled)",
               "main": "  the previous main's iwae.log_likelihood"}
@@ -126,6 +141,8 @@ def run(args, test=None):
                 "ratio": {c: med[c][name] / med[c]["floor"] for c in med}, "first_call_s": first[name]})
         print(f"evaluate {n_layers}-layer k={args.k} ({clock} clock): " + ", ".join(
             f"{n} {v:.2f} ms/image ({v / med[clock]['floor']:.2f}x)" for n, v in med[clock].items()), flush=True)
+        if args.device == "cpu":
+            result["probe"].append(probe_against_saving(n_layers, med[clock], args.k))
     for k in [int(v) for v in args.memory_k.split(",") if v] if args.device == "cpu" else []:
         result["memory"].append(peak_memory(k, x[:5], args.threads))
         print(f"memory k={k}: peak {result['memory'][-1]['peak_mib']:.0f} MiB "
@@ -169,6 +186,7 @@ def peak_memory(k, x, threads):
 COMPILE_SCRIPT = r"""
 import sys, time, torch, iwae
 import iwae.evaluation.likelihood as evaluation
+from iwae.runtime import decisions
 torch.set_num_threads(int(sys.argv[3]))
 evaluation.CHUNK_BYTES = int(sys.argv[4])
 torch.manual_seed(0)

@@ -341,6 +341,10 @@ def evaluation_markdown(ev):
     lines += ["", "| k | images | peak RSS (VmHWM) | after import and model |", "|---|---|---|---|"]
     for r in ev.get("memory", []):
         lines.append(f"| {r['k']} | {r['images']} | {r['peak_mib']:.0f} MiB | {r['baseline_mib']:.0f} MiB |")
+    for r in ev.get("probe", []):
+        lines += ["", f"{r['layers']}-layer: compiling saved {r['saving_ns']:.2f} ns per element of k x 784; "
+                  f"runtime.decisions' probe measured {r['probe_ns']:.2f} ns here: {r['per_probe']:.2f}x "
+                  f"(decisions.PER_PROBE = {r['assumed_per_probe']})."]
     if ev.get("compile"):
         lines += ["", "Compiling, on a cold cache (fresh process, empty caches; first call minus second, one chunk): "
                   + ", ".join(f"{r['layers']}-layer {r['compile_s']:.1f} s" for r in ev["compile"]) + "."]

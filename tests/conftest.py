@@ -6,6 +6,15 @@ import torch.nn as nn
 from benchmarks.closed_form import LinearGaussian
 
 
+@pytest.fixture(autouse=True, scope="session")
+def probe_cache(tmp_path_factory):
+    """runtime.decisions caches its machine probe in a test folder, not in the user's home."""
+    import iwae.runtime.decisions as decisions
+    home, decisions.CACHE = decisions.CACHE, tmp_path_factory.mktemp("cache") / "probes.json"
+    yield decisions.CACHE
+    decisions.CACHE = home
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One torch thread for a module: on a shared 2-core machine two threads of these small nets

@@ -138,8 +138,11 @@ def test_seeded_evaluation_decides_compiling_on_all_of_x_not_on_one_block(monkey
     real = likelihood.log_likelihood
     monkeypatch.setattr(likelihood, "log_likelihood",
                         lambda *a, compile="auto", **kw: asked.append(compile) or real(*a, compile="off", **kw))
-    import iwae.runtime.compile
-    monkeypatch.setitem(iwae.runtime.compile.AUTO_MIN_WORK, "likelihood", 4 * 6 * 784)   # k * N * D of all of x
+    import iwae.runtime.decisions as decisions
+    # a machine where compiling L_4 pays from k * N * D = 4 * 5.5 * 784: for all 6 rows of x, not 5
+    ns = decisions.COMPILE_SECONDS / (decisions.PER_PROBE * 4 * 5.5 * 784 * 1e-9)
+    monkeypatch.setattr(decisions, "MAX_PROBE_NS", ns)
+    monkeypatch.setattr(decisions, "probe_ns", lambda threads: ns)
     model, x = iwae.paper_model(1), torch.zeros(6, 784)
     likelihood.seeded_log_likelihood(model, x, 4, block=2)
     likelihood.seeded_log_likelihood(model, x[:5], 4, block=2)

@@ -4,6 +4,7 @@ diagnose, gaps, datasets, impute (what each does: iwae.app.commands).
 Every user error ends in one line on stderr ("iwae: error: ...") and exit status 2.
 """
 import argparse
+import logging
 import re
 import sys
 import warnings
@@ -190,6 +191,9 @@ def parser():
     add_gaps(sub)
     add_datasets(sub)
     add_impute(sub)
+    for command in sub.choices.values():
+        command.add_argument("--verbose", action="store_true",
+                             help="say on stderr how iwae decided to run here (compiling, and why)")
     return p
 
 
@@ -203,8 +207,27 @@ def one_line_warning(message, category, filename, lineno, file=None, line=None):
     print(f"iwae: warning: {str(message).splitlines()[0]}", file=sys.stderr)
 
 
+def verbose(on):
+    """--verbose: the "iwae" logger's INFO lines (runtime.decisions) on stderr, one line each,
+    until quiet(handler). Returns the handler (None when off)."""
+    if not on:
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("iwae: %(message)s"))
+    logging.getLogger("iwae").addHandler(handler)
+    logging.getLogger("iwae").setLevel(logging.INFO)
+    return handler
+
+
+def quiet(handler):
+    if handler is not None:
+        logging.getLogger("iwae").removeHandler(handler)
+        logging.getLogger("iwae").setLevel(logging.NOTSET)
+
+
 def main(argv=None):
     args = parser().parse_args(argv)
+    said = verbose(args.verbose)
     set_threads(getattr(args, "threads", None), training=args.command in TRAINING)
     for flag in ("threads", "eval_threads"):
         if (getattr(args, flag, None) or 0) > cores():
@@ -239,6 +262,7 @@ def main(argv=None):
         return 130
     finally:
         cleanup()                                  # leave torchrun's process group, if joined
+        quiet(said)
     return 0
 
 

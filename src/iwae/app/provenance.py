@@ -1,23 +1,13 @@
 """Where a number was made: the hardware and the code revision, recorded beside results."""
 import os
-import platform
 import subprocess
 from pathlib import Path
 
 import torch
 
+from ..runtime.devices import cpu_model
+
 SOURCE_ROOT = Path(__file__).resolve().parents[3]     # the checkout, when iwae runs from src/iwae/app
-
-
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown CPU"
 
 
 def hardware(device=None):

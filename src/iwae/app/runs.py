@@ -23,6 +23,7 @@ from ..evaluation.likelihood import EVAL_SEED, fixed_binarization, seeded_log_li
 from ..evaluation.units import units
 from ..runtime import distributed
 from ..runtime.atomic import write_json
+from ..runtime.decisions import decision
 from ..runtime.devices import parse_device
 from ..training import paper, rundir
 from ..training.paper import run_data
@@ -41,7 +42,7 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
     """Evaluate a run: -mean L_k over the split, active units, and KL(q||p) ~ L_k - ELBO.
 
     Returns a dict with test_nll (or train_nll), k, n_test (or n_train), active_units,
-    elbo_nll, kl_gap, and units(): unit_variances, unit_kl (nats per unit) and
+    elbo_nll, kl_gap, likelihood (whether L_k was compiled, and why: runtime.decisions), and units(): unit_variances, unit_kl (nats per unit) and
     informative_units (units with unit_kl > INFORMATIVE_NATS, per layer). The images are
     binarized once with a fixed seed; the sample noise of each block of batch_size images is
     seeded from (seed, block index), so under torchrun the ranks share the blocks and every
@@ -64,13 +65,14 @@ def evaluate_run(run_dir, *, k=5000, limit=None, split="test", data_dir=None, se
         imputed = imputation_scores(model, complete, x, data.binarization, seed, impute_draws)
     ctx = distributed.init()                       # under torchrun: join the process group (once)
     bar = lambda blocks: tqdm(blocks, disable=quiet or not ctx.is_main, desc=f"L_{k}", unit="batch")
+    compiling = decision("auto", "likelihood", k * x.numel(), x.device)
     ll, elbo = seeded_log_likelihood(model, x, k, seed=seed, block=batch_size, with_elbo=True,
-                                                 ctx=ctx, progress=bar)
+                                     ctx=ctx, progress=bar, compile=compiling.choice)
     if per_example is not None and ctx.is_main:
         np.save(per_example, ll.cpu().numpy())
     nll = -ll.mean().item()
     return {f"{split}_nll": nll, "k": k, f"n_{split}": int(x.shape[0]),
-            "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll,
+            "elbo_nll": -elbo.mean().item(), "kl_gap": -elbo.mean().item() - nll, "likelihood": compiling.record(),
             **imputed, **units(model, train_x, data.binarization, seed)}
 
 

@@ -31,7 +31,8 @@ import torch
 from tqdm import tqdm
 
 from ..core.validate import positive_int
-from ..runtime.compile import compiled, decide, flushed_subnormals
+from ..runtime.compile import compiled, flushed_subnormals
+from ..runtime.decisions import decide
 from ..runtime.rng import forked_rng
 
 SCHEDULES = ("sigmoid", "linear")
@@ -134,7 +135,7 @@ _compiled_hmc = {}
 
 def _transition(x, steps, compile):
     """hmc, or its compiled form when compile is "step", or "auto" and steps x N is large
-    (iwae.runtime.compile.decide)."""
+    (iwae.runtime.decisions)."""
     if x.device.type == "meta" or decide(compile, "ais", steps * x.shape[0], x.device) == "off":
         return hmc
     return _compiled_transition
@@ -235,7 +236,7 @@ def ais(model, x, *, steps=STEPS, chains=CHAINS, leapfrog=LEAPFROG, schedule="si
     draw the same numbers whatever the pilot. Model parameters are not differentiated.
     with_chains: also return every chain's log weight, float64 [chains, N] (for standard
     errors). compile: "auto" compiles the HMC transition whole (torch.compile; the same
-    random draws) when steps x N is large (iwae.runtime.compile.decide), where compiling repays
+    random draws) when steps x N is large (iwae.runtime.decisions), where compiling repays
     its cost; "step" always; "off" never. timings: a dict to receive the seconds of the
     "pilot" and of the counted "chains". step_sizes: a list to receive each batch's step
     sizes [steps + 1, chains, b] (bdmc reuses them).

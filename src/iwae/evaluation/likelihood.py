@@ -9,7 +9,8 @@ import torch.distributed as dist
 from ..core.validate import positive_int
 from ..data.dataset import binarize
 from ..runtime import distributed
-from ..runtime.compile import compiled, decide, flushed_subnormals
+from ..runtime.compile import compiled, flushed_subnormals
+from ..runtime.decisions import decide
 from ..runtime.rng import forked_rng
 
 EVAL_SEED = 1234            # binarization and sample noise of every evaluation
@@ -31,7 +32,7 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
     reads the decoder's output soon after it is written (rows per chunk against time per
     image: docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
     flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) when
-    k * N * D is large (iwae.runtime.compile.decide), "step" always, "off" never.
+    k * N * D is large (iwae.runtime.decisions), "step" always, "off" never.
     """
     positive_int("k", k)
     if batch_size < 1 or max_samples < 1:

@@ -31,7 +31,7 @@ from ..core.model import GaussianLayer, Model
 from ..core.nets import mlp
 from ..evaluation.imputation import DRAWS, impute, multiple_impute
 from ..evaluation.likelihood import log_likelihood
-from ..runtime.compile import decide
+from ..runtime.decisions import decide
 from ..runtime.devices import parse_device
 from ..runtime.rng import forked_rng
 from ..training.fit import train
@@ -76,7 +76,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         so q(z | .) needs s; not under "mar", where it does not. seed: training and
         imputation noise (transform is deterministic for a fitted imputer). device: "auto",
         "cpu", "cuda", "cuda:N". compile: the training step's, "auto" ("step" for fits of enough steps that compiling once repays itself:
-        iwae.runtime.compile.decide, docs/missing.md), "step"
+        iwae.runtime.decisions, docs/missing.md), "step"
         or "off".
     verbose: the loop's progress bar.
     mechanism: "mar" (missing at random: MIWAE), "self-masking" (each value's missingness

@@ -2,39 +2,14 @@
 
 A compiled function is always the function itself, traced (the training step's
 iwae.training.step.Step.eager_gradients, the evaluation's log weights), never a second
-copy of the math. The CUDA-graph step is iwae.training.cudagraph.
+copy of the math. The CUDA-graph step is iwae.training.cudagraph; whether to compile is
+iwae.runtime.decisions.
 """
 import contextlib
 import types
 import warnings
 
 import torch
-
-COMPILES = ("auto", "off", "step")     # auto: decide() by the size of the work
-# compile="auto" compiles a function once its work reaches this, where the saving repays the
-# compiling (measured in docs/speed.md#compilation and docs/missing.md)
-AUTO_MIN_WORK = {
-    "step": 30_000,              # training steps of a run on images (10 epochs of MNIST)
-    "table step": 1_000,         # training steps of iwae.Imputer's small nets
-    "likelihood": 1 << 36,       # k * N * D of an L_k evaluation (~17,500 MNIST images at k=5000)
-    "ais": 50_000,               # AIS steps x images
-}
-
-
-def decide(compile, what, work, device):
-    """compile ("auto" | "off" | "step") resolved to "step" or "off" for a function of kind
-    `what` (a key of AUTO_MIN_WORK) doing `work`: "auto" compiles once the work reaches
-    AUTO_MIN_WORK[what] (None: unknown, too little), and a training step on CUDA always
-    (compiled, it is captured as a CUDA graph)."""
-    if compile not in COMPILES:
-        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
-    if compile != "auto":
-        return compile
-    if device.type == "meta":
-        return "off"
-    if device.type == "cuda" and what in ("step", "table step"):
-        return "step"
-    return "step" if work is not None and work >= AUTO_MIN_WORK[what] else "off"
 
 
 @contextlib.contextmanager

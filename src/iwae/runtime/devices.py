@@ -1,4 +1,7 @@
-"""Where tensors live: the --device strings users type, checked once."""
+"""Where tensors live: the --device strings users type, checked once; the CPU's name."""
+import platform
+from pathlib import Path
+
 import torch
 
 
@@ -22,3 +25,14 @@ def parse_device(spec):
                              f"device(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         return torch.device("cuda", index)
     return torch.device(spec)
+
+
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"

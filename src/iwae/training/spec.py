@@ -20,7 +20,7 @@ from ..core.estimators import ESTIMATORS
 from ..core.model import LATENTS, PAPER_LAYERS, SCALES, paper_model, sbn_model
 from ..core.objective import ALIASES, BOUNDS, check
 from ..data import LIKELIHOODS, VALIDATIONS
-from ..runtime.compile import COMPILES
+from ..runtime.decisions import COMPILES
 from ..runtime.devices import parse_device
 from .schedule import SCHEDULES
 from .step import PRECISIONS

@@ -14,7 +14,7 @@ for any model, bound and estimator. ``compile`` decides how it runs:
   the elementwise work of large ones), compiled once per batch shape (its cost:
   docs/speed.md).
 - "auto": "step" for runs known to be long and for any run on CUDA, else "off"
-  (iwae.runtime.compile.decide).
+  (iwae.runtime.decisions).
 
 On CUDA the compiled function and the capturable fused Adam update are each captured as a
 CUDA graph and replayed (``iwae.training.cudagraph.CudaGraphStep``). On the CPU every step runs with
@@ -27,7 +27,8 @@ import torch
 
 from ..core.nets import matmul_dtype
 from ..core.objective import Functional, check
-from ..runtime.compile import compiled_step, decide, flushed_subnormals, tf32_matmuls
+from ..runtime.compile import compiled_step, flushed_subnormals, tf32_matmuls
+from ..runtime.decisions import decide
 from ..runtime.optim import AdamUpdate
 from .cudagraph import CudaGraphStep
 

@@ -1,0 +1,145 @@
+"""How iwae runs on this machine: whether compiling a function repays compiling it.
+
+The one owner of these decisions (docs/speed.md, "Decisions"). Each is a ``Decision``, the
+choice and its reason, which ``iwae COMMAND --verbose`` prints (the "iwae" logger, INFO) and
+``iwae evaluate`` records in eval.json.
+
+- The evaluator's L_k ("likelihood") decides by measurement. Compiling its log weights fuses
+  the eager passes over each chunk's [rows, D] decoder output into one, so the time it saves
+  is proportional to k x N x D times what one more pass over such a buffer costs here, which
+  differs between machines (on the 2-core AMX Xeon compiling saved 1.1 ms per image of L_5000,
+  on the 2-core Zen 4 5.6-15 ms): ``probe_ns`` times it once per CPU, torch version and thread
+  count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
+- Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
+  overhead that compiling removes repays it on both machine types measured (docs/speed.md).
+"""
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from .atomic import write_json
+from .devices import cpu_model
+
+COMPILES = ("auto", "off", "step")     # auto: decision() by the work and the machine
+AUTO_MIN_WORK = {                      # compile="auto" compiles a step once its work reaches this
+    "step": 30_000,                    # training steps of a run on images (10 epochs of MNIST)
+    "table step": 1_000,               # training steps of iwae.Imputer's small nets
+    "ais": 50_000,                     # AIS steps x images
+}
+COMPILE_SECONDS = 15.0     # compiling the evaluator's log weights on a cold cache (docs/speed.md)
+PER_PROBE = 3.0            # the evaluator's saving per element of k N D over probe_ns's (docs/speed.md)
+MAX_PROBE_NS = 5.0         # no machine measured saves more per element: below, no probe is needed
+PROBE_SHAPE = (2006, 784)  # one chunk of the evaluator (likelihood.CHUNK_BYTES of MNIST rows)
+PROBE_REPEATS = 30
+CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iwae" / "probes.json"
+
+log = logging.getLogger("iwae")
+
+
+@dataclass(frozen=True)
+class Decision:
+    what: str      # the kind of function: a key of AUTO_MIN_WORK or "likelihood"
+    choice: str    # "step" (compiled) or "off" (eager)
+    reason: str
+
+    def record(self):
+        """The decision as eval.json keeps it."""
+        return {"compile": self.choice, "reason": self.reason}
+
+
+def decide(compile, what, work, device):
+    """decision(...).choice: "step" or "off"."""
+    return decision(compile, what, work, device).choice
+
+
+def decision(compile, what, work, device):
+    """compile ("auto" | "off" | "step") resolved for a function of kind `what` doing `work`
+    (steps, or k * N * D for "likelihood"; None: unknown) on device, as a Decision.
+    A training step on CUDA is always compiled (it is then captured as a CUDA graph)."""
+    if compile not in COMPILES:
+        raise ValueError(f"compile must be one of {', '.join(COMPILES)}, got {compile!r}")
+    if compile != "auto":
+        return Decision(what, compile, f"compile={compile!r} given")
+    if device.type == "meta":
+        made = Decision(what, "off", "the meta device runs nothing")
+    elif device.type == "cuda" and what in ("step", "table step"):
+        made = Decision(what, "step", "a CUDA step is compiled to be captured as a CUDA graph")
+    elif what == "likelihood":
+        made = _likelihood(work, device)
+    else:
+        pays = work is not None and work >= AUTO_MIN_WORK[what]
+        made = Decision(what, "step" if pays else "off",
+                        f"{work} {'>=' if pays else '<'} {AUTO_MIN_WORK[what]} (AUTO_MIN_WORK[{what!r}])")
+    _say(made)
+    return made
+
+
+def _likelihood(work, device):
+    """Compile L_k where PER_PROBE x probe_ns x k N D exceeds COMPILE_SECONDS."""
+    if work is None or device.type != "cpu":
+        return Decision("likelihood", "off", "eager off the CPU, or unknown work")
+    if PER_PROBE * MAX_PROBE_NS * 1e-9 * work < COMPILE_SECONDS:
+        return Decision("likelihood", "off", f"k*N*D = {work:.3g} is too little to repay a compile on any machine")
+    threads = torch.get_num_threads()
+    ns = probe_ns(threads)
+    saving = PER_PROBE * ns * 1e-9 * work
+    pays = saving > COMPILE_SECONDS
+    return Decision("likelihood", "step" if pays else "off",
+                    f"predicted saving {saving:.0f} s {'>' if pays else '<='} {COMPILE_SECONDS:.0f} s of compiling "
+                    f"(k*N*D = {work:.3g}; a pass over a chunk costs {ns:.2f} ns per element at {threads} "
+                    f"thread(s) here)")
+
+
+def probe_ns(threads):
+    """What one more pass over a chunk of the evaluator costs here, in ns per element, at
+    `threads` torch threads: the eager Bernoulli log density (x l - softplus(l)).sum(-1)
+    against softplus(l).sum(-1), the pass a fused kernel keeps (the best of PROBE_REPEATS
+    each, interleaved). Measured once per CPU, torch version and thread count: CACHE."""
+    key = f"{cpu_model()} | torch {torch.__version__} | {threads} threads"
+    cached = _read_cache()
+    if key not in cached:
+        cached[key] = _measure()
+        try:
+            CACHE.parent.mkdir(parents=True, exist_ok=True)
+            write_json(CACHE, cached)
+        except OSError:          # a read-only home: measured again by the next process
+            pass
+    return cached[key]
+
+
+def _measure():
+    x = torch.rand(PROBE_SHAPE).round()
+    logits = torch.randn(PROBE_SHAPE)
+    best = {"all": float("inf"), "one": float("inf")}
+    with torch.inference_mode():
+        for _ in range(PROBE_REPEATS):
+            for name, fn in (("all", lambda: (x * logits - F.softplus(logits)).sum(-1)),
+                             ("one", lambda: F.softplus(logits).sum(-1))):
+                began = time.perf_counter()
+                fn()
+                best[name] = min(best[name], time.perf_counter() - began)
+    return max(0.0, best["all"] - best["one"]) / x.numel() * 1e9
+
+
+def _read_cache():
+    try:
+        cached = json.loads(CACHE.read_text())
+    except (OSError, ValueError):
+        return {}
+    return cached if isinstance(cached, dict) else {}
+
+
+_said = set()
+
+
+def _say(made):
+    """Log each distinct decision once per process (the loop decides at every epoch)."""
+    if made not in _said:
+        _said.add(made)
+        log.info("compile %s: %s (%s)", made.what, made.choice, made.reason)

@@ -1,0 +1,110 @@
+"""runtime.decisions: compiling decided by the work and, for L_k, by what this machine measures."""
+import json
+import logging
+
+import pytest
+import torch
+
+import iwae
+from iwae.app import cli
+from iwae.runtime import decisions
+from iwae.runtime.devices import cpu_model
+
+CPU = torch.device("cpu")
+MAIN_JOB = 5000 * 10_000 * 784            # k N D of L_5000 on MNIST's test set
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """An empty probe cache; measure() counts the probes and returns what the test sets."""
+    monkeypatch.setattr(decisions, "CACHE", tmp_path / "iwae" / "probes.json")
+    probes = {"ns": 1.0, "count": 0}
+
+    def measure():
+        probes["count"] += 1
+        return probes["ns"]
+    monkeypatch.setattr(decisions, "_measure", measure)
+    return probes
+
+
+@pytest.mark.parametrize("ns, choice", [(1.43, "step"),      # Zen 4 at two threads: compiling pays
+                                        (0.05, "off")])      # a machine whose extra pass is nearly free
+def test_the_main_jobs_evaluation_compiles_where_the_probe_says_it_pays(cache, ns, choice):
+    cache["ns"] = ns
+    made = decisions.decision("auto", "likelihood", MAIN_JOB, CPU)
+    saving = decisions.PER_PROBE * ns * 1e-9 * MAIN_JOB
+    assert made.choice == choice and (saving > decisions.COMPILE_SECONDS) == (choice == "step")
+    assert f"predicted saving {saving:.0f} s" in made.reason and made.record() == {"compile": choice, "reason": made.reason}
+
+
+def test_the_probe_runs_once_per_cpu_torch_and_thread_count_then_comes_from_the_cache(cache):
+    threads = torch.get_num_threads()
+    assert decisions.probe_ns(threads) == 1.0 and cache["count"] == 1
+    cache["ns"] = 2.0
+    assert decisions.probe_ns(threads) == 1.0 and cache["count"] == 1          # cached
+    assert decisions.probe_ns(threads + 1) == 2.0 and cache["count"] == 2      # another thread count
+    stored = json.loads(decisions.CACHE.read_text())
+    assert stored == {f"{cpu_model()} | torch {torch.__version__} | {threads} threads": 1.0,
+                      f"{cpu_model()} | torch {torch.__version__} | {threads + 1} threads": 2.0}
+
+
+def test_an_unwritable_cache_still_decides(cache, tmp_path, monkeypatch):
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    monkeypatch.setattr(decisions, "CACHE", blocked / "probes.json")          # its folder is a file
+    assert decisions.probe_ns(1) == 1.0
+
+
+def test_work_too_small_for_any_machine_is_not_probed(cache):
+    work = int(decisions.COMPILE_SECONDS / (decisions.PER_PROBE * decisions.MAX_PROBE_NS * 1e-9)) - 1
+    made = decisions.decision("auto", "likelihood", work, CPU)
+    assert made.choice == "off" and cache["count"] == 0 and "too little" in made.reason
+
+
+def test_the_probe_measures_a_positive_saving():
+    ns = decisions._measure()
+    assert 0 <= ns < decisions.MAX_PROBE_NS
+
+
+@pytest.mark.parametrize("what, work, choice", [("step", 30_000, "step"), ("step", 29_999, "off"),
+                                                ("table step", 1_000, "step"), ("ais", None, "off")])
+def test_steps_compile_from_their_threshold(what, work, choice):
+    assert decisions.decide("auto", what, work, CPU) == choice
+
+
+@pytest.mark.parametrize("compile, device, what, choice", [
+    ("off", "cpu", "step", "off"), ("step", "cpu", "likelihood", "step"),
+    ("auto", "meta", "likelihood", "off"), ("auto", "cuda", "table step", "step"),
+    ("auto", "cuda", "likelihood", "off")])
+def test_given_choices_and_devices(cache, compile, device, what, choice):
+    assert decisions.decide(compile, what, MAIN_JOB, torch.device(device)) == choice
+    assert cache["count"] == 0
+
+
+def test_an_unknown_compile_setting_is_refused():
+    with pytest.raises(ValueError, match=r"^compile must be one of auto, off, step, got 'yes'$"):
+        decisions.decide("yes", "step", 1, CPU)
+
+
+def test_each_decision_is_logged_once(caplog):
+    decisions._said.clear()
+    with caplog.at_level(logging.INFO, logger="iwae"):
+        for _ in range(3):
+            decisions.decide("auto", "step", 7, CPU)
+    assert caplog.messages == ["compile step: off (7 < 30000 (AUTO_MIN_WORK['step']))"]
+
+
+def test_verbose_says_the_decision_and_eval_json_records_it(tmp_path, data_dir, capsys):
+    decisions._said.clear()
+    run = tmp_path / "run"
+    common = ["--dataset", "binarized-mnist", "--limit-train", "40", "--final-limit-test", "5", "--epochs", "1",
+              "--final-k", "10", "--quiet", "--data-dir", str(data_dir), "--out", str(run)]
+    assert cli.main(["train", *common, "--verbose"]) == 0
+    said = [line for line in capsys.readouterr().err.splitlines() if line.startswith("iwae: compile")]
+    assert "iwae: compile likelihood: off (k*N*D = 3.92e+04 is too little to repay a compile on any machine)" in said
+    assert iwae.training.rundir.read_eval(run)["likelihood"] == {
+        "compile": "off", "reason": "k*N*D = 3.92e+04 is too little to repay a compile on any machine"}
+    decisions._said.clear()
+    assert cli.main(["evaluate", str(run), "--k", "10", "--limit-test", "5", "--quiet",
+                     "--data-dir", str(data_dir)]) == 0
+    assert "iwae: compile" not in capsys.readouterr().err                     # without --verbose
