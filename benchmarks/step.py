@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 import iwae
+from iwae.runtime.compile import flushed_subnormals
 from iwae.runtime.optim import make_optimizer
 from iwae.training.step import make_step
 
@@ -67,6 +68,8 @@ def arguments(argv=None):
                    help="also the MIWAE(8, k/8) and CIWAE(0.5) bounds (k a multiple of 8)")
     p.add_argument("--vimco", action="store_true",
                    help="also VIMCO on the same net and on its Bernoulli-latent twin (target <= 1.3x the standard step)")
+    p.add_argument("--parts", action="store_true",
+                   help="also the iwae step's parts: its compiled forward+backward alone and its Adam update alone")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-conv", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation benchmark")
@@ -135,6 +138,21 @@ def prepared_model(n_layers, train, pretrain, device="cpu", latent="gaussian"):
     return model.to(device)
 
 
+def step_parts(model, k, device):
+    """The iwae step cut in two, on its own copy of the model: "grads", the compiled forward and
+    backward (step.forward_backward), and "adam", the fused update of the gradients it left."""
+    parts = V.project(model, k, device=device).step
+
+    def grads(x):
+        with flushed_subnormals(parts.device):
+            return parts.forward_backward(x)
+
+    def adam(x):
+        with flushed_subnormals(parts.device):
+            parts.update()
+    return {"grads": grads, "adam": adam}
+
+
 def _feeder(fns, xs):
     """Wrap each step so it takes the next batch from a fixed cycle (the same data for all)."""
     def wrap(fn):
@@ -191,6 +209,8 @@ def paper_row(n_layers, k, train, args, base, pyro, clock):
     if args.bounds and k % 8 == 0:
         fns["miwae"] = V.project(model, k, bound="miwae", m=8, device=args.device)
         fns["ciwae"] = V.project(model, k, bound="ciwae", beta=0.5, device=args.device)
+    if args.parts:
+        fns.update(step_parts(model, k, args.device))
     if args.device == "cpu":
         fns["tutorial"] = V.tutorial(model, k)
     if pyro:
@@ -272,6 +292,7 @@ def markdown(results, evaluation):
               "Projected time of the paper's schedule (3280 passes x 3000 steps) at the iwae step's median: "
               + ", ".join(f"{r['layers']}-layer k={r['k']}: {r['projected_hours']:.1f} h" for r in results["rows"])
               + ".", ""]
+    lines += parts_markdown(results["rows"], c)
     lines += bf16_markdown(results["rows"], c)
     lines += vimco_markdown(results["rows"], c)
     conv = results.get("conv")
@@ -282,6 +303,23 @@ def markdown(results, evaluation):
     if evaluation:
         lines += evaluation_markdown(evaluation)
     return "\n".join(lines) + "\n"
+
+
+def parts_markdown(rows, c):
+    """The --parts table: where the step's time over its matmul floor goes."""
+    rows = [r for r in rows if "adam" in r["median_ms"][c]]
+    if not rows:
+        return []
+    lines = ["Where the step's time goes (`--parts`; medians, so the parts need not add up exactly): the "
+             "compiled forward+backward alone, the fused Adam update alone, and what is left of the step.", "",
+             "| net | k | floor ms | forward+backward ms (x floor) | Adam ms | step ms (x floor) | step - parts ms |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ms = r["median_ms"][c]
+        lines.append(f"| {r['layers']}-layer | {r['k']} | {ms['floor']:.3f} | {ms['grads']:.3f} "
+                     f"({ms['grads'] / ms['floor']:.2f}x) | {ms['adam']:.3f} | {ms['iwae']:.3f} "
+                     f"({ms['iwae'] / ms['floor']:.2f}x) | {ms['iwae'] - ms['grads'] - ms['adam']:.3f} |")
+    return lines + [""]
 
 
 def bf16_markdown(rows, c):
