@@ -38,10 +38,10 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
 EXTRA = ("digits", "fertility", "mnist_pixels", "airquality")   # wider validation: other shapes (issue 40)
-METHODS = ("mean", "knn", "mice", "missforest", "iwae", "iwae-t")
+METHODS = ("mean", "knn", "mice", "missforest", "iwae", "iwae-k5", "iwae-t")
 BASELINE = ("iwae-base",)      # iwae.Imputer() of --baseline REV, imported as iwae_base (benchmarks.common)
 LABELS = {"mean": "mean", "knn": "kNN (5)", "mice": "MICE (BayesianRidge)", "missforest": "missForest (ExtraTrees 100)",
-          "iwae": "iwae.Imputer()", "iwae-t": "iwae.Imputer(likelihood='student-t')",
+          "iwae": "iwae.Imputer()", "iwae-k5": "iwae.Imputer(k=5)", "iwae-t": "iwae.Imputer(likelihood='student-t')",
           "iwae-base": "iwae.Imputer() of --baseline"}
 
 
@@ -84,6 +84,7 @@ def imputer(method, seed):
                                                    random_state=seed),
             "iwae": lambda: iwae.Imputer(seed=seed),
             "iwae-base": lambda: sys.modules["iwae_base"].Imputer(seed=seed),
+            "iwae-k5": lambda: iwae.Imputer(k=5, seed=seed),
             "iwae-t": lambda: iwae.Imputer(likelihood="student-t", seed=seed)}[method]()
 
 
