@@ -79,7 +79,7 @@ def table(args, grads):
     info = machine_info("cpu")
     lines = ["# The rest of the family: SBNs (VIMCO, RWS) and the Renyi bounds", "",
              f"`python -m benchmarks.family --epochs {args.epochs} --renyi-epochs {args.renyi_epochs} --test {args.test}` at {git_revision()} on "
-             f"{info['cpu']} ({info['cpu_count']} cores; one training thread per run, runs one at a time, "
+             f"{info['cpu']} ({info['cpu_count']} cores; one training thread per run, one or two runs at a time, "
              "beside other jobs). Test NLL: -mean L_5000 on the first test images (column). "
              f"Reference: {REFERENCE}.", "",
              "| run | estimator | bound | alpha | k | epochs | train bound epoch 1 | train bound last | "
