@@ -186,7 +186,6 @@ def peak_memory(k, x, threads):
 COMPILE_SCRIPT = r"""
 import sys, time, torch, iwae
 import iwae.evaluation.likelihood as evaluation
-from iwae.runtime import decisions
 torch.set_num_threads(int(sys.argv[3]))
 evaluation.CHUNK_BYTES = int(sys.argv[4])
 torch.manual_seed(0)

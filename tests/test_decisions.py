@@ -27,7 +27,7 @@ def cache(tmp_path, monkeypatch):
     return probes
 
 
-@pytest.mark.parametrize("ns, choice", [(1.43, "step"),      # Zen 4 at two threads: compiling pays
+@pytest.mark.parametrize("ns, choice", [(0.45, "step"),      # Zen 4 at two threads: compiling pays
                                         (0.05, "off")])      # a machine whose extra pass is nearly free
 def test_the_main_jobs_evaluation_compiles_where_the_probe_says_it_pays(cache, ns, choice):
     cache["ns"] = ns
@@ -75,9 +75,14 @@ def test_steps_compile_from_their_threshold(what, work, choice):
 @pytest.mark.parametrize("compile, device, what, choice", [
     ("off", "cpu", "step", "off"), ("step", "cpu", "likelihood", "step"),
     ("auto", "meta", "likelihood", "off"), ("auto", "cuda", "table step", "step"),
-    ("auto", "cuda", "likelihood", "off")])
+    ("auto", "cuda", "likelihood", "off")])          # below the threshold off the CPU (MAIN_JOB < 2^36)
 def test_given_choices_and_devices(cache, compile, device, what, choice):
     assert decisions.decide(compile, what, MAIN_JOB, torch.device(device)) == choice
+    assert cache["count"] == 0
+
+
+def test_off_the_cpu_the_likelihood_compiles_from_its_threshold(cache):
+    assert decisions.decide("auto", "likelihood", 1 << 36, torch.device("cuda")) == "step"
     assert cache["count"] == 0
 
 

@@ -31,8 +31,9 @@ def log_likelihood(model, x, k=5000, *, batch_size=100, max_samples=16384, with_
     samples of a batch of 100, so that k = 5000 is 250 chunks of one shape): the likelihood
     reads the decoder's output soon after it is written (rows per chunk against time per
     image: docs/speed.md). Runs ``model.log_weights`` under torch.inference_mode with subnormals
-    flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) when
-    k * N * D is large (iwae.runtime.decisions), "step" always, "off" never.
+    flushed (CPU); compile: "auto" compiles it (torch.compile, the same samples) where this
+    machine's probe predicts that k * N * D repays the compiling (iwae.runtime.decisions),
+    "step" always, "off" never.
     """
     positive_int("k", k)
     if batch_size < 1 or max_samples < 1:

@@ -2,7 +2,7 @@
 
 The one owner of these decisions (docs/speed.md, "Decisions"). Each is a ``Decision``, the
 choice and its reason, which ``iwae COMMAND --verbose`` prints (the "iwae" logger, INFO) and
-``iwae evaluate`` records in eval.json.
+the evaluation of ``iwae train`` records in eval.json (``iwae evaluate --json`` prints it).
 
 - The evaluator's L_k ("likelihood") decides by measurement. Compiling its log weights fuses
   the eager passes over each chunk's [rows, D] decoder output into one, so the time it saves
@@ -10,6 +10,7 @@ choice and its reason, which ``iwae COMMAND --verbose`` prints (the "iwae" logge
   differs between machines (on the 2-core AMX Xeon compiling saved 1.1 ms per image of L_5000,
   on the 2-core Zen 4 5.6-15 ms): ``probe_ns`` times it once per CPU, torch version and thread
   count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
+  Off the CPU, where the probe does not apply, the earlier threshold (AUTO_MIN_WORK).
 - Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
   overhead that compiling removes repays it on both machine types measured (docs/speed.md).
 """
@@ -31,6 +32,7 @@ AUTO_MIN_WORK = {                      # compile="auto" compiles a step once its
     "step": 30_000,                    # training steps of a run on images (10 epochs of MNIST)
     "table step": 1_000,               # training steps of iwae.Imputer's small nets
     "ais": 50_000,                     # AIS steps x images
+    "likelihood": 1 << 36,             # k N D of L_k off the CPU (~17,500 MNIST images at k=5000)
 }
 COMPILE_SECONDS = 15.0     # compiling the evaluator's log weights on a cold cache (docs/speed.md)
 PER_PROBE = 3.0            # the evaluator's saving per element of k N D over probe_ns's (docs/speed.md)
@@ -70,8 +72,8 @@ def decision(compile, what, work, device):
         made = Decision(what, "off", "the meta device runs nothing")
     elif device.type == "cuda" and what in ("step", "table step"):
         made = Decision(what, "step", "a CUDA step is compiled to be captured as a CUDA graph")
-    elif what == "likelihood":
-        made = _likelihood(work, device)
+    elif what == "likelihood" and device.type == "cpu":
+        made = _likelihood(work)
     else:
         pays = work is not None and work >= AUTO_MIN_WORK[what]
         made = Decision(what, "step" if pays else "off",
@@ -80,10 +82,10 @@ def decision(compile, what, work, device):
     return made
 
 
-def _likelihood(work, device):
-    """Compile L_k where PER_PROBE x probe_ns x k N D exceeds COMPILE_SECONDS."""
-    if work is None or device.type != "cpu":
-        return Decision("likelihood", "off", "eager off the CPU, or unknown work")
+def _likelihood(work):
+    """Compile L_k on the CPU where PER_PROBE x probe_ns x k N D exceeds COMPILE_SECONDS."""
+    if work is None:
+        return Decision("likelihood", "off", "unknown work")
     if PER_PROBE * MAX_PROBE_NS * 1e-9 * work < COMPILE_SECONDS:
         return Decision("likelihood", "off", f"k*N*D = {work:.3g} is too little to repay a compile on any machine")
     threads = torch.get_num_threads()
