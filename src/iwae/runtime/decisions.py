@@ -8,7 +8,7 @@ the evaluation of ``iwae train`` records in eval.json (``iwae evaluate --json`` 
   the eager passes over each chunk's [rows, D] decoder output into one, so the time it saves
   is proportional to k x N x D times what one more pass over such a buffer costs here, which
   differs between machines (on the 2-core AMX Xeon compiling saved 1.1 ms per image of L_5000,
-  on the 2-core Zen 4 5.6-15 ms): ``probe_ns`` times it once per CPU, torch version and thread
+  on the 2-core Zen 4 0-15 ms, from run to run): ``probe_ns`` times it once per CPU, torch version and thread
   count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
   Off the CPU, where the probe does not apply, the earlier threshold (AUTO_MIN_WORK).
 - Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
@@ -35,7 +35,7 @@ AUTO_MIN_WORK = {                      # compile="auto" compiles a step once its
     "likelihood": 1 << 36,             # k N D of L_k off the CPU (~17,500 MNIST images at k=5000)
 }
 COMPILE_SECONDS = 15.0     # compiling the evaluator's log weights on a cold cache (docs/speed.md)
-PER_PROBE = 3.0            # the evaluator's saving per element of k N D over probe_ns's (docs/speed.md)
+PER_PROBE = 2.5            # the evaluator's saving per element of k N D over probe_ns's (docs/speed.md)
 MAX_PROBE_NS = 5.0         # no machine measured saves more per element: below, no probe is needed
 PROBE_SHAPE = (2006, 784)  # one chunk of the evaluator (likelihood.CHUNK_BYTES of MNIST rows)
 PROBE_REPEATS = 30
