@@ -62,7 +62,12 @@ def test_work_too_small_for_any_machine_is_not_probed(cache):
 
 
 def test_the_probe_measures_a_positive_saving():
-    ns = decisions._measure()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)                 # two threads on a loaded 2-core machine measure noise
+    try:
+        ns = decisions._measure()
+    finally:
+        torch.set_num_threads(threads)
     assert 0 <= ns < decisions.MAX_PROBE_NS
 
 
@@ -113,3 +118,22 @@ def test_verbose_says_the_decision_and_eval_json_records_it(tmp_path, data_dir, 
     assert cli.main(["evaluate", str(run), "--k", "10", "--limit-test", "5", "--quiet",
                      "--data-dir", str(data_dir)]) == 0
     assert "iwae: compile" not in capsys.readouterr().err                     # without --verbose
+
+
+@pytest.mark.parametrize("speedup, warned", [(0.03, True),     # Zen 3 (AVX2): no bf16 units
+                                             (7.2, False)])    # AMX: bf16 matmuls 7.2x fp32's
+def test_bf16_on_a_cpu_without_bf16_units_warns_once_measured(cache, monkeypatch, recwarn, speedup, warned):
+    count = []
+    monkeypatch.setattr(decisions, "_measure_bf16", lambda: count.append(1) or speedup)
+    model = iwae.paper_model(layers=1)
+    iwae.training.step.make_step(model, torch.optim.Adam(model.parameters()), 2, compile="off", precision="bf16")
+    assert decisions.bf16_speedup() == speedup
+    messages = [str(w.message) for w in recwarn if "bf16" in str(w.message)]
+    expected = ("precision='bf16' will be slower than 'fp32' here: a bf16 matmul of the paper decoder's shape runs "
+                f"at {speedup:.2f}x fp32's speed on this CPU ({cpu_model()}), which has no bf16 matmul units; "
+                "use precision='fp32'")
+    assert messages == ([expected] if warned else []) and len(count) == 1          # measured once, cached
+
+
+def test_the_bf16_probe_measures_a_speed_ratio():
+    assert 0 < decisions._measure_bf16() < 100

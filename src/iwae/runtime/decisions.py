@@ -12,12 +12,16 @@ the evaluation of ``iwae train`` records in eval.json (``iwae evaluate --json`` 
   count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
   Off the CPU, where the probe does not apply, the earlier threshold (AUTO_MIN_WORK).
 - Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
-  overhead that compiling removes repays it on both machine types measured (docs/speed.md).
+  overhead that compiling removes repays it on every machine type measured (docs/speed.md).
+- precision="bf16" on the CPU: ``bf16_speedup`` times a bf16 matmul against fp32's once per
+  CPU and torch version (CACHE); where bf16 is slower (no bf16 units: AVX2 CPUs such as Zen 3,
+  where it ran at 0.04x fp32's speed), ``check_bf16`` warns in one line before training.
 """
 import json
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +43,8 @@ PER_PROBE = 2.5            # the evaluator's saving per element of k N D over pr
 MAX_PROBE_NS = 5.0         # no machine measured saves more per element: below, no probe is needed
 PROBE_SHAPE = (2006, 784)  # one chunk of the evaluator (likelihood.CHUNK_BYTES of MNIST rows)
 PROBE_REPEATS = 30
+PROBE_WARMUP = 5           # untimed first calls: a process's first buffers of this size fault their pages in
+BF16_SHAPE = (1000, 200, 784)   # the paper decoder's output layer at k x batch = 1000 rows
 CACHE = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "iwae" / "probes.json"
 
 log = logging.getLogger("iwae")
@@ -46,8 +52,8 @@ log = logging.getLogger("iwae")
 
 @dataclass(frozen=True)
 class Decision:
-    what: str      # the kind of function: a key of AUTO_MIN_WORK or "likelihood"
-    choice: str    # "step" (compiled) or "off" (eager)
+    what: str      # the kind of function: a key of AUTO_MIN_WORK, "likelihood", or "bf16"
+    choice: str    # "step" (compiled) or "off" (eager); for "bf16": "faster" or "slower" than fp32
     reason: str
 
     def record(self):
@@ -102,11 +108,54 @@ def probe_ns(threads):
     """What one more pass over a chunk of the evaluator costs here, in ns per element, at
     `threads` torch threads: the eager Bernoulli log density (x l - softplus(l)).sum(-1)
     against softplus(l).sum(-1), the pass a fused kernel keeps (the best of PROBE_REPEATS
-    each, interleaved). Measured once per CPU, torch version and thread count: CACHE."""
-    key = f"{cpu_model()} | torch {torch.__version__} | {threads} threads"
+    each after PROBE_WARMUP, interleaved). Measured once per CPU, torch version and thread count: CACHE."""
+    return _cached(f"{cpu_model()} | torch {torch.__version__} | {threads} threads", _measure)
+
+
+def check_bf16(device):
+    """Warn in one line (and log the decision) where precision="bf16" would make the step
+    slower: on a CPU whose bf16 matmuls are slower than its fp32 ones."""
+    if device.type != "cpu":
+        return
+    speedup = bf16_speedup()
+    faster = speedup >= 1
+    reason = f"a bf16 matmul of the paper decoder's shape runs at {speedup:.2f}x fp32's speed on this CPU ({cpu_model()})"
+    _say(Decision("bf16", "faster" if faster else "slower", reason))
+    if not faster:
+        warnings.warn(f"precision='bf16' will be slower than 'fp32' here: {reason}, which has no bf16 matmul "
+                      "units; use precision='fp32'", UserWarning, stacklevel=3)
+
+
+def bf16_speedup():
+    """fp32's time over bf16's for a [1000, 200] x [200, 784] matmul on one thread (best of
+    PROBE_REPEATS each after PROBE_WARMUP, interleaved), once per CPU and torch version: CACHE."""
+    return _cached(f"{cpu_model()} | torch {torch.__version__} | bf16 matmul speedup", _measure_bf16)
+
+
+def _measure_bf16():
+    rows, inner, cols = BF16_SHAPE
+    best = {}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        pairs = {dtype: (torch.randn(rows, inner, dtype=dtype), torch.randn(inner, cols, dtype=dtype))
+                 for dtype in (torch.float32, torch.bfloat16)}
+        for repeat in range(PROBE_WARMUP + PROBE_REPEATS):
+            for dtype, (a, b) in pairs.items():
+                began = time.perf_counter()
+                a @ b
+                if repeat >= PROBE_WARMUP:
+                    best[dtype] = min(best.get(dtype, float("inf")), time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(threads)
+    return best[torch.float32] / best[torch.bfloat16]
+
+
+def _cached(key, measure):
+    """measure() once per key, kept in CACHE (measured again where CACHE cannot be written)."""
     cached = _read_cache()
     if key not in cached:
-        cached[key] = _measure()
+        cached[key] = measure()
         try:
             CACHE.parent.mkdir(parents=True, exist_ok=True)
             write_json(CACHE, cached)
@@ -120,12 +169,13 @@ def _measure():
     logits = torch.randn(PROBE_SHAPE)
     best = {"all": float("inf"), "one": float("inf")}
     with torch.inference_mode():
-        for _ in range(PROBE_REPEATS):
+        for repeat in range(PROBE_WARMUP + PROBE_REPEATS):
             for name, fn in (("all", lambda: (x * logits - F.softplus(logits)).sum(-1)),
                              ("one", lambda: F.softplus(logits).sum(-1))):
                 began = time.perf_counter()
                 fn()
-                best[name] = min(best[name], time.perf_counter() - began)
+                if repeat >= PROBE_WARMUP:
+                    best[name] = min(best[name], time.perf_counter() - began)
     return max(0.0, best["all"] - best["one"]) / x.numel() * 1e9
 
 
@@ -144,4 +194,5 @@ def _say(made):
     """Log each distinct decision once per process (the loop decides at every epoch)."""
     if made not in _said:
         _said.add(made)
-        log.info("compile %s: %s (%s)", made.what, made.choice, made.reason)
+        log.info("%s %s: %s (%s)", "precision" if made.what == "bf16" else "compile", made.what, made.choice,
+                 made.reason)

@@ -28,11 +28,16 @@ def parse_device(spec):
 
 
 def cpu_model():
-    """The CPU's model name from /proc/cpuinfo, else what platform knows."""
+    """The CPU's model name from /proc/cpuinfo with its family and model numbers and torch's
+    vector capability, e.g. "AMD EPYC (family 25, model 1; AVX2)": a hypervisor may show the
+    same name for different generations (Zen 3 and Zen 4 here), which time differently."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown CPU"
+    name = fields.get("model name") or platform.processor() or platform.machine() or "unknown CPU"
+    generation = f"family {fields['cpu family']}, model {fields['model']}; " if "cpu family" in fields else ""
+    return f"{name} ({generation}{torch.backends.cpu.get_cpu_capability()})"

@@ -28,7 +28,7 @@ import torch
 from ..core.nets import matmul_dtype
 from ..core.objective import Functional, check
 from ..runtime.compile import compiled_step, flushed_subnormals, tf32_matmuls
-from ..runtime.decisions import decide
+from ..runtime.decisions import check_bf16, decide
 from ..runtime.optim import AdamUpdate
 from .cudagraph import CudaGraphStep
 
@@ -55,6 +55,8 @@ def make_step(model, optimizer, k, bound="iwae", estimator="standard", *, m=None
     if precision == "tf32" and device.type != "cuda":
         raise ValueError(f"precision tf32 is for CUDA matmuls only, and this step runs on {device.type}; "
                          "use fp32 or bf16")
+    if precision == "bf16":
+        check_bf16(device)
     compile = "off" if parallel is not None else decide(compile, "step", planned_steps, device)
     if device.type == "cuda" and parallel is None:
         return CudaGraphStep(Step(model, optimizer, objective, est, compile=compile, precision=precision))
