@@ -214,6 +214,27 @@ def test_patience_stops_on_the_held_out_bound_and_keeps_the_best_epochs_paramete
     assert again.best_epoch is None
 
 
+def test_a_held_score_replaces_the_bound_and_a_refit_trains_on_from_the_best_epoch_on_every_entry():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, 6, generator=g)
+    holes = x.masked_fill(torch.rand(x.shape, generator=g) < 0.2, float("nan"))
+    scores = iter([0.0, 1.0, 0.5, 0.2, 0.1] + [0.0] * 100)                   # best after epoch 2
+    settings = {**SMALL, "k": 3, "batch_size": 10}
+    settings.pop("epochs")
+    kwargs = dict(eval_data=x, eval_given=holes, held_score=lambda model, epoch: next(scores), epochs=50,
+                  patience=3)
+    refit = iwae.training.fit.train(_gaussian_model(), holes, refit_data=x, refit=1.0, **kwargs, **settings)
+    assert refit.best_epoch == 2 and [r["epoch"] for r in refit.history] == [1, 2, 3, 4, 5, 6, 7]
+    assert [r.get("held_score") for r in refit.history] == [0.0, 1.0, 0.5, 0.2, 0.1, None, None]
+    assert all("test_bound" not in r for r in refit.history)                   # the score replaced it
+    scores = iter([0.0, 1.0, 0.5, 0.2, 0.1] + [0.0] * 100)
+    stopped = iwae.training.fit.train(_gaussian_model(), holes, **kwargs, **settings)   # no refit: the best epoch's
+    assert len(stopped.history) == 5 and stopped.best_epoch == 2
+    assert states_equal(stopped.model.state_dict(), iwae.training.fit.train(_gaussian_model(), holes, epochs=2,
+                                                                             **settings).model.state_dict())
+    assert not states_equal(stopped.model.state_dict(), refit.model.state_dict())   # two epochs on from there
+
+
 @pytest.mark.parametrize("kwargs, message", [({}, "needs held-out data"), ({"out": "run", "eval_data": "held"},
                                                                             "no run directory")])
 def test_patience_needs_held_out_data_in_memory(kwargs, message, tmp_path):

@@ -24,6 +24,12 @@ def test_paper_schedule():
     assert code == pytest.approx([1.0e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1.0e-4])
 
 
+def test_cosine_schedule_falls_from_lr_to_near_zero_over_the_run():
+    rates = [learning_rate(e, "cosine", 4e-3, epochs=10) for e in range(10)]
+    assert rates[0] == 4e-3 and rates[5] == pytest.approx(2e-3) and rates[9] == pytest.approx(4e-3 * 0.0245, rel=1e-2)
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+
+
 def small_config(**kw):
     base = dict(limit_train=200, epochs=2, k=3, eval_examples=40)
     base.update(kw)

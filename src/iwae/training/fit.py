@@ -45,10 +45,13 @@ def fit(model, data, *, out=None, resume=False, eval_data=None, image_shape=None
                  **settings).model
 
 
-def train(model, data, *, out=None, resume=False, eval_data=None, image_shape=None, eval_given=None, **settings):
+def train(model, data, *, out=None, resume=False, eval_data=None, image_shape=None, eval_given=None,
+          held_score=None, refit_data=None, **settings):
     """``fit``, returning the loop's Trained (the model and its per-epoch records). eval_given:
     eval_data with the entries whose held-out bound is wanted removed (NaN), for a model built
-    with missing=True (iwae.training.source.Source.held_given)."""
+    with missing=True (iwae.training.source.Source.held_given); held_score: what early
+    stopping watches instead of that bound (Source.held_score); refit_data: data with the
+    held-out entries back, trained on after early stopping (Source.refit, RunSpec.refit)."""
     spec = _spec(model, data, out, settings)
     train_x, held_x, binarization, split = _source(model, data, eval_data, spec)
     given = None
@@ -58,7 +61,13 @@ def train(model, data, *, out=None, resume=False, eval_data=None, image_shape=No
             raise ValueError("eval_given must have eval_data's shape")
     model.to(parse_device(spec.device))
     _check_model_takes(model, train_x[:2].to(parse_device(spec.device)), spec.model)
-    source = Source(train_x, held_x, binarization, split, image_shape, held_given=given)
+    refit = None
+    if refit_data is not None:
+        refit = check_data(refit_data, "refit_data", False, missing=True)
+        if refit.shape != train_x.shape:
+            raise ValueError("refit_data must have data's shape")
+    source = Source(train_x, held_x, binarization, split, image_shape, held_given=given, held_score=held_score,
+                    refit=refit)
     init = lambda: torch.manual_seed(spec.seed)
     if out is None:
         return loop.run(model, spec, source, None, init)

@@ -13,9 +13,12 @@ bound's sum). Without one it touches no file.
 
 Early stopping (``spec.patience`` = N, in memory only): after each epoch the held-out bound
 (``{split}_bound``, of ``source.held``, or of its held-out entries given the rest with
-``source.held_given``) is compared with the best so far; the run stops once N epochs have
+``source.held_given``), or ``source.held_score`` where given and measured, is compared with the best so far; the run stops once N epochs have
 passed without a higher one, and the model gets back the parameters of the best epoch
-(``Trained.best_epoch``; the history keeps every epoch trained). It is the only stopping rule
+(``Trained.best_epoch``; the history keeps every epoch trained). With ``source.refit`` (the
+training rows with their held-out entries back) and ``spec.refit`` = f > 0, training then goes
+on from those parameters on ``source.refit`` for ceil(f x the best epoch) more epochs, and the
+model keeps where that ends. It is the only stopping rule
 of the loop: ``epochs`` stays the most it trains.
 """
 import math
@@ -82,14 +85,24 @@ def run(model, spec, source, run=None, init=None):
                 trainer.train_epoch(epoch, signals)
                 if spec.patience is not None and not trainer.improving():
                     break
+            refit = trainer.best is not None and source.refit is not None and spec.refit > 0
+            if refit:
+                trainer.refit(source.refit, math.ceil(spec.refit * trainer.best[1]), signals)
         trainer.bar.close()
     finally:
         trainer.close()
     distributed.barrier(trainer.ctx)           # rank 0's files are complete for every rank
     if trainer.best is None:
         return Trained(model, trainer.history)
-    model.load_state_dict(trainer.best[2])
+    if not refit:
+        model.load_state_dict(trainer.best[2])
     return Trained(model, trainer.history, trainer.best[1])
+
+
+def batches_per_epoch(rows, batch_size, drop_last=False):
+    """Steps in an epoch of `rows` rows: the last batch ragged, or (drop_last, rows >= batch_size)
+    left out."""
+    return rows // batch_size if drop_last and rows >= batch_size else math.ceil(rows / batch_size)
 
 
 class _Trainer:
@@ -102,6 +115,7 @@ class _Trainer:
         self.train_x = source.train.to(device, next(model.parameters()).dtype)
         self.held_x = None if source.held is None else source.held.to(device, self.train_x.dtype)
         self.given_x = None if source.held_given is None else source.held_given.to(device, self.train_x.dtype)
+        self.held_score = source.held_score
         self.binarization, self.split, self.dim = source.binarization, source.split, source.dim
         self.device = device
         self.units_x = fixed_binarization(self.train_x[:ACTIVE_UNIT_EXAMPLES].cpu(), self.binarization).to(device)
@@ -109,7 +123,7 @@ class _Trainer:
         self.dp = distributed.DataParallel(model, spec.batch_size, self.ctx) if self.ctx.distributed else None
         self.opt = make_optimizer(model.parameters(), spec.lr, spec.adam_betas, spec.adam_eps,
                                   capturable=device.type == "cuda")
-        self.batches = math.ceil(self.train_x.shape[0] / spec.batch_size)
+        self.batches = batches_per_epoch(self.train_x.shape[0], spec.batch_size, spec.drop_last)
         self.step = make_step(model, self.opt, spec.k, spec.bound, spec.estimator, m=spec.m, beta=spec.beta,
                               alpha=spec.alpha, compile=spec.compile, precision=spec.precision,
                               planned_steps=spec.epochs * self.batches, parallel=self.dp)
@@ -147,7 +161,7 @@ class _Trainer:
     def train_epoch(self, epoch, signals):
         """One epoch (or the rest of one, after a mid-epoch checkpoint) at the schedule's lr,
         then its record and checkpoint. Raises Interrupted after a signal."""
-        lr = learning_rate(epoch, self.spec.schedule, self.spec.lr)
+        lr = learning_rate(epoch, self.spec.schedule, self.spec.lr, self.spec.epochs)
         for group in self.opt.param_groups:
             group["lr"] = lr
         began = time.perf_counter()
@@ -180,13 +194,25 @@ class _Trainer:
             raise Interrupted(epoch + 1, self.batches, self.run.path, signals.received)
 
     def improving(self):
-        """Whether to go on (spec.patience): the last epoch's held-out bound, kept with its
-        parameters if it is the best so far, and fewer than patience epochs since the best."""
+        """Whether to go on (spec.patience): the last epoch's held-out bound (or held_score,
+        where measured), kept with its parameters if it is the best so far, and fewer than
+        patience epochs since the best."""
         record = self.history[-1]
-        bound = record[f"{self.split}_bound"]
-        if self.best is None or bound > self.best[0] or math.isnan(self.best[0]):
-            self.best = (bound, record["epoch"], {k: v.detach().clone() for k, v in self.model.state_dict().items()})
-        return record["epoch"] - self.best[1] < self.spec.patience
+        value = record.get("held_score" if self.held_score is not None else f"{self.split}_bound")
+        if value is not None and (self.best is None or value > self.best[0] or math.isnan(self.best[0])):
+            self.best = (value, record["epoch"], {k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return self.best is None or record["epoch"] - self.best[1] < self.spec.patience
+
+    def refit(self, rows, epochs, signals):
+        """After early stopping: from the best epoch's parameters (and the optimizer's state
+        as it stopped), `epochs` more epochs on rows (the training rows with their held-out
+        entries back), nothing held out; the records go on numbering the epochs."""
+        self.model.load_state_dict(self.best[2])
+        self.train_x = rows.to(self.device, self.train_x.dtype)
+        self.held_x = self.given_x = self.held_score = None
+        start = self.history[-1]["epoch"]
+        for epoch in range(start, start + epochs):
+            self.train_epoch(epoch, signals)
 
     def _epoch_start(self):
         """(order, first batch, running loss sum, skipped steps, seconds spent) of this epoch:
@@ -222,7 +248,11 @@ class _Trainer:
         good = self.batches - skipped
         record = {"epoch": epoch + 1, "steps": self.steps, "lr": lr,
                   "train_bound": -total.item() / good if good else float("nan")}
-        if self.held_x is not None:
+        if self.held_score is not None:
+            score = self.held_score(self.model, epoch + 1)
+            if score is not None:
+                record["held_score"] = score
+        elif self.held_x is not None:
             bound = seeded_log_likelihood(self.model, self.held_x, self.spec.k, ctx=self.ctx)
             if self.given_x is not None:       # the held-out entries given the rest of their rows
                 bound = bound - seeded_log_likelihood(self.model, self.given_x, self.spec.k, ctx=self.ctx)
@@ -230,7 +260,8 @@ class _Trainer:
             record["eval_k"] = self.spec.k
         record.update({"seconds": round(seconds, 3), "steps_per_second": round(self.batches / seconds, 2),
                        "skipped_steps": skipped})
-        record.update(tracking.diagnostics(self.model, self.spec.k, self.held_x, self.units_x, EVAL_SEED))
+        if self.spec.diagnostics:
+            record.update(tracking.diagnostics(self.model, self.spec.k, self.held_x, self.units_x, EVAL_SEED))
         self.history.append(record)
         if (epoch + 1) % self.spec.checkpoint_every == 0 or epoch + 1 == self.spec.epochs:
             self._save(epoch + 1, None, self.history)

@@ -5,10 +5,14 @@ paper [Burda et al. 2016, sec. 5.1]: for i = 0..7, 3^i passes at lr0 * 10^(-i/7)
 code  [yburda/iwae]: the same stages at 1e-4 * round(10^(1 - i/7), 1), i.e.
     1.0e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1.0e-4.
 constant: lr0 every epoch (Table 2's fine-tuning runs at 1e-4).
+cosine: lr0 (1 + cos(pi e / epochs)) / 2 at epoch e of a run of `epochs` [Loshchilov & Hutter
+    2017, without restarts]: large steps first, small ones last, so that a short run ends
+    near the optimum that a constant rate only circles (iwae.Imputer's default, docs/missing.md).
 """
 import bisect
+import math
 
-SCHEDULES = ("paper", "code", "constant")
+SCHEDULES = ("paper", "code", "constant", "cosine")
 STAGE_ENDS = tuple(sum(3 ** j for j in range(i + 1)) for i in range(8))   # 1, 4, 13, 40, 121, 364, 1093, 3280
 PAPER_EPOCHS = STAGE_ENDS[-1]
 
@@ -18,7 +22,10 @@ def stage(epoch):
     return min(7, bisect.bisect_right(STAGE_ENDS, epoch))
 
 
-def learning_rate(epoch, schedule="paper", lr0=1e-3):
+def learning_rate(epoch, schedule="paper", lr0=1e-3, epochs=None):
+    """The learning rate of 0-based epoch `epoch`; epochs: the run's length (cosine's period)."""
+    if schedule == "cosine":
+        return lr0 * (1 + math.cos(math.pi * epoch / epochs)) / 2
     if schedule == "paper":
         return lr0 * 10 ** (-stage(epoch) / 7)
     if schedule == "code":

@@ -1,4 +1,5 @@
 """What a run trains on: the training rows, the held-out rows and how both are binarized."""
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -15,7 +16,11 @@ class Source:
     grids; dim: the model's input dimension as its checkpoint records it. held_given: held
     with some observed entries removed (NaN), or None; the per-epoch bound is then
     L_k(held) - L_k(held_given), an estimate of log p(those entries | the rest of the row):
-    held-out *entries* of rows, as iwae.Imputer holds out part of a table's observed cells."""
+    held-out *entries* of rows, as iwae.Imputer holds out part of a table's observed cells.
+    held_score: a function (model, epoch) -> float or None (higher is better; None: not
+    measured after this epoch) that replaces the held-out bound as what the loop records
+    (``held_score``) and early stopping watches, or None. refit: train with the held-out
+    entries back in (NaN only where missing), trained on after early stopping (RunSpec.refit)."""
 
     train: torch.Tensor
     held: torch.Tensor | None
@@ -24,6 +29,8 @@ class Source:
     image_shape: tuple | None = None
     dim: int | None = None
     held_given: torch.Tensor | None = None
+    held_score: Callable | None = None
+    refit: torch.Tensor | None = None
 
     def __post_init__(self):
         self.dim = self.dim if self.dim is not None else self.train.shape[1]

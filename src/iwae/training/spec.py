@@ -75,7 +75,8 @@ class RunSpec:
     seed: int = setting(0, "seeds the initialisation, the training noise and the data order")
     batch_size: int = setting(20, "the global batch: under torchrun each of the N processes takes batch/N of it",
                               low=1)
-    schedule: str = setting("paper", "paper: lr * 10^(-i/7) for 3^i epochs; code: Burda's code; constant",
+    schedule: str = setting("paper", "paper: lr * 10^(-i/7) for 3^i epochs; code: Burda's code; constant; cosine: from "
+                            "lr down to 0 over the epochs",
                             choices=SCHEDULES)
     lr: float = setting(1e-3, "the schedule's first learning rate")
     adam_betas: tuple = setting((0.9, 0.999), "Adam's betas (0.9,0.999 as in the paper; Burda's code ran "
@@ -85,6 +86,12 @@ class RunSpec:
     patience: int | None = setting(None, "stop once the held-out bound has not improved for N epochs and keep the "
                                    "parameters of its best epoch (needs held-out data; in memory, no run "
                                    "directory)", low=1, saved=False, cli=False)
+    refit: float = setting(0.0, "after early stopping: from the best epoch's parameters, this fraction of its "
+                           "epochs more on the data with the held-out entries back (iwae.training.loop)", low=0,
+                           saved=False, cli=False)
+    drop_last: bool = setting(False, "each epoch leaves out the N mod batch_size rows its permutation puts last "
+                              "(N >= batch_size), so that every step has one batch shape and one compiled graph",
+                              cli=False)
     # what happens on the way
     on_nonfinite: str = setting("stop", "a NaN/Inf loss or gradient: stop (keeping the last good checkpoint) "
                                 "or skip the batch (counted as skipped_steps in metrics.jsonl)",
@@ -105,6 +112,8 @@ class RunSpec:
     checkpoint_every: int = setting(1, "write the checkpoint after every N-th epoch and the last", low=1,
                                     saved=False, cli=False)
     quiet: bool = setting(False, "no progress bar", saved=False)
+    diagnostics: bool = setting(True, "each epoch's record has the effective sample size, the log weights' "
+                                "spread and the active units", saved=False, cli=False)
     data_dir: str | None = setting(None, "where dataset files live (default: $IWAE_DATA_DIR, else ~/.cache/iwae)",
                                    saved=False)
     # iwae.fit's records of what it trained
