@@ -35,6 +35,7 @@ from ..runtime.decisions import decide
 from ..runtime.devices import parse_device
 from ..runtime.rng import forked_rng
 from ..training.fit import train
+from ..training.loop import batches_per_epoch
 from .encoding import NEEDED, table_input
 from .types import infer, infer_array
 
@@ -46,7 +47,12 @@ TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_siz
 MIN_EPOCHS = 20
 HIDDEN = 128                   # units per hidden layer (the authors' width)
 HOLDOUT = 0.1                  # patience given: the fraction of the observed entries held out to stop on
-HELD_ROWS = 1000               # patience given: the most rows whose entries are held out (scored each epoch)
+HELD_ROWS = 1000               # patience given: the most rows whose entries are held out
+SCORE_STEPS = 50               # patience given: their imputation error is measured about every this many steps
+SCORE_DRAWS = 50               # ... from this many importance samples per row
+REFIT = 0.5                    # then, from the best epoch, this fraction of its epochs on every entry
+PATIENCE_STEPS = 500           # patience="auto": stop after about this many steps without a lower error
+MAX_STEPS = 8000               # ... within at most about this many (results/imputer_budget.md)
 MAX_LATENT = 10
 
 
@@ -54,7 +60,7 @@ def default_sizes(n, d, batch_size=64):
     """(latent, hidden, epochs) for a table of n rows and d columns (docs/missing.md):
     latent = min(ceil(d / 2), 10) (the authors' d/2, capped at their other choice, 10),
     hidden = 128, epochs = max(20, ceil(3000 / steps per epoch))."""
-    steps_per_epoch = math.ceil(n / batch_size)
+    steps_per_epoch = batches_per_epoch(n, batch_size, drop_last=True)
     return min(math.ceil(d / 2), MAX_LATENT), HIDDEN, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))
 
 
@@ -69,7 +75,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         {column: type} overriding some columns (names for a DataFrame, positions for an
         array), type one of "real", "positive", "count", "binary", "categorical", "ordinal".
     k: importance samples of the training bound. epochs, latent, hidden: None picks them from
-        the data's shape (``default_sizes``). hidden_layers: per network. batch_size, lr: Adam's.
+        the data's shape (``default_sizes``). hidden_layers: per network. batch_size, lr: Adam's;
+        schedule: the learning rate's over the epochs, "constant" or "cosine" (lr down to 0).
     draws: importance samples L per row for transform, sample and score. estimator: "standard",
         "stl" or "dreg". mask_input: the encoder also reads the mask; "auto": under a missingness
         model (mechanism not "mar"), where s tells about x_m and p(z | x_o, s) is not p(z | x_o),
@@ -85,9 +92,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         continuous columns. sign: self-masking's w_j sign when known, None, "positive" (high
         values go missing) or "negative".
 
-    patience: None (train for epochs, or the shape's budget) or P: hold out HOLDOUT of the
-        observed entries, stop once their held-out bound has not improved for P epochs (epochs
-        then the most) and keep the best epoch's parameters (docs/missing.md: not the default).
+    patience: "auto" (with epochs=None and mechanism="mar": a budget from the data, P =
+        PATIENCE_STEPS steps in epochs, at most MAX_STEPS; otherwise the epochs, no stopping), None (train
+        for epochs, or the shape's budget of about 3,000 steps) or P epochs: hold out HOLDOUT of
+        the observed entries, measure their imputation error about every SCORE_STEPS steps,
+        stop once it has not improved for P epochs (epochs then the most), go back to the best
+        epoch's parameters and train REFIT times its epochs more with the held-out entries
+        back in (docs/missing.md).
     keep_empty_features: a column with no observed value is dropped from the output (False,
         with scikit-learn's warning) or kept and filled with 0 (True), as SimpleImputer's.
 
@@ -103,9 +114,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     for Bernoulli columns; a constant column's value and |value| (1 for 0); 0 and 1 for an
     empty column), ``binary_`` (Bernoulli columns), ``constant_``, ``empty_``, ``modeled_``
     (the columns the network models), ``n_features_in_`` (and ``feature_names_in_`` for a
-    DataFrame), ``epochs_`` (the budget), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
-    epoch whose parameters are kept), ``history_`` (per epoch: train_bound, held_bound (with
-    patience), seconds),
+    DataFrame), ``epochs_`` (the budget), ``patience_`` (None: no early stopping), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
+    epoch whose parameters the refit started from), ``history_`` (per epoch: train_bound, held_error (with
+    patience, where measured: the held-out entries' mean error), seconds),
     ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``,
     ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
@@ -113,13 +124,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __init__(self, likelihood="auto", k=20, epochs=None, *, types="auto", latent=None, hidden=None,
                  hidden_layers=2, batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto",
                  seed=0, device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
-                 keep_empty_features=False, patience=None):
+                 keep_empty_features=False, patience="auto", schedule="constant"):
         self.likelihood, self.k, self.epochs, self.types = likelihood, k, epochs, types
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
         self.batch_size, self.lr, self.draws, self.estimator = batch_size, lr, draws, estimator
         self.mask_input, self.seed, self.device, self.compile, self.verbose = mask_input, seed, device, compile, verbose
         self.mechanism, self.sign, self.keep_empty_features = mechanism, sign, keep_empty_features
-        self.patience = patience
+        self.patience, self.schedule = patience, schedule
 
     def fit(self, X, y=None):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
@@ -129,9 +140,12 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
         for name in ("epochs", "latent", "hidden", "patience"):
             value = getattr(self, name)
+            if name == "patience" and value == "auto":
+                continue
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
                 what = "no early stopping" if name == "patience" else "from the data's shape"
-                raise ValueError(f"{name} must be None ({what}) or an integer >= 1, got {value!r}")
+                auto = "'auto', " if name == "patience" else ""
+                raise ValueError(f"{name} must be {auto}None ({what}) or an integer >= 1, got {value!r}")
         values, _ = _as_array(X, self, reset=True)
         observed = ~np.isnan(values)
         self._check_mechanism(observed)
@@ -144,7 +158,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                              "types={column: 'real'} (likelihood='gaussian' for 0/1 columns) to treat them as continuous")
         n, d = values.shape
         latent, hidden, epochs = default_sizes(n, int(self.modeled_.sum()), self.batch_size)
-        self.epochs_ = self.epochs if self.epochs is not None else epochs
+        self.epochs_, self.patience_ = self._stopping(n, epochs)
         began = time.perf_counter()
         self.model_, self.train_bound_, self.n_epochs_, self.best_epoch_, self.history_ = None, float("nan"), 0, 0, []
         if self.modeled_.any():
@@ -154,12 +168,14 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 torch.manual_seed(self.seed)
                 model = self._build(train_x, self.latent or latent, self.hidden or hidden)
                 trained = train(model, train_x, k=self.k, estimator=self.estimator, batch_size=self.batch_size,
-                                lr=self.lr, schedule="constant", seed=self.seed, device=str(device),
-                                compile=self._compile(n), quiet=not self.verbose, **budget)
+                                lr=self.lr, schedule=self.schedule, seed=self.seed, device=str(device),
+                                compile=self._compile(n), quiet=not self.verbose, drop_last=True,
+                                diagnostics=False, **budget)
             self.train_bound_ = trained.train_bound
             self.model_ = model.eval()
             self.n_epochs_, self.best_epoch_ = len(trained.history), trained.best_epoch or len(trained.history)
-            self.history_ = [{"epoch": r["epoch"], "train_bound": r["train_bound"], "held_bound": r.get("test_bound"),
+            self.history_ = [{"epoch": r["epoch"], "train_bound": r["train_bound"],
+                              "held_error": -r["held_score"] if "held_score" in r else None,
                               "seconds": r["seconds"]} for r in trained.history]
         self.fit_seconds_ = time.perf_counter() - began
         self.missingness_ = missingness(self)
@@ -212,25 +228,62 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def _types(self):
         return np.array(list(self.types_.values()))
 
+    def _stopping(self, n, epochs):
+        """(epochs_, patience_): patience="auto" with epochs=None under "mar" stops on the data
+        (at most MAX_STEPS steps, patience PATIENCE_STEPS steps, in epochs of n rows); with
+        epochs given, or under a missingness model (whose p(s | x) would learn the hold-out's
+        random holes as missingness), it trains the epochs (None); an integer patience stops
+        within epochs (or the shape's budget)."""
+        if self.patience == "auto" and self.epochs is None and self.mechanism == "mar":
+            per_epoch = batches_per_epoch(n, self.batch_size, drop_last=True)
+            return max(MIN_EPOCHS, math.ceil(MAX_STEPS / per_epoch)), math.ceil(PATIENCE_STEPS / per_epoch)
+        return (self.epochs if self.epochs is not None else epochs), (None if self.patience == "auto" else self.patience)
+
     def _budget(self, x):
         """(the training table, the loop's budget settings) for the standardised table x: with
-        patience=None, all of x for epochs_ epochs; with patience=P, x less a random HOLDOUT of
-        the observed entries of at most HELD_ROWS rows, for at most epochs_ epochs, stopping once
-        the bound of those entries given the rest of their rows has not improved for P epochs,
-        with the best epoch's parameters kept (iwae.training.loop)."""
-        if self.patience is None:
+        patience_ None, all of x for epochs_ epochs; with patience_ P, x less a random HOLDOUT
+        of the observed entries of at most HELD_ROWS rows, for at most epochs_ epochs, stopping
+        once their imputation error has not improved for P epochs, then REFIT more on all of x
+        from the best epoch's parameters (iwae.training.loop)."""
+        if self.patience_ is None:
             return x, {"epochs": self.epochs_}
         rng = np.random.default_rng(self.seed)
         rows = torch.as_tensor(rng.permutation(x.shape[0])[:HELD_ROWS])
         held = torch.zeros(x.shape, dtype=torch.bool)
         held[rows] = torch.as_tensor(rng.random((len(rows), x.shape[1])) < HOLDOUT) & ~torch.isnan(x[rows])
         train_x = x.masked_fill(held, float("nan"))
-        return train_x, {"epochs": self.epochs_, "patience": self.patience, "eval_data": x[rows],
-                         "eval_given": train_x[rows], "eval_examples": len(rows)}
+        every = max(1, math.ceil(SCORE_STEPS / batches_per_epoch(x.shape[0], self.batch_size, drop_last=True)))
+        return train_x, {"epochs": self.epochs_, "patience": self.patience_, "eval_data": x[rows],
+                         "eval_given": train_x[rows], "eval_examples": len(rows),
+                         "held_score": self._held_score(x[rows], train_x[rows], every),
+                         "refit_data": x, "refit": REFIT}
+
+    def _held_score(self, truth, given, every):
+        """held_score for the loop: every `every` epochs, minus the held-out entries' error when
+        imputed from the rest of their rows (SCORE_DRAWS draws, seeded): squared, over the
+        column's observed standard deviation, for continuous columns; 0/1 for binary,
+        categorical and ordinal ones (docs/missing.md: the held-out bound peaks long before it)."""
+        out = torch.isnan(given) & ~torch.isnan(truth)                     # [n, d] the held-out entries
+        kinds = np.where(self.constant_, "constant", self._types())[self.modeled_]
+        discrete = torch.as_tensor(np.isin(kinds, ("binary", "categorical", "ordinal")))
+        spread = torch.as_tensor(np.nanstd(given.numpy(), 0), dtype=given.dtype).clamp_min(1e-6)
+
+        def score(model, epoch):
+            if epoch % every:
+                return None
+            device = next(model.parameters()).device
+            with forked_rng(device), torch.no_grad():
+                torch.manual_seed(self.seed + 2)
+                model.eval()
+                filled = impute(model, given.to(device), draws=SCORE_DRAWS).cpu()
+                model.train()
+            error = torch.where(discrete, (filled != truth).to(given.dtype), ((filled - truth) / spread) ** 2)
+            return -error[out].mean().item()
+        return score
 
     def _compile(self, n):
-        """The training step's compile for a fit on n rows: "auto" decides by its number of steps."""
-        steps = self.epochs_ * math.ceil(n / self.batch_size)
+        """The training step's compile for a fit on n rows: "auto" decides by its most steps."""
+        steps = self.epochs_ * batches_per_epoch(n, self.batch_size, drop_last=True)
         return decide(self.compile, "table step", steps, parse_device(self.device))
 
     def _check_mechanism(self, observed):
