@@ -28,6 +28,7 @@ def test_cosine_schedule_falls_from_lr_to_near_zero_over_the_run():
     rates = [learning_rate(e, "cosine", 4e-3, epochs=10) for e in range(10)]
     assert rates[0] == 4e-3 and rates[5] == pytest.approx(2e-3) and rates[9] == pytest.approx(4e-3 * 0.0245, rel=1e-2)
     assert all(a > b for a, b in zip(rates, rates[1:]))
+    assert learning_rate(12, "cosine", 4e-3, epochs=10) == rates[9]                    # past the run: its last
 
 
 def small_config(**kw):

@@ -235,7 +235,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         random holes as missingness), it trains the epochs (None); an integer patience stops
         within epochs (or the shape's budget)."""
         if self.patience == "auto" and self.epochs is None and self.mechanism == "mar":
-            per_epoch = batches_per_epoch(n, self.batch_size, drop_last=True)
+            per_epoch = self._per_epoch(n)
             return max(MIN_EPOCHS, math.ceil(MAX_STEPS / per_epoch)), math.ceil(PATIENCE_STEPS / per_epoch)
         return (self.epochs if self.epochs is not None else epochs), (None if self.patience == "auto" else self.patience)
 
@@ -252,7 +252,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         held = torch.zeros(x.shape, dtype=torch.bool)
         held[rows] = torch.as_tensor(rng.random((len(rows), x.shape[1])) < HOLDOUT) & ~torch.isnan(x[rows])
         train_x = x.masked_fill(held, float("nan"))
-        every = max(1, math.ceil(SCORE_STEPS / batches_per_epoch(x.shape[0], self.batch_size, drop_last=True)))
+        every = max(1, math.ceil(SCORE_STEPS / self._per_epoch(x.shape[0])))
         return train_x, {"epochs": self.epochs_, "patience": self.patience_, "eval_data": x[rows],
                          "eval_given": train_x[rows], "eval_examples": len(rows),
                          "held_score": self._held_score(x[rows], train_x[rows], every),
@@ -281,9 +281,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return -error[out].mean().item()
         return score
 
+    def _per_epoch(self, n):
+        """Steps in an epoch of n rows: each is a full batch (the fit's drop_last=True)."""
+        return batches_per_epoch(n, self.batch_size, drop_last=True)
+
     def _compile(self, n):
         """The training step's compile for a fit on n rows: "auto" decides by its most steps."""
-        steps = self.epochs_ * batches_per_epoch(n, self.batch_size, drop_last=True)
+        steps = self.epochs_ * self._per_epoch(n)
         return decide(self.compile, "table step", steps, parse_device(self.device))
 
     def _check_mechanism(self, observed):

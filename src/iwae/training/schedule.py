@@ -6,8 +6,9 @@ code  [yburda/iwae]: the same stages at 1e-4 * round(10^(1 - i/7), 1), i.e.
     1.0e-3, 7.2e-4, 5.2e-4, 3.7e-4, 2.7e-4, 1.9e-4, 1.4e-4, 1.0e-4.
 constant: lr0 every epoch (Table 2's fine-tuning runs at 1e-4).
 cosine: lr0 (1 + cos(pi e / epochs)) / 2 at epoch e of a run of `epochs` [Loshchilov & Hutter
-    2017, without restarts]: large steps first, small ones last, so that a short run ends
-    near the optimum that a constant rate only circles (iwae.Imputer's default, docs/missing.md).
+    2017, without restarts], epochs past the run's (a refit's) at its last rate: large steps first, small ones last, so that a short run ends
+    near the optimum that a constant rate only circles (iwae.Imputer(schedule="cosine");
+    results/imputer_budget.md has it beside the constant rate).
 """
 import bisect
 import math
@@ -25,7 +26,7 @@ def stage(epoch):
 def learning_rate(epoch, schedule="paper", lr0=1e-3, epochs=None):
     """The learning rate of 0-based epoch `epoch`; epochs: the run's length (cosine's period)."""
     if schedule == "cosine":
-        return lr0 * (1 + math.cos(math.pi * epoch / epochs)) / 2
+        return lr0 * (1 + math.cos(math.pi * min(epoch, epochs - 1) / epochs)) / 2
     if schedule == "paper":
         return lr0 * 10 ** (-stage(epoch) / 7)
     if schedule == "code":
