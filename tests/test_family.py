@@ -17,6 +17,7 @@ import iwae
 from iwae import bounds
 from iwae.core.estimators import vimco
 from iwae.core.objective import Functional, Objective
+from iwae.runtime.compile import compiled
 from iwae.training.step import make_step
 
 F64 = torch.float64
@@ -206,6 +207,14 @@ def test_renyi_is_accurate_and_approaches_the_elbo_as_alpha_goes_to_1(dtype, alp
     gap = got - bounds.elbo(log_w).double()
     spread = log_w.double().var(0, correction=0) / 2
     assert ((gap - d * spread).abs() <= 0.1 * d * spread + tol).all() or d > 1e-2
+
+
+def test_renyi_keeps_its_precision_when_compiled():
+    # compiled for the CPU, expm1 becomes exp - 1: in float32 that alone is 7e-4 nats off at
+    # 1 - alpha = 1e-5 (0.07 at 1e-7); the float64 tail keeps the eager function's few ulps
+    log_w = rand_log_w(dtype=torch.float32)
+    got = compiled(lambda lw: bounds.renyi_bound(lw, 1 - 1e-6), torch.device("cpu"))(log_w).double()
+    torch.testing.assert_close(got, precise_renyi(log_w, 1 - 1e-6), rtol=0, atol=3e-5)
 
 
 def test_renyi_decreases_from_iwae_to_elbo_for_every_draw():
