@@ -124,6 +124,24 @@ def test_an_unseen_category_at_transform_is_refused(frame):
         imputer.transform(other)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_an_arrays_coded_columns_are_its_own_values_in_and_out(dtype):
+    # types= on an array: the codes are the positions of its sorted observed values (not the
+    # values themselves, which made 13 an out-of-range code of a 13-level column)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=60)
+    x = np.c_[a, np.clip(np.round(1.2 * a + 7), 5, 9), rng.choice([2.5, 7.0, 13.0], 60)].astype(dtype)
+    holes = x.copy()
+    holes[rng.random(60) < 0.3, 1:] = np.nan
+    imputer = Imputer(types={1: "ordinal", 2: "categorical"}, **FAST).fit(holes)
+    out, draws = imputer.transform(holes), imputer.sample(holes, m=2)
+    assert out.dtype == dtype and np.array_equal(out[~np.isnan(holes)], holes[~np.isnan(holes)])
+    for filled in (out, *draws):
+        assert set(filled[:, 1]) <= {5, 6, 7, 8, 9} and set(filled[:, 2]) <= {2.5, 7, 13}
+    with pytest.raises(ValueError, match="^column '2' holds categories not seen in fit: 4.0; refit on data that has them$"):
+        imputer.transform(np.c_[x[:, :2], np.full(60, 4.0, dtype)])
+
+
 def test_missingness_models_refuse_discrete_columns(frame):
     with pytest.raises(ValueError, match="categorical, ordinal or count column.s. cannot give: flag, colour, stage"):
         Imputer(mechanism="self-masking", **FAST).fit(frame)

@@ -73,7 +73,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         "bernoulli" (every column binary).
     types: "auto" (from each column's dtype and observed values: iwae.missing.types) or a dict
         {column: type} overriding some columns (names for a DataFrame, positions for an
-        array), type one of "real", "positive", "count", "binary", "categorical", "ordinal".
+        array), type one of "real", "positive", "count", "binary", "categorical", "ordinal"; an
+        array's categorical or ordinal column has its observed values as categories (in
+        order) and is imputed with one of them.
     k: importance samples of the training bound. epochs, latent, hidden: None picks them from
         the data's shape (``default_sizes``). hidden_layers: per network. batch_size, lr: Adam's;
         schedule: the learning rate's over the epochs, "constant" or "cosine" (lr down to 0).
@@ -359,6 +361,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             kept = ~self.empty_
         if kind[0] == "pandas":
             return _decoded(kind[1], values, self.columns_, kept)
+        values = values.copy()
+        for j in _labelled(self.columns_):          # codes back to the values they stand for
+            values[..., j] = np.reshape(self.columns_[j].labels(values[..., j].ravel()), values.shape[:-1])
         return _like(values[..., kept], kind)
 
     def _column_names(self):
@@ -477,7 +482,15 @@ def _as_array(X, imputer, reset):
     elif values.shape[1] != imputer.n_features_in_:
         raise ValueError(f"X has {values.shape[1]} features, but Imputer is expecting {imputer.n_features_in_} "
                          "features as input")
+    if kind[0] != "pandas":             # an array's categorical and ordinal columns (types=): codes
+        for j in _labelled(imputer.columns_):
+            values[:, j] = imputer.columns_[j].encode(values[:, j])
     return values, kind
+
+
+def _labelled(columns):
+    """The positions of an array's columns that are coded by their sorted observed values."""
+    return [j for j, c in enumerate(columns) if c.type in ("categorical", "ordinal")]
 
 
 def _numeric(X):

@@ -58,6 +58,10 @@ class Column:
         codes[~missing] = [lookup[v] for v in present]
         return codes
 
+    def labels(self, codes):
+        """The labels at codes (floats, rounded to the nearest category): a list."""
+        return [self.categories[int(c)] for c in np.clip(np.rint(codes), 0, len(self.categories) - 1)]
+
     def decode(self, codes, cells):
         """The column cells (a pandas Series) with its missing cells set from codes (float64 [N]):
         the same dtype, observed cells untouched; a coded column's label at the code, a numeric
@@ -70,7 +74,7 @@ class Column:
             return out
         fill = codes[missing]
         if self.type in CODED and self.categories:
-            fill = [self.categories[int(c)] for c in np.clip(np.rint(fill), 0, len(self.categories) - 1)]
+            fill = self.labels(fill)
         elif self.type == "binary":              # a 0/1 column of a table is two categories: its mode
             fill = np.rint(fill)
         if pd.api.types.is_integer_dtype(cells.dtype) and self.type not in CODED[1:]:
