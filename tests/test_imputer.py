@@ -352,3 +352,18 @@ def test_held_out_entries_are_trained_without_and_come_back_as_given():
     assert 0 < held.sum() and abs(held.sum().item() / observed.sum() - 0.1) < 0.05
     assert torch.isnan(budget["eval_given"]).sum() == torch.isnan(train_x).sum()     # all 60 rows, shuffled
     assert np.array_equal(imp.transform(holes), out) and np.array_equal(iwae.Imputer(**FAST, patience=2).fit_transform(holes), out)
+
+
+def test_a_learned_gaussians_floor_is_the_resolution_over_sqrt_2pi_at_most_the_std():
+    # ties on an integer column let a learned scale shrink without end (digits: docs/missing.md)
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(size=50), rng.integers(0, 17, 50), np.where(rng.random(50) < 0.97, 0, 8)].astype(float)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[:2] = [0.5, 3.0, 0.0]                                # both levels of the third column observed
+    x[2, 2] = 8.0
+    imputer = iwae.Imputer(patience=None, **FAST).fit(x)
+    std = np.nanstd(x, 0)
+    gap = np.diff(np.unique(x[~np.isnan(x[:, 0]), 0])).min()
+    expected = [gap / std[0] / math.sqrt(2 * math.pi), 1 / std[1] / math.sqrt(2 * math.pi), 1.0]
+    assert 8 / std[2] / math.sqrt(2 * math.pi) > 1.0                      # capped at the column's std
+    np.testing.assert_allclose(imputer.model_.likelihood.min_scale, expected, rtol=1e-5)   # x in float32

@@ -43,8 +43,8 @@ def half_mask(n, dim, seed=1):
     return torch.rand(n, dim, generator=g) > 0.5
 
 
-LIKELIHOODS = [Bernoulli(), Gaussian(), Gaussian(0.3), StudentT()]
-IDS = ["bernoulli", "gaussian", "gaussian-fixed", "student-t"]
+LIKELIHOODS = [Bernoulli(), Gaussian(), Gaussian(0.3), StudentT(), Gaussian(min_scale=0.2)]
+IDS = ["bernoulli", "gaussian", "gaussian-fixed", "student-t", "gaussian-floor"]
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS, ids=IDS)
@@ -62,6 +62,24 @@ def test_an_all_true_mask_gives_todays_log_weights_bitwise(likelihood, layers):
     zs = model.sample_q(x, 4)
     assert torch.equal(model.log_weights(x, 4, zs=zs, stop_q=True),
                        model.log_weights(x, 4, zs=zs, stop_q=True, mask=everything))
+
+
+def test_a_gaussian_floor_is_the_scale_sqrt_of_s2_plus_floor2():
+    g = torch.Generator().manual_seed(0)
+    x, params = torch.randn(6, 4, generator=g, dtype=torch.float64), torch.randn(3, 6, 8, generator=g, dtype=torch.float64)
+    floor = [0.1, 0.5, 0.0, 2.0]
+    mu, log_s = params.chunk(2, -1)
+    sigma = (torch.exp(2 * log_s) + torch.tensor(floor, dtype=torch.float64) ** 2).sqrt()
+    expected = torch.distributions.Normal(mu, sigma).log_prob(x).sum(-1)
+    torch.testing.assert_close(Gaussian(min_scale=floor).log_prob(x, params), expected, rtol=1e-12, atol=1e-12)
+    assert torch.equal(Gaussian(min_scale=[0.0] * 4).log_prob(x, params), Gaussian().log_prob(x, params))
+    assert Gaussian(min_scale=floor).config() == {"name": "gaussian", "scale": None, "min_scale": floor}
+
+
+@pytest.mark.parametrize("kwargs", [dict(min_scale=-0.1), dict(min_scale=[0.1, -1.0]), dict(scale=1.0, min_scale=0.1)])
+def test_a_bad_gaussian_floor_is_refused(kwargs):
+    with pytest.raises(ValueError, match="^Gaussian min_scale must be >= 0 and with a learned scale, got "):
+        Gaussian(**kwargs)
 
 
 @pytest.mark.parametrize("likelihood", LIKELIHOODS[:2], ids=IDS[:2])

@@ -93,18 +93,34 @@ class Gaussian:
 
     scale=None: the decoder outputs [mu, log sigma] (2 numbers per dimension, learned);
     scale=s: sigma is the fixed number s and the decoder outputs mu only.
+    min_scale (learned scales only): per dimension, a float or a sequence of D floats (0: none);
+    sigma = sqrt(s^2 + min_scale^2) for the decoder's s, a smooth floor. Values recorded at a
+    resolution h (integers: h = 1) have no density above 1 / h; a Gaussian whose sigma
+    shrinks below h / sqrt(2 pi) on a repeated value claims more, without bound, and a
+    decoder trained on such a column learns to predict its ties (iwae.Imputer sets the floor
+    from the data: docs/missing.md).
     """
 
-    def __init__(self, scale=None):
+    def __init__(self, scale=None, min_scale=None):
         if scale is not None and not scale > 0:
             raise ValueError(f"Gaussian likelihood scale must be > 0, got {scale}")
-        self.scale = scale
+        floors = None if min_scale is None else [float(v) for v in (min_scale if hasattr(min_scale, "__len__") else [min_scale])]
+        if floors is not None and (scale is not None or not all(v >= 0 for v in floors)):
+            raise ValueError(f"Gaussian min_scale must be >= 0 and with a learned scale, got {min_scale}")
+        self.scale, self.min_scale = scale, floors
+        # a tensor, not constants: a compiled step then takes it as an input, and a table's
+        # new floors reuse the compiled code (as Columns' column indices do)
+        self.log_floor = None if floors is None else torch.log(torch.tensor(floors, dtype=torch.float64))  # [D] or [1]
         self.params_per_dim = 1 if scale is not None else 2
 
     def _split(self, params):
-        if self.scale is None:
-            return params.chunk(2, dim=-1)
-        return params, torch.full_like(params, math.log(self.scale))
+        if self.scale is not None:
+            return params, torch.full_like(params, math.log(self.scale))
+        mu, log_s = params.chunk(2, dim=-1)
+        if self.min_scale is None:
+            return mu, log_s
+        log_floor = self.log_floor.to(params.device, params.dtype)
+        return mu, 0.5 * torch.logaddexp(2 * log_s, 2 * log_floor)
 
     def log_prob(self, x, params, mask=None):
         """x [B, D], params [k, B, D * params_per_dim] -> [k, B]; mask [B, D]: the observed
@@ -123,7 +139,8 @@ class Gaussian:
         return mu + torch.exp(log_sigma) * torch.randn_like(mu)
 
     def config(self):
-        return {"name": "gaussian", "scale": self.scale}
+        floor = {} if self.min_scale is None else {"min_scale": self.min_scale}
+        return {"name": "gaussian", "scale": self.scale, **floor}
 
 
 class StudentT:

@@ -403,7 +403,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         d = x.shape[1]
         kinds = np.where(self.constant_, "constant", self._types())[self.modeled_]
         categories = [len(c.categories) for c, m in zip(self.columns_, self.modeled_) if m]
-        likelihood = _likelihood(kinds, categories, self.likelihood)
+        likelihood = _likelihood(kinds, categories, self.likelihood, _floors(x.numpy()))
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
         sizes = [hidden] * self.hidden_layers
         mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
@@ -514,10 +514,26 @@ def _numeric(X):
     return values
 
 
-def _likelihood(kinds, categories, continuous):
+def _resolution(x):
+    """Per column of x [N, d] (NaN = missing), the smallest gap between two of its distinct
+    observed values (0 where it has fewer than two): the resolution it was recorded at, in
+    x's units (integers standardised by s: 1 / s)."""
+    gaps = [np.diff(np.unique(column[~np.isnan(column)])) for column in x.T]
+    return np.array([g.min() if len(g) else 0.0 for g in gaps])
+
+
+def _floors(x):
+    """Per column of x [N, d] (standardised; NaN = missing), the least scale of its learned
+    Gaussian: resolution / sqrt(2 pi), where its density at a tie reaches 1 / resolution,
+    and at most 1 (its standard deviation): a wider floor leaves its mean unpinned."""
+    return np.minimum(_resolution(x) / math.sqrt(2 * math.pi), 1.0)
+
+
+def _likelihood(kinds, categories, continuous, floors):
     """p(x | z) for the modelled columns' kinds (and categories, C per column): one part per
     likelihood (per C for categorical and ordinal columns), in a Columns when more than one;
-    continuous: the Imputer's likelihood setting, for the real columns."""
+    continuous: the Imputer's likelihood setting, for the real columns; floors [d]: the least
+    scale of a learned Gaussian's columns (docs/missing.md, "Ties")."""
     real = CONTINUOUS[AUTO_CONTINUOUS if continuous in ("auto", "bernoulli") else continuous]
     make = {"real": lambda c: real(), "binary": lambda c: Bernoulli(), "constant": lambda c: Gaussian(1.0),
             "categorical": Categorical, "ordinal": Ordinal, "count": lambda c: NegativeBinomial(),
@@ -525,7 +541,12 @@ def _likelihood(kinds, categories, continuous):
     groups = {}
     for j, kind in enumerate(kinds):
         groups.setdefault((kind, categories[j] if kind in ("categorical", "ordinal") else 0), []).append(j)
-    parts = [(make[kind](c), groups[kind, c]) for kind, c in sorted(groups, key=lambda g: (list(make).index(g[0]), g[1]))]
+    def part(kind, c, cols):
+        if kind == "real" and real is Gaussian:
+            return Gaussian(min_scale=floors[cols].tolist())
+        return make[kind](c)
+    parts = [(part(kind, c, groups[kind, c]), groups[kind, c])
+             for kind, c in sorted(groups, key=lambda g: (list(make).index(g[0]), g[1]))]
     return parts[0][0] if len(parts) == 1 else Columns(parts)
 
 
