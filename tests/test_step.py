@@ -16,6 +16,7 @@ import torch.nn as nn
 import iwae
 from iwae import bounds
 from iwae.core.objective import Functional, Objective
+from iwae.runtime import compile as runtime_compile, torch_private
 from iwae.runtime.optim import AdamUpdate, make_optimizer
 from iwae.training.step import make_step
 
@@ -247,6 +248,17 @@ def test_shared_parameters_accumulate():
     torch.manual_seed(1)
     (-bounds.iwae_bound(model.log_weights(x, 4)).mean()).backward()
     assert_grads_close(tied, grads(model), 1e-12)
+
+
+@pytest.mark.parametrize("has_it", [True, False])
+def test_the_cpu_compile_asks_for_the_exp_tanh_only_where_this_torch_has_it(monkeypatch, has_it):
+    # torch.compile refuses an unknown Inductor option; cpp.use_decompose_tanh is new in torch 2.8
+    asked = {}
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: asked.update(kwargs) or fn)
+    monkeypatch.setattr(torch_private, "has_inductor_option", lambda name: has_it and name == runtime_compile.TANH)
+    runtime_compile.compiled(lambda x: x, torch.device("cpu"))
+    tanh = {runtime_compile.TANH: True} if has_it else {}
+    assert asked["options"] == {"fallback_random": True, "cpp_wrapper": True, **tanh}
 
 
 def test_compiled_evaluation_equals_the_eager_one():

@@ -104,7 +104,8 @@ class Gaussian:
     def __init__(self, scale=None, min_scale=None):
         if scale is not None and not scale > 0:
             raise ValueError(f"Gaussian likelihood scale must be > 0, got {scale}")
-        floors = None if min_scale is None else [float(v) for v in (min_scale if hasattr(min_scale, "__len__") else [min_scale])]
+        floors = None if min_scale is None else [float(v) for v in
+                                                 (min_scale if hasattr(min_scale, "__len__") else [min_scale])]
         if floors is not None and (scale is not None or not all(v >= 0 for v in floors)):
             raise ValueError(f"Gaussian min_scale must be >= 0 and with a learned scale, got {min_scale}")
         self.scale, self.min_scale = scale, floors

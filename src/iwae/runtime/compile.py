@@ -11,6 +11,10 @@ import warnings
 
 import torch
 
+from . import torch_private
+
+TANH = "cpp.use_decompose_tanh"      # Inductor's tanh as 2 / (1 + exp(-2a)) - 1 (compiled, below)
+
 
 @contextlib.contextmanager
 def flushed_subnormals(device):
@@ -55,12 +59,14 @@ def compiled(fn, device, *, dynamic=False):
     """torch.compile(fn) that falls back to fn for good, with a warning, if compiling fails
     (no C++ compiler, say). fallback_random keeps torch.randn's stream, so the samples equal
     the eager function's. On the CPU the C++ wrapper removes Python's per-kernel overhead, and
-    tanh is computed as 2 / (1 + exp(-2a)) - 1 (Inductor's cpp.use_decompose_tanh): one exp
+    tanh is computed as 2 / (1 + exp(-2a)) - 1 (TANH, where this torch has it): one exp
     where the vectorised library tanh costs 2-3 (docs/speed.md); its error is an absolute
     ~1e-7 near 0 (a relative one there), which a hidden unit's activation does not feel."""
     options = {"fallback_random": True}
     if device.type == "cpu":
-        options.update({"cpp_wrapper": True, "cpp.use_decompose_tanh": True})
+        options["cpp_wrapper"] = True
+        if torch_private.has_inductor_option(TANH):
+            options[TANH] = True
     wrapped = fn.__func__ if isinstance(fn, types.MethodType) else fn
     fast = torch.compile(own_code(wrapped), dynamic=dynamic, options=options)
     if isinstance(fn, types.MethodType):

@@ -38,3 +38,11 @@ def step_without_hooks(optimizer):
     function): a CUDA graph must not capture the host-side non-finite check, which syncs;
     CudaGraphStep runs the hooks itself around each replay."""
     type(optimizer).step.__wrapped__(optimizer)
+
+
+def has_inductor_option(name):
+    """Whether this torch's Inductor has the config option name ("cpp.use_decompose_tanh"):
+    torch.compile(options=) refuses an unknown one, and that one is new in torch 2.8."""
+    from torch._inductor import config
+    section, _, option = name.rpartition(".")
+    return hasattr(getattr(config, section) if section else config, option)
