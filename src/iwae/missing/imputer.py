@@ -37,7 +37,7 @@ from ..runtime.rng import forked_rng
 from ..training.fit import train
 from ..training.loop import batches_per_epoch
 from .encoding import NEEDED, table_input
-from .types import infer, infer_array
+from .types import CODED, infer, infer_array
 
 LIKELIHOOD_NAMES = ("auto", "gaussian", "student-t", "bernoulli")
 CONTINUOUS = {"gaussian": Gaussian, "student-t": StudentT}
@@ -361,8 +361,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             kept = ~self.empty_
         if kind[0] == "pandas":
             return _decoded(kind[1], values, self.columns_, kept)
-        values = values.copy()
-        for j in _labelled(self.columns_):          # codes back to the values they stand for
+        for j in _labelled(self.columns_):          # codes back to the values they stand for (values is ours)
             values[..., j] = np.reshape(self.columns_[j].labels(values[..., j].ravel()), values.shape[:-1])
         return _like(values[..., kept], kind)
 
@@ -490,7 +489,7 @@ def _as_array(X, imputer, reset):
 
 def _labelled(columns):
     """The positions of an array's columns that are coded by their sorted observed values."""
-    return [j for j, c in enumerate(columns) if c.type in ("categorical", "ordinal")]
+    return [j for j, c in enumerate(columns) if c.type in CODED[1:]]
 
 
 def _numeric(X):
