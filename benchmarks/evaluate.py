@@ -13,6 +13,7 @@ second call of a fresh process (torch.compile's caches in an empty folder) on on
 samples. Writes benchmarks/results/evaluate.json.
 """
 import argparse
+import inspect
 import json
 import os
 import statistics
@@ -111,7 +112,8 @@ def run(args, test=None):
               "speed": [], "memory": [], "compile": [], "probe": []}
     labels = {"iwae": "iwae.log_likelihood, {}-layer (compiled)", "eager": "  the same, compile=\"off\"",
               "floor_lik": "  the floor plus the pixels' Bernoulli log density (compiled)",
-              "main": "  the previous main's iwae.log_likelihood"}
+              "main": "  the previous main's iwae.log_likelihood",
+              "main_compiled": "  the previous main's, compile=\"step\""}
     base = load_baseline(args.baseline) if args.baseline and args.device == "cpu" else None
     sync = torch.cuda.synchronize if args.device == "cuda" else None
     x = x.to(args.device)
@@ -126,6 +128,8 @@ def run(args, test=None):
             twin = base.paper_model(n_layers).eval()
             twin.load_state_dict(model.state_dict())
             variants["main"] = lambda m=twin: base.log_likelihood(m, x, args.k)
+            if "compile" in inspect.signature(base.log_likelihood).parameters:
+                variants["main_compiled"] = lambda m=twin: base.log_likelihood(m, x, args.k, compile="step")
         first = {}
         for name, fn in variants.items():                      # compiles once
             t = time.perf_counter()

@@ -7,7 +7,8 @@ import torch.nn as nn
 from torch.distributions import Bernoulli, Normal
 
 import iwae
-from iwae.core.densities import Gaussian, normal_log_prob
+from iwae.core.densities import Gaussian, normal_log_prob, softplus_sum
+from iwae.runtime.compile import compiled
 
 
 def independent_log_weights(model, x, k, seed):
@@ -28,6 +29,43 @@ def independent_log_weights(model, x, k, seed):
         h = below
     logits = model.decoder(h)
     return log_p + Bernoulli(logits=logits).log_prob(x.expand_as(logits)).sum(-1) - log_q
+
+
+def extreme_logits(shape, masked):
+    """Logits of spread 10 with +-80 at the ends (softplus = l and exp(l) ~ 1e-35 there) and a
+    random 0/1 mask (or None)."""
+    g = torch.Generator().manual_seed(0)
+    logits = 10 * torch.randn(shape, generator=g)
+    logits[..., 0], logits[..., -1] = 80.0, -80.0
+    return logits, (torch.rand(shape, generator=g) > 0.3).float() if masked else None
+
+
+def exact_softplus_sum(logits, mask):
+    terms = nn.functional.softplus(logits.double())
+    return (terms if mask is None else terms * mask.double()).sum(-1)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 784), (4, 7), (5, 1), (3, 17)])
+@pytest.mark.parametrize("masked", [False, True])
+def test_the_grouped_softplus_sum_is_float32_rounding_of_the_exact_one(monkeypatch, shape, masked):
+    # the form softplus_sum takes when compiled without gradients, run eagerly: padding (D not a
+    # multiple of 8), masks and logits at +-80 included; float32 rounding of ~3 x 784 terms
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    logits, mask = extreme_logits(shape, masked)
+    with torch.no_grad():
+        grouped = softplus_sum(logits, mask)
+    torch.testing.assert_close(grouped.double(), exact_softplus_sum(logits, mask), rtol=1e-6, atol=1e-5)
+
+
+def test_softplus_sum_compiled_for_evaluation_is_the_exact_one_and_keeps_its_gradient():
+    logits, mask = extreme_logits((3, 5, 784), True)
+    fast = compiled(softplus_sum, torch.device("cpu"))
+    with torch.inference_mode():
+        value = fast(logits, mask)
+    torch.testing.assert_close(value.double(), exact_softplus_sum(logits, mask), rtol=1e-6, atol=1e-5)
+    logits.requires_grad_(True)                    # compiled and differentiated: softplus's gradient
+    fast(logits, mask).sum().backward()
+    torch.testing.assert_close(logits.grad, torch.sigmoid(logits.detach()) * mask)
 
 
 @pytest.mark.parametrize("layers", [1, 2])
