@@ -74,3 +74,34 @@ def conv_model():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.conv_model
+
+
+class DoubledGradient(torch.autograd.Function):
+    """The identity, whose backward doubles the gradient: a custom backward its forward does not imply."""
+
+    @staticmethod
+    def forward(h):
+        return h.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        pass
+
+    @staticmethod
+    def backward(ctx, g):
+        return 2 * g
+
+
+class Doubled(torch.nn.Module):
+    def forward(self, h):
+        return DoubledGradient.apply(h)
+
+
+@pytest.fixture
+def custom_backward_model():
+    """A float64 1-layer paper net on 12 binary pixels whose decoder output passes through
+    DoubledGradient (a model with a custom torch.autograd.Function)."""
+    import iwae
+    torch.manual_seed(0)
+    net = iwae.paper_model(1, input_dim=12).double()
+    return iwae.Model(list(net.encoder), torch.nn.Sequential(net.decoder, Doubled()), net.likelihood)

@@ -250,3 +250,13 @@ def test_the_evaluation_driver_end_to_end_on_a_tiny_budget(data_dir, tmp_path):
     assert again.returncode == 0 and ais.stat().st_mtime_ns == stamp and "training" not in again.stdout
     beside = (tmp_path / "results" / "evaluation.md").read_text().split("| model | AIS - L_k, old |")[1].splitlines()
     assert [line.split(" | ")[1] == line.split(" | ")[2] for line in beside[2:5]] == [True] * 3   # old = new here
+
+
+def test_ais_keeps_a_custom_backward_by_running_eagerly(custom_backward_model, recwarn):
+    # HMC's gradient passes through the decoder's DoubledGradient, which compiled HMC would drop
+    x = torch.rand(3, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(0)).round()
+    eager = ais(custom_backward_model, x, steps=4, chains=2, seed=1, compile="off")
+    assert torch.equal(ais(custom_backward_model, x, steps=4, chains=2, seed=1, compile="step"), eager)
+    assert [str(w.message) for w in recwarn if "eagerly" in str(w.message)] == [
+        "iwae: ais runs eagerly: the model's log weights use torch.autograd.Function DoubledGradient, whose "
+        "backward torch.compile drops under torch.func (pytorch/pytorch#193279)"]

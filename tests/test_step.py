@@ -16,7 +16,7 @@ import torch.nn as nn
 import iwae
 from iwae import bounds
 from iwae.core.objective import Functional, Objective
-from iwae.runtime import compile as runtime_compile, torch_private
+from iwae.runtime import compile as runtime_compile, decisions, torch_private
 from iwae.runtime.optim import AdamUpdate, make_optimizer
 from iwae.training.step import make_step
 
@@ -175,6 +175,27 @@ def test_whole_step_compiled_equals_the_eager_step(layers, k, estimator):
         torch.manual_seed(2)
         torch.testing.assert_close(compiled.forward_backward(batch), l1, rtol=1e-12, atol=1e-9)
         assert_grads_close(grads(model), g1, 1e-11)
+
+
+def test_a_custom_backward_is_kept_by_running_its_step_eagerly(custom_backward_model, recwarn):
+    # torch.compile drops an autograd.Function's backward under torch.func (pytorch/pytorch#193279):
+    # compiled, this step's gradients were the undoubled ones
+    model = custom_backward_model
+    x, plain, images = binary(6)[:, :12], iwae.paper_model(1), binary(2, torch.float32)
+    state = torch.get_rng_state()
+    assert decisions.custom_backwards(model, x) == ["DoubledGradient"]
+    assert decisions.custom_backwards(plain, images) == []
+    assert torch.equal(torch.get_rng_state(), state)
+    steps = {c: make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), 3, compile=c) for c in ("off", "step")}
+    got = {}
+    for c, step in steps.items():
+        torch.manual_seed(1)
+        got[c] = (step.forward_backward(x), grads(model))
+    assert torch.equal(got["step"][0], got["off"][0])
+    assert all(torch.equal(a, b) for a, b in zip(got["step"][1], got["off"][1]))
+    assert [str(w.message) for w in recwarn if "eagerly" in str(w.message)] == [
+        "iwae: step runs eagerly: the model's log weights use torch.autograd.Function DoubledGradient, whose "
+        "backward torch.compile drops under torch.func (pytorch/pytorch#193279)"]
 
 
 def test_compile_policy():

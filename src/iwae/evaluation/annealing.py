@@ -26,13 +26,14 @@ A model needs ``log_joint``, ``log_prior``, ``log_p_x_given_z``, ``log_q``, ``sa
 """
 import math
 import time
+import weakref
 
 import torch
 from tqdm import tqdm
 
 from ..core.validate import positive_int
 from ..runtime.compile import compiled, flushed_subnormals
-from ..runtime.decisions import decide
+from ..runtime.decisions import compiles_gradients, decide
 from ..runtime.rng import forked_rng
 
 SCHEDULES = ("sigmoid", "linear")
@@ -131,6 +132,7 @@ def hmc(model, x, zs, beta, step_size, leapfrog, init="q"):
 
 
 _compiled_hmc = {}
+_compilable = weakref.WeakKeyDictionary()     # model -> decisions.compiles_gradients
 
 
 def _transition(x, steps, compile):
@@ -144,9 +146,11 @@ def _transition(x, steps, compile):
 def _compiled_transition(model, x, zs, beta, step_size, leapfrog, init):
     """hmc compiled once per (device, dtype, batch, chains, leapfrog, init): each compiled
     function sees one shape, so that no shape exhausts another's recompile limit."""
-    key = (x.device.type, x.dtype, tuple(x.shape), tuple(zs[0].shape), leapfrog, init)
+    if model not in _compilable:
+        _compilable[model] = compiles_gradients("ais", model, x)
+    key = (x.device.type, x.dtype, tuple(x.shape), tuple(zs[0].shape), leapfrog, init, _compilable[model])
     if key not in _compiled_hmc:
-        _compiled_hmc[key] = compiled(hmc, x.device)
+        _compiled_hmc[key] = compiled(hmc, x.device) if _compilable[model] else hmc
     return _compiled_hmc[key](model, x, zs, beta, step_size, leapfrog, init)
 
 

@@ -11,7 +11,7 @@ import warnings
 
 import torch
 
-from . import torch_private
+from . import decisions, torch_private
 
 TANH = "cpp.use_decompose_tanh"      # Inductor's tanh as 2 / (1 + exp(-2a)) - 1 (compiled, below)
 
@@ -87,7 +87,8 @@ def compiled(fn, device, *, dynamic=False):
 
 def compiled_step(gradients, device, model):
     """A step's (params, x) -> (loss, gradients): one compiled function per batch (shape,
-    dtype, device), grad mode and model.training, each of which only ever sees that batch
+    dtype, device), grad mode and model.training (the eager one where
+    decisions.compiles_gradients says so), each of which only ever sees that batch
     and the step's own parameter tensors, so that after its first call its guards are
     skipped (torch.compiler.set_stance(skip_guard_eval_unsafe=True)): checking the 13
     input tensors and the modules on every call is a cost that matters at small k
@@ -97,7 +98,8 @@ def compiled_step(gradients, device, model):
     def run(params, x):
         key = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled(), model.training)
         if key not in by_batch:
-            by_batch[key] = compiled(gradients, device)
+            fine = decisions.compiles_gradients("step", model, x)
+            by_batch[key] = compiled(gradients, device) if fine else gradients
             return by_batch[key](params, x)                     # compiles, guards checked
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
             return by_batch[key](params, x)

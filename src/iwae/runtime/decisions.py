@@ -13,6 +13,8 @@ the evaluation of ``iwae train`` records in eval.json (``iwae evaluate --json`` 
   Off the CPU, where the probe does not apply, the earlier threshold (AUTO_MIN_WORK).
 - Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
   overhead that compiling removes repays it on every machine type measured (docs/speed.md).
+- A compiled function that differentiates the model by torch.func (training steps, AIS) runs
+  eagerly where the model uses a custom torch.autograd.Function (``compiles_gradients``).
 - precision="bf16" on the CPU: ``bf16_speedup`` times a bf16 matmul against fp32's once per
   CPU and torch version (CACHE); where bf16 is slower (no bf16 units: AVX2 CPUs such as Zen 3,
   where it ran at 0.04x fp32's speed), ``check_bf16`` warns in one line before training.
@@ -30,6 +32,7 @@ import torch.nn.functional as F
 
 from .atomic import write_json
 from .devices import cpu_model
+from .rng import forked_rng
 
 COMPILES = ("auto", "off", "step")     # auto: decision() by the work and the machine
 AUTO_MIN_WORK = {                      # compile="auto" compiles a step once its work reaches this
@@ -102,6 +105,43 @@ def _likelihood(work):
                     f"predicted saving {saving:.0f} s {'>' if pays else '<='} {COMPILE_SECONDS:.0f} s of compiling "
                     f"(k*N*D = {work:.3g}; a pass over a chunk costs {ns:.2f} ns per element at {threads} "
                     f"thread(s) here)")
+
+
+def compiles_gradients(what, model, x):
+    """Whether a compiled function of kind `what` may differentiate model by torch.func at a
+    batch like x: False (the decision logged, a one-line warning) where model.log_weights uses a
+    custom torch.autograd.Function, whose backward torch.compile drops under torch.func's
+    transforms, differentiating its forward instead: a silently different gradient
+    (pytorch/pytorch#193279, torch 2.13). The function then runs eagerly."""
+    names = custom_backwards(model, x)
+    if not names:
+        return True
+    made = Decision(what, "off", f"the model's log weights use torch.autograd.Function {', '.join(names)}, whose "
+                                 "backward torch.compile drops under torch.func (pytorch/pytorch#193279)")
+    _say(made)
+    warnings.warn(f"iwae: {what} runs eagerly: {made.reason}", RuntimeWarning, stacklevel=3)
+    return False
+
+
+def custom_backwards(model, x):
+    """The names of the custom torch.autograd.Function classes in the autograd graph of
+    model.log_weights(x[:1], 1), sorted (the random state kept as it was; recorded inside
+    torch.no_grad and torch.inference_mode too, where AIS runs)."""
+    with forked_rng(x.device), torch.inference_mode(False), torch.enable_grad():
+        # a clone (x may be an inference tensor) that requires grad, so that a path from it
+        # is recorded where the parameters require none (AIS freezes them)
+        row = x[:1].clone().requires_grad_(x.is_floating_point())
+        log_w = model.log_weights(row, 1)
+    names, seen, stack = set(), set(), [log_w.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if isinstance(node, torch.autograd.function.BackwardCFunction):
+            names.add(type(node).__name__.removesuffix("Backward"))
+        stack.extend(parent for parent, _ in node.next_functions)
+    return sorted(names)
 
 
 def probe_ns(threads):
