@@ -354,16 +354,25 @@ def test_held_out_entries_are_trained_without_and_come_back_as_given():
     assert np.array_equal(imp.transform(holes), out) and np.array_equal(iwae.Imputer(**FAST, patience=2).fit_transform(holes), out)
 
 
-def test_a_learned_gaussians_floor_is_the_resolution_over_sqrt_2pi_at_most_the_std():
-    # ties on an integer column let a learned scale shrink without end (digits: docs/missing.md)
+def test_a_learned_gaussians_floor_is_the_resolution_over_sqrt_2pi_or_a_fine_columns_point_mass():
+    # ties on an integer column, or a point mass on a finely recorded one (MNIST's zero pixels), let
+    # a learned scale shrink without end (digits, mnist_pixels: docs/missing.md)
     rng = np.random.default_rng(0)
-    x = np.c_[rng.normal(size=50), rng.integers(0, 17, 50), np.where(rng.random(50) < 0.97, 0, 8)].astype(float)
+    n = 300
+    point_mass = np.where(rng.random(n) < 0.6, 0.0, rng.normal(2.0, 1.0, n))
+    x = np.c_[rng.normal(size=n), rng.integers(0, 3, n), point_mass, np.where(rng.random(n) < 0.97, 0, 8),
+              np.where(rng.random(n) < 0.2, 0.0, rng.normal(2.0, 1.0, n))]
     x[rng.random(x.shape) < 0.2] = np.nan
-    x[:2] = [0.5, 3.0, 0.0]                                # both levels of the third column observed
-    x[2, 2] = 8.0
+    x[:2] = [[0.5, 0.0, 0.0, 0.0, 0.0], [-0.5, 2.0, 1.5, 8.0, 1.0]]      # every level observed
     imputer = iwae.Imputer(patience=None, **FAST).fit(x)
     std = np.nanstd(x, 0)
-    gap = np.diff(np.unique(x[~np.isnan(x[:, 0]), 0])).min()
-    expected = [gap / std[0] / math.sqrt(2 * math.pi), 1 / std[1] / math.sqrt(2 * math.pi), 1.0]
-    assert 8 / std[2] / math.sqrt(2 * math.pi) > 1.0                      # capped at the column's std
-    np.testing.assert_allclose(imputer.model_.likelihood.min_scale, expected, rtol=1e-5)   # x in float32
+    observed = [column[~np.isnan(column)] for column in x.T]
+    levels, counts = zip(*(np.unique(c, return_counts=True) for c in observed))
+    share = [c.max() / c.sum() for c in counts]
+    gap = [np.diff(v).min() / s / math.sqrt(2 * math.pi) for v, s in zip(levels, std)]
+    fine = [len(v) >= iwae.missing.imputer.FINE_LEVELS for v in levels]
+    assert fine == [True, False, True, False, True] and share[2] > 0.5 > share[4] > gap[4] and gap[3] > 1.0
+    # the normal column's point mass is one value; the integers keep their resolution; the first
+    # point mass is capped at TIE_FLOOR = 0.5, the second is its share; the last column at its std
+    expected = [max(gap[0], share[0]), gap[1], 0.5, 1.0, share[4]]
+    np.testing.assert_allclose(imputer.model_.likelihood.min_scale, expected, rtol=1e-3)   # x in float32: a gap of ~1e-4
