@@ -54,8 +54,9 @@ REFIT = 0.5                    # then, from the best epoch, this fraction of its
 PATIENCE_STEPS = 500           # patience="auto": stop after about this many steps without a lower error
 MAX_STEPS = 8000               # ... within at most about this many (results/imputer_budget.md)
 MAX_LATENT = 10
-FINE_LEVELS = 64               # a real column with this many distinct values has its point mass floored:
-TIE_FLOOR = 0.5                # ... by its share, at most this (docs/missing.md, "Ties")
+FINE_LEVELS = 64               # a real column with this many distinct values and one of them
+POINT_MASS = 0.1               # ... holding this share of its observed values has that share as its floor,
+TIE_FLOOR = 0.5                # ... at most this (docs/missing.md, "Ties")
 
 
 def default_sizes(n, d, batch_size=64):
@@ -525,16 +526,19 @@ def _resolution(x):
 
 def _point_masses(x):
     """Per column of x [N, d] (NaN = missing) with at least FINE_LEVELS distinct observed values,
-    the share of them that equal its most common one (0 for the other columns)."""
+    the share of them that equal its most common one where that is POINT_MASS or more (else 0)."""
     counts = [np.unique(column[~np.isnan(column)], return_counts=True)[1] for column in x.T]
-    return np.array([c.max() / c.sum() if len(c) >= FINE_LEVELS else 0.0 for c in counts])
+    shares = np.array([c.max() / c.sum() if len(c) >= FINE_LEVELS else 0.0 for c in counts])
+    return np.where(shares >= POINT_MASS, shares, 0.0)
 
 
 def _floors(x):
     """Per column of x [N, d] (standardised; NaN = missing), the least scale of its learned
     Gaussian: resolution / sqrt(2 pi), where its density at a tie reaches 1 / resolution; on
     a finely recorded column with a point mass (MNIST's zero pixels, whose resolution is
-    1/255 of their range) at least the point mass's share, at most TIE_FLOOR; and at most 1 (its
+    1/255 of their range) at least the point mass's share, at most TIE_FLOOR (a smaller share,
+    breast cancer's repeated measurements, is no point mass: its columns' near-deterministic
+    relations need scales below 0.02); and at most 1 (its
     standard deviation): a wider floor leaves its mean unpinned (docs/missing.md, "Ties")."""
     resolution = _resolution(x) / math.sqrt(2 * math.pi)
     return np.minimum(np.maximum(resolution, np.minimum(_point_masses(x), TIE_FLOOR)), 1.0)
