@@ -534,11 +534,9 @@ def _point_masses(x):
 
 def _floors(x):
     """Per column of x [N, d] (standardised; NaN = missing), the least scale of its learned
-    Gaussian: resolution / sqrt(2 pi), where its density at a tie reaches 1 / resolution; on
-    a finely recorded column with a point mass (MNIST's zero pixels, whose resolution is
-    1/255 of their range) at least the point mass's share, at most TIE_FLOOR (a smaller share,
-    breast cancer's repeated measurements, is no point mass: its columns' near-deterministic
-    relations need scales below 0.02); and at most 1 (its
+    Gaussian: resolution / sqrt(2 pi), where its density at a tie reaches 1 / resolution; on a
+    finely recorded column with a point mass (MNIST's zero pixels, recorded to 1/255 of their
+    range) at least the point mass's share, at most TIE_FLOOR; and at most 1 (the column's
     standard deviation): a wider floor leaves its mean unpinned (docs/missing.md, "Ties")."""
     resolution = _resolution(x) / math.sqrt(2 * math.pi)
     return np.minimum(np.maximum(resolution, np.minimum(_point_masses(x), TIE_FLOOR)), 1.0)
