@@ -354,6 +354,19 @@ def test_held_out_entries_are_trained_without_and_come_back_as_given():
     assert np.array_equal(imp.transform(holes), out) and np.array_equal(iwae.Imputer(**FAST, patience=2).fit_transform(holes), out)
 
 
+def test_the_held_out_score_is_the_squared_error_in_standardised_units(monkeypatch):
+    # digits: a column whose given rows are all 0 while a held-out entry is not; scored over the
+    # given rows' spread (clamped at 1e-6) it was ~1e13 and the early stopping stopped at random
+    rng = np.random.default_rng(0)
+    imputer = iwae.Imputer(patience=None, **FAST).fit(rng.normal(size=(40, 3)))
+    truth = torch.tensor([[0.5, 0.0, 1.0], [1.5, 0.0, -1.0], [2.0, 5.0, 0.0]])
+    given = truth.clone()
+    given[0, 0] = given[2, 1] = given[1, 2] = float("nan")              # held out: 0.5, 5.0 and -1.0
+    monkeypatch.setattr(iwae.missing.imputer, "impute", lambda model, x, draws: torch.zeros_like(x))
+    score = imputer._held_score(truth, given, every=1)
+    assert score(imputer.model_, 0) == pytest.approx(-(0.5 ** 2 + 5.0 ** 2 + 1.0 ** 2) / 3)
+
+
 def test_a_learned_gaussians_floor_is_the_resolution_over_sqrt_2pi_or_a_fine_columns_point_mass():
     # ties on an integer column, or a point mass on a finely recorded one (MNIST's zero pixels), let
     # a learned scale shrink without end (digits, mnist_pixels: docs/missing.md)

@@ -265,13 +265,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _held_score(self, truth, given, every):
         """held_score for the loop: every `every` epochs, minus the held-out entries' error when
-        imputed from the rest of their rows (SCORE_DRAWS draws, seeded): squared, over the
-        column's observed standard deviation, for continuous columns; 0/1 for binary,
-        categorical and ordinal ones (docs/missing.md: the held-out bound peaks long before it)."""
+        imputed from the rest of their rows (SCORE_DRAWS draws, seeded): squared in standardised
+        units (over the column's observed standard deviation: truth is standardised) for
+        continuous columns; 0/1 for binary, categorical and ordinal ones (docs/missing.md: the
+        held-out bound peaks long before it)."""
         out = torch.isnan(given) & ~torch.isnan(truth)                     # [n, d] the held-out entries
         kinds = np.where(self.constant_, "constant", self._types())[self.modeled_]
         discrete = torch.as_tensor(np.isin(kinds, ("binary", "categorical", "ordinal")))
-        spread = torch.as_tensor(np.nanstd(given.numpy(), 0), dtype=given.dtype).clamp_min(1e-6)
 
         def score(model, epoch):
             if epoch % every:
@@ -282,7 +282,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 model.eval()
                 filled = impute(model, given.to(device), draws=SCORE_DRAWS).cpu()
                 model.train()
-            error = torch.where(discrete, (filled != truth).to(given.dtype), ((filled - truth) / spread) ** 2)
+            error = torch.where(discrete, (filled != truth).to(given.dtype), (filled - truth) ** 2)
             return -error[out].mean().item()
         return score
 
