@@ -68,7 +68,7 @@ def softplus_sum(logits, mask=None):
     (padded with ones): one log per 8 entries instead of a log1p per entry, which halves this
     pass, the largest elementwise cost of a k = 5000 L_k (docs/speed.md). Its error is
     float32's rounding of the factors, ~1e-7 nats per entry, as small as that of summing the
-    softplus values. Eager (where the product's several passes cost more than log1p's one) or
+    softplus values. Eager (where the product's several passes cost what log1p saves) or
     differentiated (where a product's backward is slow), the plain softplus.
     """
     if not torch.compiler.is_compiling() or torch.is_grad_enabled():
