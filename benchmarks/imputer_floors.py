@@ -25,11 +25,10 @@ import iwae.missing.imputer as imputer_module
 from .imputation import load, mcar
 
 
-def tie_shares(x):
-    """Per column of x (NaN = missing): the share of its most common observed value where it
+def tie_shares(levels):
+    """Per column of imputer._levels: the share of its most common observed value where it
     occurs twice or more, else 0."""
-    counts = [np.unique(column[~np.isnan(column)], return_counts=True)[1] for column in x.T]
-    return np.array([c.max() / c.sum() if len(c) and c.max() > 1 else 0.0 for c in counts])
+    return np.array([c.max() / c.sum() if len(c) and c.max() > 1 else 0.0 for _, c in levels])
 
 
 def floor_rule(args):
@@ -38,8 +37,9 @@ def floor_rule(args):
         return lambda x: np.full(x.shape[1], args.floor)
     if args.share is not None:
         def rule(x):
-            resolution = imputer_module._resolution(x) / math.sqrt(2 * math.pi)
-            return np.minimum(np.maximum(resolution, np.minimum(args.share * tie_shares(x), args.cap)), 1.0)
+            levels = imputer_module._levels(x)
+            resolution = imputer_module._resolution(levels) / math.sqrt(2 * math.pi)
+            return np.minimum(np.maximum(resolution, np.minimum(args.share * tie_shares(levels), args.cap)), 1.0)
         return rule
     return None
 

@@ -516,19 +516,22 @@ def _numeric(X):
     return values
 
 
-def _resolution(x):
-    """Per column of x [N, d] (NaN = missing), the smallest gap between two of its distinct
-    observed values (0 where it has fewer than two): the resolution it was recorded at, in
-    x's units (integers standardised by s: 1 / s)."""
-    gaps = [np.diff(np.unique(column[~np.isnan(column)])) for column in x.T]
-    return np.array([g.min() if len(g) else 0.0 for g in gaps])
+def _levels(x):
+    """Per column of x [N, d] (NaN = missing): (its distinct observed values, sorted; their counts)."""
+    return [np.unique(column[~np.isnan(column)], return_counts=True) for column in x.T]
 
 
-def _point_masses(x):
-    """Per column of x [N, d] (NaN = missing) with at least FINE_LEVELS distinct observed values,
-    the share of them that equal its most common one where that is POINT_MASS or more (else 0)."""
-    counts = [np.unique(column[~np.isnan(column)], return_counts=True)[1] for column in x.T]
-    shares = np.array([c.max() / c.sum() if len(c) >= FINE_LEVELS else 0.0 for c in counts])
+def _resolution(levels):
+    """Per column of _levels: the smallest gap between two of its distinct observed values (0
+    where it has fewer than two): the resolution it was recorded at, in x's units (integers
+    standardised by s: 1 / s)."""
+    return np.array([np.diff(values).min() if len(values) > 1 else 0.0 for values, _ in levels])
+
+
+def _point_masses(levels):
+    """Per column of _levels with at least FINE_LEVELS distinct values, the share of its observed
+    values that equal its most common one where that is POINT_MASS or more (else 0)."""
+    shares = np.array([counts.max() / counts.sum() if len(values) >= FINE_LEVELS else 0.0 for values, counts in levels])
     return np.where(shares >= POINT_MASS, shares, 0.0)
 
 
@@ -538,8 +541,9 @@ def _floors(x):
     finely recorded column with a point mass (MNIST's zero pixels, recorded to 1/255 of their
     range) at least the point mass's share, at most TIE_FLOOR; and at most 1 (the column's
     standard deviation): a wider floor leaves its mean unpinned (docs/missing.md, "Ties")."""
-    resolution = _resolution(x) / math.sqrt(2 * math.pi)
-    return np.minimum(np.maximum(resolution, np.minimum(_point_masses(x), TIE_FLOOR)), 1.0)
+    levels = _levels(x)
+    resolution = _resolution(levels) / math.sqrt(2 * math.pi)
+    return np.minimum(np.maximum(resolution, np.minimum(_point_masses(levels), TIE_FLOOR)), 1.0)
 
 
 def _likelihood(kinds, categories, continuous, floors):
