@@ -32,12 +32,11 @@ def tie_shares(levels):
 
 
 def floor_rule(args):
-    """The _floors replacement that args ask for, or None (the default)."""
+    """The _floors replacement (of each column's _levels) that args ask for, or None (the default)."""
     if args.floor is not None:
-        return lambda x: np.full(x.shape[1], args.floor)
+        return lambda levels: np.full(len(levels), args.floor)
     if args.share is not None:
-        def rule(x):
-            levels = imputer_module._levels(x)
+        def rule(levels):
             resolution = imputer_module._resolution(levels) / math.sqrt(2 * math.pi)
             return np.minimum(np.maximum(resolution, np.minimum(args.share * tie_shares(levels), args.cap)), 1.0)
         return rule

@@ -19,7 +19,8 @@ from sklearn.pipeline import make_pipeline
 
 import iwae
 from iwae.missing.imputer import default_sizes
-from iwae.core.densities import Columns, StudentT
+from iwae.core.densities import Columns, Gaussian, StudentT
+from iwae.core.tabular import InflatedGaussian
 
 FAST = dict(epochs=2, k=3, latent=2, hidden=8, draws=20, batch_size=16)
 
@@ -367,26 +368,61 @@ def test_the_held_out_score_is_the_squared_error_in_standardised_units(monkeypat
     assert score(imputer.model_, 0) == pytest.approx(-(0.5 ** 2 + 5.0 ** 2 + 1.0 ** 2) / 3)
 
 
-def test_a_learned_gaussians_floor_is_the_resolution_over_sqrt_2pi_or_a_fine_columns_point_mass():
-    # ties on an integer column, or a point mass on a finely recorded one (MNIST's zero pixels), let
-    # a learned scale shrink without end (digits, mnist_pixels: docs/missing.md)
+def point_mass_table():
+    """(x [300, 6], its columns' resolution floors, the shares of their most common value and of
+    the most common of the rest): a normal column to 0.01, integers 0-2, a point mass at 0 of
+    60% beside normal values (MNIST's zero pixels), 0 or 8 (97% zeros), a point mass at 0 of
+    20%, and one of 40% at 0 and 20% at 3 (MNIST's saturated pixels); 20% missing."""
     rng = np.random.default_rng(0)
     n = 300
-    point_mass = np.where(rng.random(n) < 0.6, 0.0, rng.normal(2.0, 1.0, n))
-    x = np.c_[np.round(rng.normal(size=n), 2), rng.integers(0, 3, n), point_mass, np.where(rng.random(n) < 0.97, 0, 8),
-              np.where(rng.random(n) < 0.2, 0.0, rng.normal(2.0, 1.0, n))]
+    normal = lambda: rng.normal(2.0, 1.0, n)
+    u = rng.random(n)
+    x = np.c_[np.round(rng.normal(size=n), 2), rng.integers(0, 3, n), np.where(rng.random(n) < 0.6, 0.0, normal()),
+              np.where(rng.random(n) < 0.97, 0, 8), np.where(rng.random(n) < 0.2, 0.0, normal()),
+              np.where(u < 0.4, 0.0, np.where(u < 0.6, 3.0, normal()))]
     x[rng.random(x.shape) < 0.2] = np.nan
-    x[:2] = [[0.5, 0.0, 0.0, 0.0, 0.0], [-0.5, 2.0, 1.5, 8.0, 1.0]]      # every level observed
-    imputer = iwae.Imputer(patience=None, **FAST).fit(x)
+    x[:2] = [[0.5, 0.0, 0.0, 0.0, 0.0, 0.0], [-0.5, 2.0, 1.5, 8.0, 1.0, 1.0]]     # every level observed
     std = np.nanstd(x, 0)
     observed = [column[~np.isnan(column)] for column in x.T]
     levels, counts = zip(*(np.unique(c, return_counts=True) for c in observed))
-    share = [c.max() / c.sum() for c in counts]
-    gap = [np.diff(v).min() / s / math.sqrt(2 * math.pi) for v, s in zip(levels, std)]
+    share = np.array([c.max() / c.sum() for c in counts])
+    rest = np.array([np.sort(c)[-2] / (c.sum() - c.max()) for c in counts])
+    gap = np.array([np.diff(v).min() / s / math.sqrt(2 * math.pi) for v, s in zip(levels, std)])
     fine = [len(v) >= iwae.missing.imputer.FINE_LEVELS for v in levels]
-    assert fine == [True, False, True, False, True] and share[0] < 0.1 and share[2] > 0.5 > share[4] > max(0.1, gap[4])
-    assert gap[3] > 1.0
-    # the normal column has no point mass, the integers keep their resolution; the first point
-    # mass is capped at TIE_FLOOR = 0.5, the second is its share; the 0/8 column is at its std
-    expected = [gap[0], gap[1], 0.5, 1.0, share[4]]
-    np.testing.assert_allclose(imputer.model_.likelihood.min_scale, expected, rtol=1e-4)   # x in float32: gaps of 0.01
+    assert fine == [True, False, True, False, True, True] and share[0] < 0.1 and share[2] > 0.5 > share[4] > max(0.1, gap[4])
+    assert gap[3] > 1.0 and rest[2] < 0.1 and rest[4] < 0.1 and 0.5 > share[5] > rest[5] > 0.1
+    return x, gap, share, rest
+
+
+def test_a_fine_columns_point_mass_is_an_inflated_gaussians_under_mar():
+    # a point mass on a finely recorded column (MNIST's zero pixels) gets its own probability;
+    # every learned scale is floored at the resolution over sqrt(2 pi), at most 1, or where the
+    # rest has a point mass of its own, at its share (docs/missing.md, "Ties")
+    x, gap, _, rest = point_mass_table()
+    imputer = iwae.Imputer(patience=None, **FAST).fit(x)
+    (normal, columns), (inflated, inflated_columns) = imputer.model_.likelihood.parts
+    assert type(normal) is Gaussian and isinstance(inflated, InflatedGaussian)
+    assert columns.tolist() == [0, 1, 3] and inflated_columns.tolist() == [2, 4, 5]
+    np.testing.assert_allclose(normal.min_scale, [gap[0], gap[1], 1.0], rtol=1e-4)   # x in float32: gaps of 0.01
+    np.testing.assert_allclose(inflated.normal.min_scale, [gap[2], gap[4], rest[5]], rtol=1e-4, atol=1e-8)  # float32 gaps
+    standardised = (0.0 - np.nanmean(x, 0)) / np.nanstd(x, 0)
+    np.testing.assert_allclose(inflated.points, standardised[[2, 4, 5]], rtol=1e-6)
+    assert imputer.point_masses_ == {"2": 0.0, "4": 0.0, "5": 0.0}
+    draws = imputer.sample(x, m=5)
+    holes = np.isnan(x[:, 2])
+    assert (draws[:, holes, 2] == 0.0).mean() > 0.3               # the point itself, not its float32 round trip
+
+
+@pytest.mark.parametrize("settings", [dict(mechanism="self-masking"), dict(likelihood="student-t")],
+                         ids=["self-masking", "student-t"])
+def test_a_point_mass_without_an_inflated_gaussian(settings):
+    # a missingness model draws x_m by reparameterisation, which a point mass cannot give: its
+    # Gaussian's floor is then the point mass's share, at most TIE_FLOOR = 0.5; Student's t has no floor
+    x, gap, share, _ = point_mass_table()
+    imputer = iwae.Imputer(patience=None, **settings, **FAST).fit(x)
+    assert imputer.point_masses_ == {}
+    if "mechanism" in settings:
+        np.testing.assert_allclose(imputer.model_.likelihood.min_scale, [gap[0], gap[1], 0.5, 1.0, share[4], share[5]],
+                                   rtol=1e-4)
+    else:
+        assert isinstance(imputer.model_.likelihood, StudentT)

@@ -1,11 +1,12 @@
 """The likelihoods of mixed tables (iwae.core.tabular, docs/missing.md): categorical, ordinal,
-Poisson, negative binomial and log-normal columns, alone and inside a Columns.
+Poisson, negative binomial, log-normal and inflated Gaussian columns, alone and inside a Columns.
 
-Closed forms: scipy.stats (poisson, nbinom, lognorm) and, for the categorical and ordinal
-columns, exact enumeration of every category. Sampling: chi-square goodness of fit of 20,000
-draws (fixed seeds) with p > 1e-3 per test; five such tests, so the chance that correct
-samplers fail one for an unlucky seed is below 0.5% (and, the seeds being fixed, the outcome
-never changes between runs). Sample means: within 5 standard errors.
+Closed forms: scipy.stats (poisson, nbinom, lognorm, norm) and, for the categorical and ordinal
+columns, exact enumeration of every category. Sampling: chi-square goodness of fit (or, for
+the point mass's share, an exact binomial test) of 20,000 draws (fixed seeds) with p > 1e-3
+per test; seven such tests, so the chance that correct samplers fail one for an unlucky seed
+is below 0.7% (and, the seeds being fixed, the outcome never changes between runs). Sample
+means: within 5 standard errors.
 """
 import math
 
@@ -17,7 +18,8 @@ from scipy import stats
 import iwae
 from iwae.core.densities import Columns, Gaussian, StudentT
 from iwae.core.missingness import SelfMasking
-from iwae.core.tabular import MAX_LOG_MEAN, Categorical, LogNormal, NegativeBinomial, Ordinal, Poisson
+from iwae.core.tabular import (MAX_LOG_MEAN, Categorical, InflatedGaussian, LogNormal, NegativeBinomial, Ordinal,
+                               Poisson)
 
 NAN = float("nan")
 P_MIN = 1e-3                 # chi-square tests: the false-alarm rate of each
@@ -25,8 +27,8 @@ DRAWS = 20000
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-LIKELIHOODS = [Categorical(3), Ordinal(4), Poisson(), NegativeBinomial(), LogNormal()]
-IDS = ["categorical", "ordinal", "poisson", "negative-binomial", "log-normal"]
+LIKELIHOODS = [Categorical(3), Ordinal(4), Poisson(), NegativeBinomial(), LogNormal(), InflatedGaussian(1.5)]
+IDS = ["categorical", "ordinal", "poisson", "negative-binomial", "log-normal", "inflated-gaussian"]
 
 
 def data(like, n=5, dim=4, seed=0):
@@ -36,7 +38,10 @@ def data(like, n=5, dim=4, seed=0):
         return torch.randint(like.categories, (n, dim), generator=g).double()
     if isinstance(like, (Poisson, NegativeBinomial)):
         return torch.randint(0, 30, (n, dim), generator=g).double()
-    return torch.rand(n, dim, generator=g, dtype=torch.float64) * 5 + 1e-3
+    x = torch.rand(n, dim, generator=g, dtype=torch.float64) * 5 + 1e-3
+    if isinstance(like, InflatedGaussian):                    # a third of the entries at the point
+        x = torch.where(torch.rand(n, dim, generator=g) < 1 / 3, torch.tensor(like.points, dtype=x.dtype), x)
+    return x
 
 
 def params_for(like, k=3, n=5, dim=4, seed=1, scale=2.0):
@@ -167,6 +172,27 @@ def test_log_normal_matches_scipy():
     torch.testing.assert_close(like.log_prob(x, params), gaussian - x.log().sum(-1))
 
 
+def test_inflated_gaussian_is_a_point_mass_beside_a_floored_normal():
+    points, floors = [0.0, -1.5, 2.0], [0.0, 0.3, 1e-3]
+    like = InflatedGaussian(points, min_scale=floors)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(6, 3, generator=g, dtype=torch.float64)
+    x[:3] = torch.tensor(points, dtype=torch.float64)         # rows 0-2 at the points
+    params = params_for(like, n=6, dim=3, scale=1.5)
+    mu, log_s, logit = params.chunk(3, -1)
+    sigma = np.sqrt(log_s.exp().numpy() ** 2 + np.square(floors))
+    share = torch.sigmoid(logit).numpy()
+    at = x.numpy() == np.array(points)
+    terms = np.where(at, np.log(share), np.log1p(-share) + stats.norm.logpdf(x.numpy(), mu.numpy(), sigma))
+    np.testing.assert_allclose(like.log_prob(x, params).numpy(), terms.sum(-1), rtol=1e-12)
+    assert at[:3].all() and not at[3:].any()
+    np.testing.assert_allclose(like.mean(params).numpy(), share * np.array(points) + (1 - share) * mu.numpy(),
+                               rtol=1e-12, atol=1e-15)
+    assert like.config() == {"name": "inflated-gaussian", "points": points, "min_scale": floors}
+    with pytest.raises(ValueError, match=r"InflatedGaussian points must be finite, got \[0.0, nan\]"):
+        InflatedGaussian([0.0, NAN])
+
+
 # ---- samples ---------------------------------------------------------------------------------
 
 def chi_square_p(counts, probs):
@@ -218,6 +244,20 @@ def test_positive_values_are_drawn_log_normally():
     counts = np.histogram(draws, edges)[0]
     assert chi_square_p(counts, np.full(10, 0.1)) > P_MIN
     se = math.sqrt(stats.lognorm.var(s=math.exp(-0.5), scale=math.exp(0.4)) / DRAWS)
+    assert abs(draws.mean() - like.mean(params).item()) < 5 * se
+
+
+def test_inflated_gaussian_draws_the_point_with_its_share_else_a_normal():
+    torch.manual_seed(3)
+    like = InflatedGaussian(-0.5)
+    params = torch.tensor([[1.0, math.log(0.7), 0.4]], dtype=torch.float64)  # mu 1, sigma 0.7, pi sigmoid(0.4)
+    draws = like.sample(params.expand(DRAWS, 3))[:, 0].numpy()
+    at = draws == -0.5
+    share = 1 / (1 + math.exp(-0.4))
+    assert stats.binomtest(int(at.sum()), DRAWS, share).pvalue > P_MIN
+    edges = stats.norm.ppf(np.linspace(0, 1, 11), 1.0, 0.7)
+    assert chi_square_p(np.histogram(draws[~at], edges)[0], np.full(10, 0.1)) > P_MIN
+    se = math.sqrt((share * 0.25 + (1 - share) * 0.49 + share * (1 - share) * 1.5 ** 2) / DRAWS)
     assert abs(draws.mean() - like.mean(params).item()) < 5 * se
 
 

@@ -1,5 +1,6 @@
 """Observation likelihoods for the column types of mixed tables [Nazabal et al. 2020, HI-VAE]:
-categorical, ordinal, count (Poisson, negative binomial) and positive (log-normal) columns.
+categorical, ordinal, count (Poisson, negative binomial) and positive (log-normal) columns, and
+real columns with a point mass (an inflated Gaussian).
 
 They follow the contract of ``Bernoulli``, ``Gaussian`` and ``StudentT`` (``iwae.core.densities``;
 a module of their own so that densities.py stays short): ``params_per_dim`` decoder outputs per
@@ -27,6 +28,8 @@ import math
 
 import torch
 import torch.nn.functional as F
+
+from .densities import Gaussian
 
 HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 MAX_LOG_MEAN = 30.0          # counts: log mean smoothly capped at 30 (1.1e13: no float32 overflow)
@@ -316,3 +319,64 @@ class LogNormal:
 
     def config(self):
         return {"name": "log-normal"}
+
+
+class InflatedGaussian:
+    """A Gaussian with a point mass: p(x_d | z) = pi_d [x_d = v_d] + (1 - pi_d) N(x_d; mu_d, sigma_d^2),
+    for a real column of which a share of the values is exactly one value v_d (MNIST's zero
+    pixels, a debt that is 0 for most people): zero-inflated where v_d = 0.
+
+    points: v, a float or D floats, compared for equality with x (so taken from the same float
+    tensor x is: iwae.Imputer takes each column's most common value). min_scale: the floor
+    of the Gaussian part's scale (``Gaussian``'s). The decoder outputs [mu, log s, l] (3 per
+    column, laid out as ``Gaussian``'s [mu, log s] then the logits l): pi = sigmoid(l). The
+    density is with respect to Lebesgue measure plus a unit mass at v, so that
+
+        log p(x) = log sigmoid(l)                          where x = v,
+                   log sigmoid(-l) + log N(x; mu, sigma)   elsewhere,
+
+    and the Gaussian no longer has to shrink its scale onto the tie to explain it (which a
+    floor on the scale only resists: docs/missing.md, "Ties"). ``mean`` is pi v + (1 - pi) mu,
+    whose importance-weighted average is E[x_m | x_o]; ``sample`` draws from the mixture
+    (v or a normal draw), not by reparameterisation: no missingness model.
+    """
+
+    params_per_dim = 3
+    reparameterised = False
+
+    def __init__(self, points, min_scale=None):
+        values = [float(v) for v in (points if hasattr(points, "__len__") else [points])]
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError(f"InflatedGaussian points must be finite, got {points}")
+        self.points = values
+        self.mass_at = torch.tensor(values)                         # [D] or [1]: an input of a compiled step
+        self.normal = Gaussian(min_scale=min_scale)
+
+    def _split(self, params):
+        """(mu, log sigma, logit) [..., D] each."""
+        gaussian, logit = params.split([2 * params.shape[-1] // 3, params.shape[-1] // 3], dim=-1)
+        mu, log_sigma = self.normal._split(gaussian)
+        return mu, log_sigma, logit
+
+    def log_prob(self, x, params, mask=None):
+        """x [B, D], params [k, B, 3 D] -> [k, B]; mask [B, D]: the observed entries only."""
+        mu, log_sigma, logit = self._split(params)
+        x = _filled(x, mask, 0.0)
+        scaled = (x - mu) * torch.exp(-log_sigma)
+        continuous = F.logsigmoid(-logit) - 0.5 * scaled.square() - log_sigma - HALF_LOG_2PI
+        at_point = x == self.mass_at.to(x.device, x.dtype)
+        return _observed_sum(torch.where(at_point, F.logsigmoid(logit), continuous), mask)
+
+    def mean(self, params):
+        mu, _, logit = self._split(params)
+        share = torch.sigmoid(logit)
+        return share * self.mass_at.to(mu.device, mu.dtype) + (1 - share) * mu
+
+    def sample(self, params):
+        mu, log_sigma, logit = self._split(params)
+        normal = mu + torch.exp(log_sigma) * torch.randn_like(mu)
+        return torch.where(torch.rand_like(mu) < torch.sigmoid(logit), self.mass_at.to(mu.device, mu.dtype), normal)
+
+    def config(self):
+        floor = {} if self.normal.min_scale is None else {"min_scale": self.normal.min_scale}
+        return {"name": "inflated-gaussian", "points": self.points, **floor}

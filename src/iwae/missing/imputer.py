@@ -25,7 +25,7 @@ from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from ..core.densities import Bernoulli, Columns, Gaussian, StudentT
-from ..core.tabular import Categorical, LogNormal, NegativeBinomial, Ordinal
+from ..core.tabular import Categorical, InflatedGaussian, LogNormal, NegativeBinomial, Ordinal
 from ..core.missingness import SIGNS, LinearMasking, SelfMasking
 from ..core.model import GaussianLayer, Model
 from ..core.nets import mlp
@@ -55,8 +55,8 @@ PATIENCE_STEPS = 500           # patience="auto": stop after about this many ste
 MAX_STEPS = 8000               # ... within at most about this many (results/imputer_budget.md)
 MAX_LATENT = 10
 FINE_LEVELS = 64               # a real column with this many distinct values and one of them
-POINT_MASS = 0.1               # ... holding this share of its observed values has that share as its floor,
-TIE_FLOOR = 0.5                # ... at most this (docs/missing.md, "Ties")
+POINT_MASS = 0.1               # ... holding this share of its observed values has a point mass (an InflatedGaussian;
+TIE_FLOOR = 0.5                # ... without one, a Gaussian floored at that share, at most this: docs/missing.md, "Ties")
 
 
 def default_sizes(n, d, batch_size=64):
@@ -111,7 +111,11 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     observed value included) is, under "mar", kept out of the network (it is the same on
     every row, so it tells nothing about the others) and its missing entries take that value;
     under a missingness model it stays in the network with a Gaussian of fixed scale (its
-    missing values may differ from the observed one). One warning line each.
+    missing values may differ from the observed one). One warning line each. A real column
+    recorded finely (FINE_LEVELS or more distinct values) whose most common value holds
+    POINT_MASS or more of its observed values (MNIST's zero pixels, a debt of 0) is modelled,
+    under "mar" with the Gaussian, by an InflatedGaussian: that value with a learned
+    probability, else a Gaussian (docs/missing.md, "Ties").
 
     Fitted attributes: ``types_`` ({column name: type}; an array's columns are named "0",
     "1", ...), ``model_`` (an iwae.Model on the standardised modelled columns; None
@@ -123,6 +127,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     epoch whose parameters the refit started from), ``history_`` (per epoch: train_bound, held_error (with
     patience, where measured: the held-out entries' mean error), seconds),
     ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``,
+    ``point_masses_`` ({column name: its point mass's value} for the InflatedGaussian columns),
     ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
 
@@ -166,12 +171,15 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         self.epochs_, self.patience_ = self._stopping(n, epochs)
         began = time.perf_counter()
         self.model_, self.train_bound_, self.n_epochs_, self.best_epoch_, self.history_ = None, float("nan"), 0, 0, []
+        self.point_masses_, self._points = {}, np.full(int(self.modeled_.sum()), np.nan)
         if self.modeled_.any():
             device = parse_device(self.device)
             train_x, budget = self._budget(self._standardised(values))
             with forked_rng(device):
                 torch.manual_seed(self.seed)
-                model = self._build(train_x, self.latent or latent, self.hidden or hidden)
+                levels = _levels(train_x.numpy())
+                self._points = self._inflated(levels)
+                model = self._build(train_x, self.latent or latent, self.hidden or hidden, levels)
                 trained = train(model, train_x, k=self.k, estimator=self.estimator, batch_size=self.batch_size,
                                 lr=self.lr, schedule=self.schedule, seed=self.seed, device=str(device),
                                 compile=self._compile(n), quiet=not self.verbose, drop_last=True,
@@ -184,6 +192,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                               "seconds": r["seconds"]} for r in trained.history]
         self.fit_seconds_ = time.perf_counter() - began
         self.missingness_ = missingness(self)
+        self.point_masses_ = self._point_values(values)
         return self
 
     def _columns(self, values, observed):
@@ -270,7 +279,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         continuous columns; 0/1 for binary, categorical and ordinal ones (docs/missing.md: the
         held-out bound peaks long before it)."""
         out = torch.isnan(given) & ~torch.isnan(truth)                     # [n, d] the held-out entries
-        kinds = np.where(self.constant_, "constant", self._types())[self.modeled_]
+        kinds = self._kinds()
         discrete = torch.as_tensor(np.isin(kinds, ("binary", "categorical", "ordinal")))
 
         def score(model, epoch):
@@ -393,19 +402,24 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             torch.manual_seed(self.seed + 1)
             out = fn(self.model_, self._standardised(values).to(device)).double().cpu().numpy()
         m = self.modeled_
-        return out * self.scale_[m] + self.mean_[m] if units else out
+        if not units:
+            return out
+        point = np.array([self.point_masses_.get(n, np.nan) for n in self._column_names()])[m]
+        return np.where(out == self._points, point, out * self.scale_[m] + self.mean_[m])   # a point mass exactly
 
-    def _build(self, x, latent, hidden):
-        """The networks over the modelled columns of x [N, d] (standardised, NaN = missing):
-        tanh MLPs of hidden_layers x hidden units, q Gaussian, p each column's likelihood (a
-        constant column's a Gaussian of scale 1 in its standardised units: a learned one
-        would shrink to 0 on its one value). The encoder reads x (and the mask where
+    def _build(self, x, latent, hidden, levels):
+        """The networks over the modelled columns of x [N, d] (standardised, NaN = missing;
+        levels: its _levels): tanh MLPs of hidden_layers x hidden units, q Gaussian, p each
+        column's likelihood (a constant column's a Gaussian of scale 1 in its standardised
+        units: a learned one would shrink to 0 on its one value; a point mass's column's an
+        InflatedGaussian at self._points). The encoder reads x (and the mask where
         mask_input says) or, for a table with categorical, ordinal, count or positive
         columns, their features (iwae.missing.encoding) built from [x, mask]."""
         d = x.shape[1]
-        kinds = np.where(self.constant_, "constant", self._types())[self.modeled_]
+        kinds = self._kinds()
         categories = [len(c.categories) for c, m in zip(self.columns_, self.modeled_) if m]
-        likelihood = _likelihood(kinds, categories, self.likelihood, _floors(x.numpy()))
+        floors = _floors([_without(level, point) for level, point in zip(levels, self._points)])
+        likelihood = _likelihood(kinds, categories, self.likelihood, floors, self._points)
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
         sizes = [hidden] * self.hidden_layers
         mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
@@ -419,6 +433,31 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else LinearMasking(d)
         return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=mask_input,
                      missingness=mechanism)
+
+    def _kinds(self):
+        """The modelled columns' types, "constant" for a constant one (str array [d])."""
+        return np.where(self.constant_, "constant", self._types())[self.modeled_]
+
+    def _inflated(self, levels):
+        """Per modelled column (levels: _levels of the standardised table), where an
+        InflatedGaussian puts its point mass: a real column's _points under "mar" with the
+        Gaussian, else NaN."""
+        if self.mechanism != "mar" or _continuous(self.likelihood) is not Gaussian:
+            return np.full(len(levels), np.nan)
+        return np.where(self._kinds() == "real", _points(levels), np.nan)
+
+    def _point_values(self, values):
+        """{column name: value} of the modelled columns with a point mass: the observed value of
+        values (X's, float64) nearest to the point in X's units (the value itself, not its
+        round trip through float32)."""
+        names = [n for n, m in zip(self._column_names(), self.modeled_) if m]
+        columns = values[:, self.modeled_]
+        found = {}
+        for j in np.flatnonzero(np.isfinite(self._points)):
+            near = self.mean_[self.modeled_][j] + self._points[j] * self.scale_[self.modeled_][j]
+            observed = columns[~np.isnan(columns[:, j]), j]
+            found[names[j]] = float(observed[np.abs(observed - near).argmin()])
+        return found
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -535,30 +574,53 @@ def _point_masses(levels):
     return np.where(shares >= POINT_MASS, shares, 0.0)
 
 
-def _floors(x):
-    """Per column of x [N, d] (standardised; NaN = missing), the least scale of its learned
-    Gaussian: resolution / sqrt(2 pi), where its density at a tie reaches 1 / resolution; on a
-    finely recorded column with a point mass (MNIST's zero pixels, recorded to 1/255 of their
-    range) at least the point mass's share, at most TIE_FLOOR; and at most 1 (the column's
-    standard deviation): a wider floor leaves its mean unpinned (docs/missing.md, "Ties")."""
-    levels = _levels(x)
+def _points(levels):
+    """Per column of _levels, its most common observed value where _point_masses has a point
+    mass, else NaN: where an InflatedGaussian puts it (docs/missing.md, "Ties")."""
+    modes = np.array([values[counts.argmax()] if len(values) else np.nan for values, counts in levels])
+    return np.where(_point_masses(levels) > 0, modes, np.nan)
+
+
+def _floors(levels):
+    """Per column of _levels (of x standardised), the least scale of its learned Gaussian:
+    resolution / sqrt(2 pi), where its density at a tie reaches 1 / resolution; on a column
+    with a point mass (MNIST's zero pixels, recorded to 1/255 of their range) at least the
+    point mass's share, at most TIE_FLOOR; and at most 1 (the column's standard deviation): a
+    wider floor leaves its mean unpinned (docs/missing.md, "Ties")."""
     resolution = _resolution(levels) / math.sqrt(2 * math.pi)
     return np.minimum(np.maximum(resolution, np.minimum(_point_masses(levels), TIE_FLOOR)), 1.0)
 
 
-def _likelihood(kinds, categories, continuous, floors):
+def _without(level, point):
+    """A column's _levels without the value point (NaN: as it is): what an InflatedGaussian's
+    Gaussian part sees, whose own ties (MNIST's saturated 253s beside the zeros) need their floor."""
+    values, counts = level
+    keep = values != point
+    return (values[keep], counts[keep]) if np.isfinite(point) else level
+
+
+def _continuous(setting):
+    """The real columns' likelihood class for the Imputer's likelihood setting."""
+    return CONTINUOUS[AUTO_CONTINUOUS if setting in ("auto", "bernoulli") else setting]
+
+
+def _likelihood(kinds, categories, continuous, floors, points):
     """p(x | z) for the modelled columns' kinds (and categories, C per column): one part per
     likelihood (per C for categorical and ordinal columns), in a Columns when more than one;
     continuous: the Imputer's likelihood setting, for the real columns; floors [d]: the least
-    scale of a learned Gaussian's columns (docs/missing.md, "Ties")."""
-    real = CONTINUOUS[AUTO_CONTINUOUS if continuous in ("auto", "bernoulli") else continuous]
-    make = {"real": lambda c: real(), "binary": lambda c: Bernoulli(), "constant": lambda c: Gaussian(1.0),
-            "categorical": Categorical, "ordinal": Ordinal, "count": lambda c: NegativeBinomial(),
-            "positive": lambda c: LogNormal()}
+    scale of a learned Gaussian's columns; points [d]: a real column's point mass (an
+    InflatedGaussian's), NaN where none (docs/missing.md, "Ties")."""
+    real = _continuous(continuous)
+    make = {"real": lambda c: real(), "inflated": None, "binary": lambda c: Bernoulli(),
+            "constant": lambda c: Gaussian(1.0), "categorical": Categorical, "ordinal": Ordinal,
+            "count": lambda c: NegativeBinomial(), "positive": lambda c: LogNormal()}
+    kinds = np.where(np.isfinite(points), "inflated", kinds)
     groups = {}
     for j, kind in enumerate(kinds):
         groups.setdefault((kind, categories[j] if kind in ("categorical", "ordinal") else 0), []).append(j)
-    def part(kind, c, cols):
+    def part(kind, c, cols):                 # make's order is the parts' order; these two take floors
+        if kind == "inflated":
+            return InflatedGaussian(points[cols].tolist(), min_scale=floors[cols].tolist())
         if kind == "real" and real is Gaussian:
             return Gaussian(min_scale=floors[cols].tolist())
         return make[kind](c)
