@@ -6,7 +6,7 @@
 Each config is a set of iwae.Imputer settings; "steps" S stands for epochs = max(20, ceil(S /
 steps per epoch)) on a table of N rows (the defaults' budget is S = 3000 at batch 64), and
 "patience_steps" P for patience = ceil(P / steps per epoch) (early stopping on the held-out
-entries' imputation error), "module" constants of iwae.missing.imputer set for the fit (REFIT). Steps per epoch: N // batch (iwae.fit(drop_last=True), as the
+entries' imputation error), "module" constants of iwae.missing.imputer set for the fit (REFIT, HOLDOUT). Steps per epoch: N // batch (iwae.fit(drop_last=True), as the
 Imputer trains; rows before 2026-12-04's drop_last were ceil(N / batch)). The tables, the 50% MCAR holes and the score are benchmarks.imputation's (MSE on the
 removed cells, standardised with the complete data's statistics); fit seconds are CPU seconds of
 one torch thread, the cold compile of a first fit in the process included where a config compiles
@@ -35,6 +35,8 @@ CONFIGS = {
     "stop-p500-norefit": {"steps": 8000, "patience_steps": 500, "module": {"REFIT": 0}},
     "stop-p500-refit0.25": {"steps": 8000, "patience_steps": 500, "module": {"REFIT": 0.25}},
     "stop-p500-refit0.5": {"steps": 8000, "patience_steps": 500, "module": {"REFIT": 0.5}},
+    "holdout0.05": {"module": {"HOLDOUT": 0.05}},
+    "holdout0.2": {"module": {"HOLDOUT": 0.2}},
     "h64": {"hidden": 64, "patience": None},
     "h64-k10": {"hidden": 64, "k": 10, "patience": None},
     "s1000": {"steps": 1000, "compile": "off"},
