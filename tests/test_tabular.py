@@ -479,3 +479,45 @@ def test_imputation_without_categorical_parts_is_the_weighted_mean_op_for_op():
     filled = impute(model, with_junk(x, mask, NAN), draws=50)
     w, params = weighted_draws(model, with_junk(x, mask, NAN), mask, 50, 4)
     assert torch.equal(filled[~mask], (w * like.mean(params)).sum(0)[~mask])
+
+
+def inflated_model():
+    """A model of 3 columns: a Gaussian one and two with point masses (at 0 and -1)."""
+    like = Columns([(Gaussian(), [0]), (InflatedGaussian([0.0, -1.0], min_scale=[0.1, 0.0]), [1, 2])])
+    net = iwae.paper_model(1, input_dim=3, likelihood=Gaussian())
+    return iwae.Model(list(net.encoder), iwae.mlp([50, 64], like.n_params), like, missing=True)
+
+
+def test_inflated_log_weights_on_meta():
+    meta = torch.device("meta")
+    model = inflated_model().to(meta)
+    x = torch.empty(4, 3, device=meta)
+    mask = torch.empty(4, 3, dtype=torch.bool, device=meta)
+    assert model.log_weights(x, 5, mask=mask).shape == (5, 4)
+    iwae.loss(model, x, 5, "iwae", "dreg").backward()
+    assert all(p.grad.device == meta for p in model.parameters())
+    params = model.decode(model.sample_q(x, 2)[0])
+    for out in (model.likelihood.mean(params), model.likelihood.sample(params)):
+        assert out.device == meta and out.shape == (2, 4, 3)
+
+
+def test_inflated_log_weights_compile():
+    """torch.compile of log_weights (forward and backward, float64) gives eager's values, the
+    points' equality test included."""
+    torch.manual_seed(0)
+    model = inflated_model().double()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    x[:3, 1], x[2:, 2] = 0.0, -1.0
+    x = with_junk(x, half_mask(6, 3), NAN)
+    zs = [z.detach() for z in model.sample_q(x, 5)]
+
+    def loss(x, zs):
+        return model.log_weights(x, 5, zs=zs).logsumexp(0).sum()
+
+    eager = loss(x, zs)
+    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
+    compiled = torch.compile(loss, fullgraph=True)(x, zs)
+    grads = torch.autograd.grad(compiled, list(model.parameters()))
+    torch.testing.assert_close(compiled, eager)
+    for a, b in zip(grads, eager_grads):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
