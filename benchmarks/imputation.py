@@ -110,11 +110,11 @@ def run_one(name, seed, method):
     filled = fill(model, holes)
     seconds = time.perf_counter() - began
     error = (filled - x) / np.nanstd(x, 0)
-    from iwae.app.provenance import cpu_model
+    from iwae.app.provenance import cpu_model, revision
     row = {"dataset": name, "seed": seed, "method": method, "shape": list(x.shape), "cpu": cpu_model(),
-           "mse": float(np.mean(error[removed] ** 2)), "seconds": round(seconds, 2)}
-    if hasattr(model, "fit_seconds_"):                    # iwae.Imputer: its fit alone, without the transform
-        row["fit_seconds"] = round(model.fit_seconds_, 2)
+           "revision": revision(), "mse": float(np.mean(error[removed] ** 2)), "seconds": round(seconds, 2)}
+    if hasattr(model, "fit_seconds_"):                    # iwae.Imputer: its fit alone, and its epochs
+        row["fit_seconds"], row["epochs"] = round(model.fit_seconds_, 2), model.n_epochs_
     return row
 
 
