@@ -417,11 +417,44 @@ def test_mixed_log_weights_on_meta():
         assert out.device == meta and out.shape == (2, 3, 8)
 
 
-def test_mixed_log_weights_compile():
-    """torch.compile of log_weights (forward and backward, float64) gives eager's values."""
+def inflated_model():
+    """A model of 3 columns: a Gaussian one and two with point masses (at 0 and -1)."""
+    like = Columns([(Gaussian(), [0]), (InflatedGaussian([0.0, -1.0], min_scale=[0.1, 0.0]), [1, 2])])
+    net = iwae.paper_model(1, input_dim=3, likelihood=Gaussian())
+    return iwae.Model(list(net.encoder), iwae.mlp([50, 64], like.n_params), like, missing=True)
+
+
+def test_inflated_log_weights_on_meta():
+    meta = torch.device("meta")
+    model = inflated_model().to(meta)
+    x = torch.empty(4, 3, device=meta)
+    mask = torch.empty(4, 3, dtype=torch.bool, device=meta)
+    assert model.log_weights(x, 5, mask=mask).shape == (5, 4)
+    iwae.loss(model, x, 5, "iwae", "dreg").backward()
+    assert all(p.grad.device == meta for p in model.parameters())
+    params = model.decode(model.sample_q(x, 2)[0])
+    for out in (model.likelihood.mean(params), model.likelihood.sample(params)):
+        assert out.device == meta and out.shape == (2, 4, 3)
+
+
+def mixed_case():
+    """(the mixed model, NaN-coded data), float64."""
+    return mixed_model(missing=True).double(), with_junk(mixed_data(6), half_mask(6, 8), NAN).double()
+
+
+def inflated_case():
+    """(the inflated model, NaN-coded data with entries at both points), float64."""
+    x = torch.randn(6, 3, dtype=torch.float64)
+    x[:3, 1], x[2:, 2] = 0.0, -1.0
+    return inflated_model().double(), with_junk(x, half_mask(6, 3), NAN)
+
+
+@pytest.mark.parametrize("case", [mixed_case, inflated_case], ids=["mixed", "inflated"])
+def test_log_weights_compile(case):
+    """torch.compile of log_weights (forward and backward, float64) gives eager's values (the
+    inflated Gaussian's equality test with its points included)."""
     torch.manual_seed(0)
-    model = mixed_model(missing=True).double()
-    x = with_junk(mixed_data(6), half_mask(6, 8), NAN).double()
+    model, x = case()
     zs = [z.detach() for z in model.sample_q(x, 5)]
 
     def loss(x, zs):
@@ -480,44 +513,3 @@ def test_imputation_without_categorical_parts_is_the_weighted_mean_op_for_op():
     w, params = weighted_draws(model, with_junk(x, mask, NAN), mask, 50, 4)
     assert torch.equal(filled[~mask], (w * like.mean(params)).sum(0)[~mask])
 
-
-def inflated_model():
-    """A model of 3 columns: a Gaussian one and two with point masses (at 0 and -1)."""
-    like = Columns([(Gaussian(), [0]), (InflatedGaussian([0.0, -1.0], min_scale=[0.1, 0.0]), [1, 2])])
-    net = iwae.paper_model(1, input_dim=3, likelihood=Gaussian())
-    return iwae.Model(list(net.encoder), iwae.mlp([50, 64], like.n_params), like, missing=True)
-
-
-def test_inflated_log_weights_on_meta():
-    meta = torch.device("meta")
-    model = inflated_model().to(meta)
-    x = torch.empty(4, 3, device=meta)
-    mask = torch.empty(4, 3, dtype=torch.bool, device=meta)
-    assert model.log_weights(x, 5, mask=mask).shape == (5, 4)
-    iwae.loss(model, x, 5, "iwae", "dreg").backward()
-    assert all(p.grad.device == meta for p in model.parameters())
-    params = model.decode(model.sample_q(x, 2)[0])
-    for out in (model.likelihood.mean(params), model.likelihood.sample(params)):
-        assert out.device == meta and out.shape == (2, 4, 3)
-
-
-def test_inflated_log_weights_compile():
-    """torch.compile of log_weights (forward and backward, float64) gives eager's values, the
-    points' equality test included."""
-    torch.manual_seed(0)
-    model = inflated_model().double()
-    x = torch.randn(6, 3, dtype=torch.float64)
-    x[:3, 1], x[2:, 2] = 0.0, -1.0
-    x = with_junk(x, half_mask(6, 3), NAN)
-    zs = [z.detach() for z in model.sample_q(x, 5)]
-
-    def loss(x, zs):
-        return model.log_weights(x, 5, zs=zs).logsumexp(0).sum()
-
-    eager = loss(x, zs)
-    eager_grads = torch.autograd.grad(eager, list(model.parameters()))
-    compiled = torch.compile(loss, fullgraph=True)(x, zs)
-    grads = torch.autograd.grad(compiled, list(model.parameters()))
-    torch.testing.assert_close(compiled, eager)
-    for a, b in zip(grads, eager_grads):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
