@@ -371,7 +371,7 @@ def test_constructor_arguments_are_checked():
 
 def test_a_missingness_model_refuses_discrete_columns():
     net = iwae.paper_model(1, input_dim=3, likelihood=Gaussian())
-    for like in (Categorical(3), Ordinal(3), Poisson(), NegativeBinomial()):
+    for like in (Categorical(3), Ordinal(3), Poisson(), NegativeBinomial(), InflatedGaussian(0.0)):
         columns = Columns([(Gaussian(), [0, 1]), (like, [2])])
         with pytest.raises(ValueError, match=rf"{type(like).__name__} likelihood \(columns 2\) cannot give"):
             iwae.Model(list(net.encoder), net.decoder, columns, missingness=SelfMasking(3))
