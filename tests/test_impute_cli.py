@@ -30,6 +30,20 @@ def test_a_csv_keeps_its_header_and_observed_cells(tmp_path, capsys):
     assert src.read_text() == CSV
 
 
+def test_a_columns_point_mass_is_named(tmp_path, capsys):
+    # a debt that is 0 for most rows and anything else for the others: its zeros get a
+    # probability of their own (an InflatedGaussian, docs/missing.md "Ties")
+    rng = np.random.default_rng(0)
+    income = rng.normal(50, 10, 200).round(1)
+    debt = np.where(rng.random(200) < 0.6, 0.0, rng.gamma(2.0, 500.0, 200).round(0))
+    table = pd.DataFrame({"income": income, "debt": debt})
+    table.loc[rng.random(200) < 0.2, "debt"] = np.nan
+    src = tmp_path / "t.csv"
+    table.to_csv(src, index=False)
+    code, out, _ = run(["impute", str(src), "--out", str(tmp_path / "f.csv")] + FAST, capsys)
+    assert code == 0 and "point masses (a probability of their own): debt at 0\n" in out
+
+
 def test_npy_npz_and_multiple_imputations(tmp_path, capsys):
     x = pd.read_csv(io.StringIO(CSV)).to_numpy()
     np.save(tmp_path / "t.npy", x)

@@ -170,6 +170,9 @@ def impute(args):
           f"{r['fit_seconds']:.1f} s (train bound {r['train_bound']:.3f}, standardised)")
     print(f"bound on the observed entries: {r['bound']:.3f} nats per row; {what} written to {args.out} "
           f"({r['seconds']:.1f} s in all)")
+    if r["point_masses"]:
+        print("point masses (a probability of their own): " + ", ".join(
+            f"{name} at {value:.6g}" for name, value in r["point_masses"].items()))
     fitted = r.get("missingness")
     if fitted is not None and "w" in fitted:
         print("self-masking p(observed | x_j) = sigmoid(-w_j (x_j - b_j)): " + ", ".join(

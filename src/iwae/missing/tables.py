@@ -104,4 +104,4 @@ def impute_file(path, out, *, multiple=None, progress=True, **options):
     return {"rows": missing.shape[0], "columns": missing.shape[1], "missing": int(missing.sum()),
             "epochs": imputer.n_epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
             "fit_seconds": imputer.fit_seconds_, "seconds": time.perf_counter() - began,
-            "missingness": imputer.missingness_}
+            "missingness": imputer.missingness_, "point_masses": imputer.point_masses_}
