@@ -6,7 +6,7 @@
 Each config is a set of iwae.Imputer settings; "steps" S stands for epochs = max(20, ceil(S /
 steps per epoch)) on a table of N rows (the defaults' budget is S = 3000 at batch 64), and
 "patience_steps" P for patience = ceil(P / steps per epoch) (early stopping on the held-out
-entries' imputation error), "module" constants of iwae.missing.imputer set for the fit (REFIT, HOLDOUT). Steps per epoch: N // batch (iwae.fit(drop_last=True), as the
+entries' imputation error), "hidden_per_column" c for hidden = min(128, max(32, c x columns)), "module" constants of iwae.missing.imputer set for the fit (REFIT, HOLDOUT). Steps per epoch: N // batch (iwae.fit(drop_last=True), as the
 Imputer trains; rows before 2026-12-04's drop_last were ceil(N / batch)). The tables, the 50% MCAR holes and the score are benchmarks.imputation's (MSE on the
 removed cells, standardised with the complete data's statistics); fit seconds are CPU seconds of
 one torch thread, the cold compile of a first fit in the process included where a config compiles
@@ -37,6 +37,8 @@ CONFIGS = {
     "stop-p500-refit0.5": {"steps": 8000, "patience_steps": 500, "module": {"REFIT": 0.5}},
     "holdout0.05": {"module": {"HOLDOUT": 0.05}},
     "holdout0.2": {"module": {"HOLDOUT": 0.2}},
+    "h8d": {"hidden_per_column": 8},
+    "h16d": {"hidden_per_column": 16},
     "h64": {"hidden": 64, "patience": None},
     "h64-k10": {"hidden": 64, "k": 10, "patience": None},
     "s1000": {"steps": 1000, "compile": "off"},
@@ -51,12 +53,16 @@ CONFIGS = {
 }
 
 
-def settings(config, n):
-    """iwae.Imputer's keyword arguments for a config on a table of n rows."""
+def settings(config, n, d):
+    """iwae.Imputer's keyword arguments for a config on a table of n rows and d columns."""
+    from iwae.missing.imputer import HIDDEN
     from iwae.training.loop import batches_per_epoch
     kwargs = dict(CONFIGS[config])
     per_epoch = batches_per_epoch(n, kwargs.get("batch_size", 64), drop_last=True)
     steps, patience = kwargs.pop("steps", None), kwargs.pop("patience_steps", None)
+    per_column = kwargs.pop("hidden_per_column", None)
+    if per_column is not None:
+        kwargs["hidden"] = min(HIDDEN, max(32, per_column * d))
     kwargs.pop("module", None)
     if steps is not None:
         kwargs["epochs"] = max(20, math.ceil(steps / per_epoch))
@@ -74,7 +80,7 @@ def run_one(name, seed, config):
     holes = np.where(removed, np.nan, x)
     varied = np.nanmax(holes, 0) > np.nanmin(holes, 0)
     x, removed, holes = x[:, varied], removed[:, varied], holes[:, varied]
-    model = iwae.Imputer(seed=seed, **settings(config, len(x)))
+    model = iwae.Imputer(seed=seed, **settings(config, *x.shape))
     constants = CONFIGS[config].get("module", {})
     saved = {name: getattr(imputer_module, name) for name in constants}
     vars(imputer_module).update(constants)
