@@ -450,13 +450,14 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """{column name: value} of the modelled columns with a point mass: the observed value of
         values (X's, float64) nearest to the point in X's units (the value itself, not its
         round trip through float32)."""
-        names = [n for n, m in zip(self._column_names(), self.modeled_) if m]
-        columns = values[:, self.modeled_]
+        m = self.modeled_
+        names = [n for n, kept in zip(self._column_names(), m) if kept]
+        near = self.mean_[m] + self._points * self.scale_[m]                # [d], NaN where no point mass
         found = {}
-        for j in np.flatnonzero(np.isfinite(self._points)):
-            near = self.mean_[self.modeled_][j] + self._points[j] * self.scale_[self.modeled_][j]
-            observed = columns[~np.isnan(columns[:, j]), j]
-            found[names[j]] = float(observed[np.abs(observed - near).argmin()])
+        for j in np.flatnonzero(np.isfinite(near)):
+            observed = values[:, m][:, j]
+            observed = observed[~np.isnan(observed)]
+            found[names[j]] = float(observed[np.abs(observed - near[j]).argmin()])
         return found
 
     def __sklearn_tags__(self):
