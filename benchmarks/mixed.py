@@ -227,8 +227,8 @@ def compare(rows, path, keys, out):
     import json
     theirs = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())
               if r["method"] == "iwae"}
-    ours = sorted({r["revision"] for r in rows.values() if r["method"] == "iwae"})
-    lines = [f"# Mixed tables: iwae.Imputer at {', '.join(ours)} against {path}", "",
+    revisions = sorted({r["revision"] for r in rows.values() if r["method"] == "iwae"})
+    lines = [f"# Mixed tables: iwae.Imputer at {', '.join(revisions)} against {path}", "",
              "Mean over the seeds both runs have; difference: mean ± standard error of the per-seed "
              "differences (`python -m benchmarks.mixed --against`).", "",
              "| table | seeds | RMSE | theirs | difference | error rate | theirs | difference |", "|---|" + "---|" * 7]
@@ -273,6 +273,8 @@ def main(argv=None):
     p.add_argument("--against", type=Path, metavar="JSONL",
                    help="another run's imputation_mixed.jsonl: its iwae rows beside these in OUT/comparison.md")
     args = p.parse_args(argv)
+    if args.against and not args.against.is_file():
+        p.error(f"--against {args.against}: no such file")
     args.datasets = [f"{t}@{r}" for r in args.rates for t in args.tables]
     log = args.out / "imputation_mixed.jsonl"
     report = lambda rows: write_report(rows, args.datasets, args.methods, args.out)
