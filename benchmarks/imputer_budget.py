@@ -37,6 +37,7 @@ CONFIGS = {
     "stop-p500-refit0.5": {"steps": 8000, "patience_steps": 500, "module": {"REFIT": 0.5}},
     "holdout0.05": {"module": {"HOLDOUT": 0.05}},
     "holdout0.2": {"module": {"HOLDOUT": 0.2}},
+    "z20": {"latent": 20},
     "h8d": {"hidden_per_column": 8},
     "h16d": {"hidden_per_column": 16},
     "h64": {"hidden": 64, "patience": None},
