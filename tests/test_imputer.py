@@ -411,6 +411,8 @@ def test_a_fine_columns_point_mass_is_an_inflated_gaussians_under_mar():
     draws = imputer.sample(x, m=5)
     holes = np.isnan(x[:, 2])
     assert (draws[:, holes, 2] == 0.0).mean() > 0.3               # the point itself, not its float32 round trip
+    copy = pickle.loads(pickle.dumps(imputer))
+    assert np.array_equal(copy.transform(x), imputer.transform(x)) and copy.point_masses_ == imputer.point_masses_
 
 
 @pytest.mark.parametrize("settings", [dict(mechanism="self-masking"), dict(likelihood="student-t")],
