@@ -29,9 +29,8 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .densities import Gaussian
+from .densities import HALF_LOG_2PI, Gaussian
 
-HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
 MAX_LOG_MEAN = 30.0          # counts: log mean smoothly capped at 30 (1.1e13: no float32 overflow)
 
 
@@ -47,6 +46,13 @@ def _observed_sum(terms, mask):
     if mask is not None:
         terms = torch.where(mask, terms, torch.zeros((), dtype=terms.dtype, device=terms.device))
     return terms.sum(-1)
+
+
+def _plus_normal(start, x, mu, log_sigma):
+    """start + log N(x; mu, exp(log_sigma)^2) per entry: [..., D] (the log-normal's, start = -log x,
+    the Jacobian; the inflated Gaussian's away from its point, start = log(1 - pi))."""
+    scaled = (x - mu) * torch.exp(-log_sigma)
+    return start - 0.5 * scaled.square() - log_sigma - HALF_LOG_2PI
 
 
 def _by_column(params, categories):
@@ -303,8 +309,7 @@ class LogNormal:
         """x [B, D] (> 0), params [k, B, 2 D] -> [k, B]."""
         mu, log_sigma = params.chunk(2, dim=-1)
         log_x = torch.log(_filled(x, mask, 1.0))
-        scaled = (log_x - mu) * torch.exp(-log_sigma)
-        return _observed_sum(-0.5 * scaled.square() - log_sigma - HALF_LOG_2PI - log_x, mask)
+        return _observed_sum(_plus_normal(-log_x, log_x, mu, log_sigma), mask)
 
     def mean(self, params):
         mu, log_sigma = params.chunk(2, dim=-1)
@@ -362,8 +367,7 @@ class InflatedGaussian:
         """x [B, D], params [k, B, 3 D] -> [k, B]; mask [B, D]: the observed entries only."""
         mu, log_sigma, logit = self._split(params)
         x = _filled(x, mask, 0.0)
-        scaled = (x - mu) * torch.exp(-log_sigma)
-        continuous = F.logsigmoid(-logit) - 0.5 * scaled.square() - log_sigma - HALF_LOG_2PI
+        continuous = _plus_normal(F.logsigmoid(-logit), x, mu, log_sigma)
         at_point = x == self.mass_at.to(x.device, x.dtype)
         return _observed_sum(torch.where(at_point, F.logsigmoid(logit), continuous), mask)
 
