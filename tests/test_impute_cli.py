@@ -62,12 +62,11 @@ def test_npy_npz_and_multiple_imputations(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("content,out,message", [
-    ("a,b\n" + "".join(f"{i},t{i}\n" for i in range(60)), "o.csv", "column 'b' has 60 distinct values"),
     ("a,b\n1,x\n2,y\n3,z\n", "o.npy", "t.csv has non-numeric columns, which only a .csv holds"),
     ("a,b\n1,2\n,3\n2,4\n", "o.txt", "--out"),
     ("a,b\n1,2\ninf,3\n2,4\n", "o.csv", "X holds infinite values"),
     (None, "o.csv", "no such file"),
-], ids=["free-text", "strings-to-npy", "extension", "inf", "missing-file"])
+], ids=["strings-to-npy", "extension", "inf", "missing-file"])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys, content, out, message):
     src = tmp_path / "t.csv"
     if content is not None:
@@ -89,6 +88,15 @@ def test_a_constant_column_is_filled_with_its_value_and_an_empty_one_dropped(tmp
     assert "single observed value: a;" in warned[0] and "without any observed values: ['b']" in warned[1]
     out = pd.read_csv(tmp_path / "o.csv")
     assert list(out.columns) == ["a", "c"] and (out["a"] == 1).all() and out["c"].notna().all()
+
+
+def test_an_identifier_column_is_filled_with_its_most_frequent_label(tmp_path, capsys):
+    src = tmp_path / "t.csv"
+    src.write_text("a,b\n" + "".join(f"{i % 7},t{i}\n" for i in range(60)) + "9,t3\n8,\n")
+    code, _, err = run(["impute", str(src), "--out", str(tmp_path / "o.csv")] + FAST, capsys)
+    warned = [line for line in err.splitlines() if line.startswith("iwae: warning: ")]
+    assert code == 0 and len(warned) == 1 and "more than 50 distinct labels (identifiers or free text?): b;" in warned[0]
+    assert pd.read_csv(tmp_path / "o.csv")["b"].iloc[-1] == "t3"
 
 
 def test_out_must_not_be_the_input(tmp_path, capsys):

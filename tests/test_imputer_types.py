@@ -8,7 +8,7 @@ import torch
 
 from iwae.missing.encoding import TableInput, table_input
 from iwae.missing.imputer import Imputer
-from iwae.missing.types import MAX_CATEGORIES
+from iwae.missing.types import MAX_CATEGORIES, _cast
 
 FAST = dict(epochs=3, k=2, draws=20, compile="off", device="cpu")
 
@@ -64,6 +64,19 @@ def test_dtypes_index_and_observed_cells_round_trip_and_the_input_is_untouched(f
     assert set(out["flag"]) <= {0.0, 1.0}               # a table's 0/1 column gets its mode
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float16", "Float32", "Int8", "UInt8"])
+def test_numbers_come_back_in_their_own_dtype(frame, dtype):
+    # a float32 column's fill is float32 (pandas refuses to upcast it in place), an integer
+    # dtype's its nearest integers
+    column = (frame["income"] // 40).astype(dtype) if dtype[0] != "f" else frame["real"].astype(dtype)
+    out = Imputer(**FAST).fit_transform(frame.assign(x=column))["x"]
+    assert out.dtype == column.dtype and out.notna().all() and out[column.notna()].equals(column.dropna())
+
+
+def test_an_integer_fill_is_clipped_to_its_dtypes_range():
+    assert _cast(np.array([300.0, -5.4, -200.0]), pd.Int8Dtype()).tolist() == [127, -5, -128]
+    assert _cast(np.array([-3.0, 1.6]), np.dtype(np.uint16)).tolist() == [0, 2]
+
 def test_multiple_imputations_are_dataframes_with_drawn_categories(frame):
     draws = Imputer(**FAST).fit(frame).sample(frame, m=3)
     assert isinstance(draws, list) and len(draws) == 3
@@ -92,16 +105,49 @@ def test_a_one_category_column_is_constant(frame):
     assert (out["only"] == "same").all()
 
 
-@pytest.mark.parametrize("column,message", [
-    (pd.Series([f"id{i}" for i in range(80)]), f"column 'bad' has 80 distinct values, more than the {MAX_CATEGORIES}"),
-    (pd.Series(["a", 1, "b", 2.5] * 20, dtype=object), "column 'bad' mixes strings and numbers (e.g. 1)"),
-    (pd.Series(pd.date_range("2020-01-01", periods=80)), "column 'bad' holds dates or times (datetime64"),
-], ids=["free-text", "mixed", "datetime"])
-def test_bad_columns_are_refused_in_one_line(frame, column, message):
-    table = pd.concat([frame, frame], ignore_index=True).assign(bad=column)
+def test_a_datetime_column_is_refused_in_one_line(frame):
+    table = pd.concat([frame, frame], ignore_index=True).assign(bad=pd.Series(pd.date_range("2020-01-01", periods=80)))
     with pytest.raises(ValueError) as err:
         Imputer(**FAST).fit(table)
-    assert message in str(err.value) and "\n" not in str(err.value)
+    assert "column 'bad' holds dates or times (datetime64" in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.fixture(scope="module")
+def identifiers(frame):
+    """frame twice over with an identifier-like column: 60 labels, 'id07' the most frequent
+    (3 times), 'id00'..'id05' twice each (a tie below it), ~25% missing."""
+    labels = [f"id{i:02d}" for i in range(60)] + ["id07"] * 2 + [f"id{i:02d}" for i in range(6)]
+    column = pd.Series(labels + [None] * (80 - len(labels)), dtype=object)
+    return pd.concat([frame, frame], ignore_index=True).assign(name=column)
+
+
+def test_an_identifier_column_takes_its_most_frequent_label_as_simple_imputer(identifiers):
+    from sklearn.impute import SimpleImputer
+    with pytest.warns(UserWarning, match=f"^column.s. with more than {MAX_CATEGORIES} distinct labels .identifiers or "
+                      "free text.[)]: name; kept out of the model, their missing entries take the most frequent label"):
+        imputer = Imputer(**FAST).fit(identifiers)
+    out = imputer.transform(identifiers)
+    expected = SimpleImputer(strategy="most_frequent", missing_values=None).fit_transform(identifiers[["name"]])[:, 0]
+    assert out["name"].tolist() == expected.tolist() and set(out["name"][identifiers["name"].isna()]) == {"id07"}
+    assert imputer.most_frequent_.tolist() == [False] * 9 + [True] and not imputer.modeled_[-1]
+    new = identifiers.assign(name=identifiers["name"].replace({"id30": "someone new"}))
+    assert imputer.transform(new)["name"].tolist() == [v if v != "id30" else "someone new" for v in expected]
+
+
+def test_types_categorical_models_a_column_of_many_labels(identifiers):
+    imputer = Imputer(types={"name": "categorical"}, **FAST).fit(identifiers)
+    assert imputer.modeled_[-1] and not imputer.most_frequent_.any()
+    assert len(imputer.columns_[-1].categories) == 60 and set(imputer.transform(identifiers)["name"]) <= set(
+        identifiers["name"].dropna())
+
+
+def test_strings_and_numbers_mixed_are_labels(frame):
+    mixed = pd.Series(["a", 1, "b", 2.5] * 10, dtype=object).mask(frame["real"].isna())
+    with pytest.warns(UserWarning, match=r"^column 'bad' mixes strings and numbers \(e.g. 'a' and 1\): each value is"):
+        imputer = Imputer(**FAST).fit(frame.assign(bad=mixed))
+    out = imputer.transform(frame.assign(bad=mixed))["bad"]
+    assert imputer.columns_[-1].categories == [1, 2.5, "a", "b"] and out.dtype == object
+    assert set(out) <= {"a", 1, "b", 2.5} and out[mixed.notna()].tolist() == mixed.dropna().tolist()
 
 
 @pytest.mark.parametrize("types,message", [
@@ -117,11 +163,17 @@ def test_bad_types_are_refused_in_one_line(frame, types, message):
     assert message in str(err.value)
 
 
-def test_an_unseen_category_at_transform_is_refused(frame):
+def test_an_unseen_category_at_transform_is_read_as_missing_and_kept(frame):
+    # as SimpleImputer, transform takes labels fit never saw: the model reads them as missing
     imputer = Imputer(**FAST).fit(frame)
     other = frame.assign(word=frame["word"].replace({"maybe": "perhaps"}))
-    with pytest.raises(ValueError, match="column 'word' holds categories not seen in fit: perhaps"):
-        imputer.transform(other)
+    with pytest.warns(UserWarning, match="^column 'word' holds categories not seen in fit: perhaps; the model reads "
+                      "those cells as missing and they come back as they are$"):
+        out = imputer.transform(other)
+    unseen = other["word"] == "perhaps"
+    blind = other.assign(word=other["word"].mask(unseen))
+    assert unseen.sum() > 0 and (out["word"][unseen] == "perhaps").all()
+    pd.testing.assert_frame_equal(out.drop(columns="word"), imputer.transform(blind).drop(columns="word"))
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -37,7 +37,7 @@ from ..runtime.rng import forked_rng
 from ..training.fit import train
 from ..training.loop import batches_per_epoch
 from .encoding import NEEDED, table_input
-from .types import CODED, infer, infer_array
+from .types import CODED, MAX_CATEGORIES, infer, infer_array
 
 LIKELIHOOD_NAMES = ("auto", "gaussian", "student-t", "bernoulli")
 CONTINUOUS = {"gaussian": Gaussian, "student-t": StudentT}
@@ -111,7 +111,10 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     observed value included) is, under "mar", kept out of the network (it is the same on
     every row, so it tells nothing about the others) and its missing entries take that value;
     under a missingness model it stays in the network with a Gaussian of fixed scale (its
-    missing values may differ from the observed one). One warning line each. A real column
+    missing values may differ from the observed one). A categorical column of more than
+    MAX_CATEGORIES distinct labels that types= does not name (an identifier, free text) is kept
+    out of the network too, its missing entries the most frequent label (SimpleImputer's
+    "most_frequent"). One warning line each. A real column
     recorded finely (FINE_LEVELS or more distinct values) whose most common value holds
     POINT_MASS or more of its observed values (MNIST's zero pixels, a debt of 0) is modelled,
     under "mar" with the Gaussian, by an InflatedGaussian: that value with a learned
@@ -121,8 +124,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     "1", ...), ``model_`` (an iwae.Model on the standardised modelled columns; None
     when no column is modelled), ``mean_``, ``scale_`` (of the observed values only; 0 and 1
     for Bernoulli columns; a constant column's value and |value| (1 for 0); 0 and 1 for an
-    empty column), ``binary_`` (Bernoulli columns), ``constant_``, ``empty_``, ``modeled_``
-    (the columns the network models), ``n_features_in_`` (and ``feature_names_in_`` for a
+    empty column; a most_frequent_ column's label's code and 1), ``binary_`` (Bernoulli
+    columns), ``constant_``, ``empty_``, ``most_frequent_`` (the identifier-like columns
+    above), ``modeled_`` (the columns the network models), ``n_features_in_`` (and ``feature_names_in_`` for a
     DataFrame), ``epochs_`` (the budget), ``patience_`` (None: no early stopping), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
     epoch whose parameters the refit started from), ``history_`` (per epoch: train_bound, held_error (with
     patience, where measured: the held-out entries' mean error), seconds),
@@ -196,8 +200,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return self
 
     def _columns(self, values, observed):
-        """The fitted column attributes (empty_, constant_, binary_, modeled_, mean_, scale_),
-        with the constant columns' warning."""
+        """The fitted column attributes (empty_, constant_, most_frequent_, binary_, modeled_,
+        mean_, scale_), with the constant and identifier-like columns' warnings."""
         names = self._column_names()
         types = self._chosen_types(names, values, observed)
         self.types_ = dict(zip(names, types.tolist()))
@@ -206,8 +210,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         high = np.where(observed, values, -np.inf).max(0)
         low = np.where(observed, values, np.inf).min(0)
         self.constant_ = ~self.empty_ & (high == low)
+        self.most_frequent_ = np.array([not c.modelled for c in self.columns_]) & ~self.empty_ & ~self.constant_
         self.binary_ = (types == "binary") & ~self.empty_ & ~self.constant_
-        self.modeled_ = ~self.empty_ & ~(self.constant_ & (self.mechanism == "mar"))
+        self.modeled_ = ~self.empty_ & ~(self.constant_ & (self.mechanism == "mar")) & ~self.most_frequent_
         count = np.maximum(observed.sum(0), 1)
         mean = filled.sum(0) / count
         std = np.sqrt((np.where(observed, values - mean, 0.0) ** 2).sum(0) / count)
@@ -215,6 +220,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         centred = (types == "real") & ~self.empty_
         scaled = centred | ((types == "positive") & ~self.empty_)
         self.mean_ = np.where(self.constant_, value, np.where(centred, mean, 0.0))
+        self.mean_[self.most_frequent_] = [_mode(values[:, j]) for j in np.flatnonzero(self.most_frequent_)]
         self.scale_ = np.where(self.constant_, np.where(value == 0, 1.0, np.abs(value)), np.where(scaled, std, 1.0))
         if self.constant_.any():
             what = ("their missing entries take that value (mechanism='mar')" if self.mechanism == "mar" else
@@ -222,6 +228,10 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                     f"(mechanism={self.mechanism!r})")
             warnings.warn(f"column(s) with a single observed value: {_names(names, self.constant_)}; {what}",
                           UserWarning, stacklevel=3)
+        if self.most_frequent_.any():
+            warnings.warn(f"column(s) with more than {MAX_CATEGORIES} distinct labels (identifiers or free text?): "
+                          f"{_names(names, self.most_frequent_)}; kept out of the model, their missing entries take "
+                          "the most frequent label (types={column: 'categorical'} models one)", UserWarning, stacklevel=3)
 
     def _chosen_types(self, names, values, observed):
         """Each column's type (str array [D]): columns_' (types= or inferred), with
@@ -526,7 +536,7 @@ def _as_array(X, imputer, reset):
                          "features as input")
     if kind[0] != "pandas":             # an array's categorical and ordinal columns (types=): codes
         for j in _labelled(imputer.columns_):
-            values[:, j] = imputer.columns_[j].encode(values[:, j])
+            values[:, j] = imputer.columns_[j].encode(values[:, j], unseen="raise")
     return values, kind
 
 
@@ -635,6 +645,12 @@ def _decoded(frame, values, columns, kept):
     its own dtype (iwae.missing.types.Column.decode); frame itself untouched."""
     import pandas as pd
     return pd.concat([columns[j].decode(values[:, j], frame.iloc[:, j]) for j in np.flatnonzero(kept)], axis=1)
+
+
+def _mode(codes):
+    """The most frequent of a column's observed codes (float64, NaN = missing), the least on a
+    tie: SimpleImputer(strategy="most_frequent")'s rule, the labels being sorted."""
+    return float(np.bincount(codes[~np.isnan(codes)].astype(np.int64)).argmax())
 
 
 def _binary_columns(values, observed):

@@ -15,21 +15,24 @@ Types, their likelihoods (iwae.core.densities, iwae.core.tabular) and their code
 
 ``types="auto"`` decides from the pandas dtype and the observed values (``infer``):
 datetime and timedelta columns are refused; bool -> binary; an ordered category -> ordinal,
-another category -> categorical; object and string columns -> categorical (refused above
-MAX_CATEGORIES distinct values: free text, or when strings and numbers are mixed); numbers
+another category -> categorical; object and string columns -> categorical (strings and
+numbers mixed included: each value a label, with a warning); a categorical column of more
+than MAX_CATEGORIES distinct labels (an identifier, free text) is kept out of the model and
+filled with its most frequent label (``Column.modelled``), unless types names it; numbers
 whose observed values are all 0 or 1 -> binary; integer columns (numpy or nullable Int64)
 whose observed values are non-negative, include 0 and take fewer than MAX_CATEGORIES distinct
 values -> count; integer columns of positive values with fewer than FEW_LEVELS distinct
 values (a year of a survey, a grade 1..5) -> ordinal over those values (a Gaussian on a few
 levels collapses onto them); any other number -> real. A dict {column: type} overrides any column.
 """
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 
 TYPES = ("real", "positive", "count", "binary", "categorical", "ordinal")
 CODED = ("binary", "categorical", "ordinal")   # cells coded by position in ``categories``
-MAX_CATEGORIES = 50            # distinct labels of a categorical column; more is free text
+MAX_CATEGORIES = 50            # distinct labels of a modelled "auto" categorical column; more: an identifier
 FEW_LEVELS = 10                # an integer column with fewer distinct values and no 0: ordinal levels
 
 
@@ -40,9 +43,14 @@ class Column:
     type: str
     categories: list = field(default_factory=list)     # label of code 0, 1, ... (coded types)
     dtype: object = None                               # the pandas dtype (None for arrays)
+    modelled: bool = True                              # False: filled with its most frequent label
 
-    def encode(self, cells):
-        """cells (a pandas Series or a numpy column) -> float64 codes, NaN where missing."""
+    def encode(self, cells, unseen="missing"):
+        """cells (a pandas Series or a numpy column) -> float64 codes, NaN where missing. A
+        label fit never saw is NaN too (unseen="missing": the model reads it as missing, and a
+        DataFrame's observed cells come back as they were; warned unless the column is not
+        modelled, where new labels are expected) or refused (unseen="raise": an array's
+        column, whose output is rebuilt from the codes)."""
         missing = _missing(cells)
         if self.type not in CODED or (self.type == "binary" and not self.categories):
             values = np.full(len(missing), np.nan)
@@ -50,12 +58,16 @@ class Column:
             return values
         lookup = {label: code for code, label in enumerate(self.categories)}
         present = _present(cells, missing)
-        unseen = sorted({str(v) for v in present if v not in lookup})
-        if unseen:
-            raise ValueError(f"column {self.name!r} holds categories not seen in fit: {', '.join(unseen[:5])}"
-                             f"{' ...' if len(unseen) > 5 else ''}; refit on data that has them")
+        new = sorted({str(v) for v in present if v not in lookup})
+        listed = f"{', '.join(new[:5])}{' ...' if len(new) > 5 else ''}"
+        if new and unseen == "raise":
+            raise ValueError(f"column {self.name!r} holds categories not seen in fit: {listed}; refit on data "
+                             "that has them")
+        if new and self.modelled:
+            warnings.warn(f"column {self.name!r} holds categories not seen in fit: {listed}; the model reads "
+                          "those cells as missing and they come back as they are", UserWarning, stacklevel=5)
         codes = np.full(len(missing), np.nan)
-        codes[~missing] = [lookup[v] for v in present]
+        codes[~missing] = [lookup.get(v, np.nan) for v in present]
         return codes
 
     def labels(self, codes):
@@ -75,10 +87,8 @@ class Column:
         fill = codes[missing]
         if self.type in CODED and self.categories:
             fill = self.labels(fill)
-        elif self.type == "binary":              # a 0/1 column of a table is two categories: its mode
-            fill = np.rint(fill)
-        if pd.api.types.is_integer_dtype(cells.dtype) and self.type not in CODED[1:]:
-            fill = np.rint(fill).astype(np.int64)
+        else:                                    # a 0/1 column of a table is two categories: its mode
+            fill = _cast(np.rint(fill) if self.type == "binary" else fill, cells.dtype)
         out[missing] = fill
         return out
 
@@ -94,7 +104,9 @@ def infer(frame, types):
             raise ValueError(f"column {name!r} holds dates or times ({dtype}); convert it to numbers "
                              "(e.g. days since a date) or drop it")
         kind = chosen.get(name) or _auto(name, cells)
-        columns.append(_checked(Column(name, kind, _labels(name, cells, kind), dtype), cells))
+        labels = _labels(cells, kind)
+        many = name not in chosen and kind == "categorical" and len(labels) > MAX_CATEGORIES
+        columns.append(_checked(Column(name, kind, labels, dtype, modelled=not many), cells))
     return columns
 
 
@@ -136,7 +148,9 @@ def _auto(name, cells):
     if not pd.api.types.is_numeric_dtype(dtype):
         numbers = [v for v in present if not isinstance(v, str)]
         if numbers and len(numbers) < len(present):
-            raise ValueError(f"column {name!r} mixes strings and numbers (e.g. {numbers[0]!r}); make it one or the other")
+            text = next(v for v in present if isinstance(v, str))
+            warnings.warn(f"column {name!r} mixes strings and numbers (e.g. {text!r} and {numbers[0]!r}): each "
+                          "value is a category label", UserWarning, stacklevel=5)
         return "categorical" if len(numbers) < len(present) or not len(present) else "real"
     present = np.asarray(present, dtype=np.float64)
     if _zero_one(present):
@@ -149,7 +163,7 @@ def _auto(name, cells):
     return "ordinal" if len(distinct) < FEW_LEVELS else "real"
 
 
-def _labels(name, cells, kind):
+def _labels(cells, kind):
     """The labels of a coded column, code order; [] for a numeric binary column (0/1 as is)."""
     import pandas as pd
     dtype = cells.dtype
@@ -163,10 +177,6 @@ def _labels(name, cells, kind):
         labels = [False, True]
     else:
         labels = sorted(set(_present(cells, _missing(cells))), key=_order)
-    if len(labels) > MAX_CATEGORIES:
-        raise ValueError(f"column {name!r} has {len(labels)} distinct values, more than the {MAX_CATEGORIES} "
-                         "categories a categorical column may have (free text or an identifier?); drop it, or "
-                         "give it types={name!r: 'real'} if it is numeric")
     return labels
 
 
@@ -185,6 +195,17 @@ def _checked(column, cells):
     if not ok:
         raise ValueError(f"column {column.name!r} cannot be {column.type!r}: it {need}")
     return column
+
+
+def _cast(fill, dtype):
+    """float64 fill as dtype's numbers: an integer dtype's nearest integers within its range, a
+    float dtype's precision (float32 stays float32), as they are for any other (object)."""
+    import pandas as pd
+    numbers = getattr(dtype, "numpy_dtype", dtype)          # a nullable dtype's numpy type
+    if pd.api.types.is_integer_dtype(numbers) and not pd.api.types.is_bool_dtype(numbers):
+        limits = np.iinfo(numbers)
+        return np.clip(np.rint(fill), limits.min, limits.max).astype(numbers)
+    return fill.astype(numbers) if pd.api.types.is_float_dtype(numbers) else fill
 
 
 def _missing(cells):
