@@ -105,6 +105,12 @@ def test_a_one_category_column_is_constant(frame):
     assert (out["only"] == "same").all()
 
 
+def test_a_cell_neither_string_nor_number_is_refused_in_one_line(frame):
+    with pytest.raises(TypeError, match=r"^column 'bad' holds \{'a': 1\}, not a cell of a table: each argument must be "
+                       "a string or a real number, not 'dict'$"):
+        Imputer(**FAST).fit(frame.assign(bad=pd.Series(["x", {"a": 1}] * 20, dtype=object)))
+
+
 def test_a_datetime_column_is_refused_in_one_line(frame):
     table = pd.concat([frame, frame], ignore_index=True).assign(bad=pd.Series(pd.date_range("2020-01-01", periods=80)))
     with pytest.raises(ValueError) as err:
@@ -192,6 +198,19 @@ def test_an_arrays_coded_columns_are_its_own_values_in_and_out(dtype):
         assert set(filled[:, 1]) <= {5, 6, 7, 8, 9} and set(filled[:, 2]) <= {2.5, 7, 13}
     with pytest.raises(ValueError, match="^column '2' holds categories not seen in fit: 4.0; refit on data that has them$"):
         imputer.transform(np.c_[x[:, :2], np.full(60, 4.0, dtype)])
+
+
+@pytest.mark.parametrize("container", [np.array, lambda rows: rows.tolist()], ids=["object-array", "list"])
+def test_an_object_array_is_a_table_without_names(frame, container):
+    # SimpleImputer takes strings in an object array: so do we, as the DataFrame they make
+    table = frame[["real", "word", "colour"]].astype(object).where(frame[["real", "word", "colour"]].notna(), np.nan)
+    rows = table.to_numpy(dtype=object)
+    imputer = Imputer(**FAST)
+    out = imputer.fit_transform(container(rows))
+    named = Imputer(**FAST).fit_transform(table.set_axis(["0", "1", "2"], axis=1).infer_objects())
+    assert isinstance(out, np.ndarray) and out.dtype == object and not hasattr(imputer, "feature_names_in_")
+    assert out.tolist() == named.to_numpy(dtype=object).tolist() and imputer.types_["1"] == "categorical"
+    assert imputer.sample(container(rows), m=2).shape == (2, *rows.shape)
 
 
 def test_missingness_models_refuse_discrete_columns(frame):

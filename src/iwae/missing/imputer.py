@@ -54,6 +54,7 @@ REFIT = 0.5                    # then, from the best epoch, this fraction of its
 PATIENCE_STEPS = 500           # patience="auto": stop after about this many steps without a lower error
 MAX_STEPS = 8000               # ... within at most about this many (results/imputer_budget.md)
 MAX_LATENT = 10
+TABLES = ("pandas", "objects")  # inputs whose columns are typed, coded and decoded as a DataFrame's
 FINE_LEVELS = 64               # a real column with this many distinct values and one of them
 POINT_MASS = 0.1               # ... holding this share of its observed values has a point mass (an InflatedGaussian;
 TIE_FLOOR = 0.5                # ... without one, a Gaussian floored at that share, at most this: docs/missing.md, "Ties")
@@ -335,12 +336,13 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def sample(self, X, m=5):
         """m multiple imputations of X by sampling importance resampling (categories drawn, not
         averaged): [m, N, D] (numpy, or a torch tensor for a tensor X), or for a DataFrame a
-        list of m DataFrames like X."""
+        list of m DataFrames like X (for an object array, [m, N, D] objects)."""
         values, kind = self._checked(X)
         draws = self._filled(values, lambda model, x: multiple_impute(model, x, m, draws=self.draws), m)
         out = np.where(np.isnan(values)[None], draws, values[None])
-        if kind[0] == "pandas":
-            return [self._kept(one, kind) for one in out]
+        if kind[0] in TABLES:
+            draws = [self._kept(one, kind) for one in out]
+            return draws if kind[0] == "pandas" else np.stack(draws)
         return self._kept(out, kind)
 
     def score(self, X, y=None):
@@ -381,8 +383,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             warnings.warn(f"Skipping features without any observed values: {empty}. At least one non-missing "
                           "value is needed for imputation with iwae.Imputer.", UserWarning, stacklevel=3)
             kept = ~self.empty_
-        if kind[0] == "pandas":
-            return _decoded(kind[1], values, self.columns_, kept)
+        if kind[0] in TABLES:
+            decoded = _decoded(kind[1], values, self.columns_, kept)
+            return decoded if kind[0] == "pandas" else decoded.to_numpy(dtype=object)
         for j in _labelled(self.columns_):          # codes back to the values they stand for (values is ours)
             values[..., j] = np.reshape(self.columns_[j].labels(values[..., j].ravel()), values.shape[:-1])
         return _like(values[..., kept], kind)
@@ -498,17 +501,27 @@ def missingness(imputer):
 def _as_array(X, imputer, reset):
     """(float64 [N, D] numpy copy of X, kind), with the bad-input checks of docs/missing.md; a
     DataFrame's columns coded by their types (columns_, inferred when reset). kind:
-    ("numpy", dtype), ("pandas", the DataFrame) or ("torch", (dtype, device))."""
+    ("numpy", dtype), ("pandas", the DataFrame), ("objects", an object array [N, D] as a
+    DataFrame with columns "0", "1", ...: strings without names, as SimpleImputer takes them) or
+    ("torch", (dtype, device))."""
     kind = ("numpy", None)
+    objects = _objects(X)
+    if objects is not None:                                  # strings in an array: a table
+        import pandas as pd
+        kind = ("objects", pd.DataFrame(objects, columns=[str(j) for j in range(objects.shape[1])]).infer_objects())
+        X = kind[1]
     if isinstance(X, torch.Tensor):
         kind = ("torch", (X.dtype, X.device))
         X = X.detach().cpu().numpy()
     elif hasattr(X, "dtypes") and hasattr(X, "columns"):          # a pandas DataFrame
-        kind = ("pandas", X)
+        kind = kind if kind[0] == "objects" else ("pandas", X)
         names = np.asarray([str(c) for c in X.columns], dtype=object)
         if reset:
-            imputer.feature_names_in_ = names
-            imputer.columns_ = infer(X, imputer.types)
+            if kind[0] == "pandas":
+                imputer.feature_names_in_ = names
+            elif hasattr(imputer, "feature_names_in_"):
+                del imputer.feature_names_in_
+            imputer.columns_ = infer(X, _named(imputer.types) if kind[0] == "objects" else imputer.types)
         elif getattr(imputer, "feature_names_in_", None) is not None and list(names) != list(imputer.feature_names_in_):
             raise ValueError("X's column names differ from those the Imputer was fitted on")
         elif X.shape[1] != imputer.n_features_in_:
@@ -529,15 +542,30 @@ def _as_array(X, imputer, reset):
         raise ValueError("X holds infinite values; mark missing entries as NaN")
     if reset:
         imputer.n_features_in_ = values.shape[1]
-        if kind[0] != "pandas":
+        if kind[0] not in TABLES:
             imputer.columns_ = infer_array(values, imputer.types)
     elif values.shape[1] != imputer.n_features_in_:
         raise ValueError(f"X has {values.shape[1]} features, but Imputer is expecting {imputer.n_features_in_} "
                          "features as input")
-    if kind[0] != "pandas":             # an array's categorical and ordinal columns (types=): codes
+    if kind[0] not in TABLES:           # an array's categorical and ordinal columns (types=): codes
         for j in _labelled(imputer.columns_):
             values[:, j] = imputer.columns_[j].encode(values[:, j], unseen="raise")
     return values, kind
+
+
+def _objects(X):
+    """X as a 2-d object array where it is one, or a list holding strings (whose numpy array
+    would be strings, NaN "nan"); else None."""
+    if isinstance(X, np.ndarray):
+        return X if X.dtype == object and X.ndim == 2 else None
+    if isinstance(X, (list, tuple)) and np.asarray(X).dtype.kind in "US" and np.ndim(X) == 2:
+        return np.asarray(X, dtype=object)
+    return None
+
+
+def _named(types):
+    """types for an object array's table, whose columns are named by position: {"0": ...}."""
+    return {str(c): t for c, t in types.items()} if isinstance(types, dict) else types
 
 
 def _labelled(columns):

@@ -146,6 +146,10 @@ def _auto(name, cells):
         return "ordinal" if dtype.ordered else "categorical"
     present = _present(cells, _missing(cells))
     if not pd.api.types.is_numeric_dtype(dtype):
+        other = next((v for v in present if not isinstance(v, (str, int, float))), None)
+        if other is not None:                     # a dict, a list: not a value of a table
+            raise TypeError(f"column {name!r} holds {other!r}, not a cell of a table: each argument must be a "
+                            f"string or a real number, not {type(other).__name__!r}")
         numbers = [v for v in present if not isinstance(v, str)]
         if numbers and len(numbers) < len(present):
             text = next(v for v in present if isinstance(v, str))
