@@ -21,7 +21,8 @@ BF16_MIN_MACS = 4_000_000
 
 
 class _Matmul:
-    dtype = None            # None: the parameters' dtype; torch.bfloat16 inside matmul_dtype
+    def __init__(self):     # set on the instance, so that a compiled graph's guards see it there from the first call
+        self.dtype = None   # None: the parameters' dtype; torch.bfloat16 inside matmul_dtype
 
 
 MATMUL = _Matmul()

@@ -85,22 +85,31 @@ def compiled(fn, device, *, dynamic=False):
     return run
 
 
+_compiled_steps = {}     # (a model's structure, its batch, ...) -> the step's function, compiled
+
+
 def compiled_step(gradients, device, model):
-    """A step's (params, x) -> (loss, gradients): one compiled function per batch (shape,
-    dtype, device), grad mode and model.training (the eager one where
-    decisions.compiles_gradients says so), each of which only ever sees that batch
-    and the step's own parameter tensors, so that after its first call its guards are
-    skipped (torch.compiler.set_stance(skip_guard_eval_unsafe=True)): checking the 13
-    input tensors and the modules on every call is a cost that matters at small k
-    (docs/speed.md)."""
-    by_batch = {}
+    """A step's (params, x) -> (loss, gradients), gradients being a step's bound method: one
+    compiled function per model structure (repr(model): its modules and their sizes), batch
+    (shape, dtype, device), grad mode and model.training (the eager one where
+    decisions.compiles_gradients says so), shared by every step of that structure with the
+    step an argument: a new model like the last (the Imputer's next fit, a cross-validation's
+    next fold) reuses its traced graph instead of tracing again, torch.compile's guards,
+    checked on each step's first call per batch, deciding whether it may. After that call
+    the guards are skipped (torch.compiler.set_stance(skip_guard_eval_unsafe=True), which
+    still tells the function's graphs apart): checking the 13 input tensors and the modules
+    on every call is a cost that matters at small k (docs/speed.md)."""
+    owner, function, structure = gradients.__self__, gradients.__func__, repr(model)
+    fine = {}
 
     def run(params, x):
-        key = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled(), model.training)
-        if key not in by_batch:
-            fine = decisions.compiles_gradients("step", model, x)
-            by_batch[key] = compiled(gradients, device) if fine else gradients
-            return by_batch[key](params, x)                     # compiles, guards checked
+        batch = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled(), model.training)
+        if batch not in fine:
+            fine[batch] = decisions.compiles_gradients("step", model, x)
+            key = (structure, function, batch, fine[batch])
+            if key not in _compiled_steps:
+                _compiled_steps[key] = compiled(function, device) if fine[batch] else function
+            return _compiled_steps[key](owner, params, x)           # compiles or reuses, guards checked
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-            return by_batch[key](params, x)
+            return _compiled_steps[structure, function, batch, fine[batch]](owner, params, x)
     return run
