@@ -177,30 +177,49 @@ def test_whole_step_compiled_equals_the_eager_step(layers, k, estimator):
         assert_grads_close(grads(model), g1, 1e-11)
 
 
+def small_step(seed, likelihood="bernoulli"):
+    """(loss, gradients) of the first compiled step of a new 12-16-2 model (its parameters from
+    seed) on 20 binary rows: Bernoulli or a fixed-scale Gaussian, either one decoder output
+    per column, so the two models have the same repr."""
+    from iwae.core.densities import Bernoulli, Gaussian
+    from iwae.core.model import GaussianLayer, Model
+    from iwae.core.nets import mlp
+    torch.manual_seed(seed)
+    p = Bernoulli() if likelihood == "bernoulli" else Gaussian(1.0)
+    model = Model(GaussianLayer(mlp([12, 16], 4)), mlp([2, 16], 12), p)
+    step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), 3, compile="step")
+    torch.manual_seed(1)
+    return step.forward_backward(binary(20)[:, :12].float()), grads(model)
+
+
+def assert_same_step(a, b):
+    assert torch.equal(a[0], b[0]) and all(torch.equal(x, y) for x, y in zip(a[1], b[1]))
+
+
 def test_a_model_like_the_last_reuses_its_compiled_step_with_a_fresh_compiles_numbers():
     # the Imputer's next fit, a cross-validation's next fold: a new model of the same structure
     # is not traced again (1.4-3.7 s of a small fit), and its step is a fresh compile's, bitwise
     from torch._dynamo.utils import counters
-    from iwae.core.densities import Bernoulli
-    from iwae.core.model import GaussianLayer, Model
-    from iwae.core.nets import mlp
-    x = binary(20)[:, :12].float()
-
-    def run(seed):
-        torch.manual_seed(seed)
-        model = Model(GaussianLayer(mlp([12, 16], 4)), mlp([2, 16], 12), Bernoulli())
-        step = make_step(model, torch.optim.SGD(model.parameters(), lr=0.1), 3, compile="step")
-        torch.manual_seed(1)
-        return step.forward_backward(x), grads(model)
-
-    run(0)
+    small_step(0)
     graphs = counters["stats"]["unique_graphs"]
-    reused = run(1)
+    reused = small_step(1)
     assert counters["stats"]["unique_graphs"] == graphs
     runtime_compile._compiled_steps.clear()
-    fresh = run(1)
+    assert_same_step(reused, small_step(1))
     assert counters["stats"]["unique_graphs"] == graphs + 1
-    assert torch.equal(reused[0], fresh[0]) and all(torch.equal(a, b) for a, b in zip(reused[1], fresh[1]))
+
+
+def test_a_model_whose_repr_matches_but_graph_does_not_gets_its_own():
+    # the shared graph's guards refuse the Gaussian model (fail_on_recompile): it is compiled
+    # anew, with a fresh compile's numbers, and the Bernoulli model's next fit is right again
+    from torch._dynamo.utils import counters
+    first = small_step(0)
+    graphs = counters["stats"]["unique_graphs"]
+    gaussian = small_step(0, "gaussian")
+    assert counters["stats"]["unique_graphs"] == graphs + 1 and not torch.equal(gaussian[0], first[0])
+    assert_same_step(small_step(0), first)
+    runtime_compile._compiled_steps.clear()
+    assert_same_step(small_step(0, "gaussian"), gaussian)
 
 
 def test_a_custom_backward_is_kept_by_running_its_step_eagerly(custom_backward_model, recwarn):

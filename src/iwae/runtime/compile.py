@@ -78,6 +78,8 @@ def compiled(fn, device, *, dynamic=False):
             try:
                 return fast(*args)
             except Exception as err:                       # pragma: no cover - platform
+                if _refused_recompile(err):                # compiled_step's probe of a shared graph
+                    raise
                 state["failed"] = True
                 warnings.warn(f"iwae: torch.compile failed here ({type(err).__name__}: {err}); "
                               "running eagerly", RuntimeWarning, stacklevel=2)
@@ -92,24 +94,48 @@ def compiled_step(gradients, device, model):
     """A step's (params, x) -> (loss, gradients), gradients being a step's bound method: one
     compiled function per model structure (repr(model): its modules and their sizes), batch
     (shape, dtype, device), grad mode and model.training (the eager one where
-    decisions.compiles_gradients says so), shared by every step of that structure with the
+    decisions.compiles_gradients says so), shared by the steps of that structure with the
     step an argument: a new model like the last (the Imputer's next fit, a cross-validation's
-    next fold) reuses its traced graph instead of tracing again, torch.compile's guards,
-    checked on each step's first call per batch, deciding whether it may. After that call
-    the guards are skipped (torch.compiler.set_stance(skip_guard_eval_unsafe=True), which
-    still tells the function's graphs apart): checking the 13 input tensors and the modules
-    on every call is a cost that matters at small k (docs/speed.md)."""
+    next fold) reuses its traced graph instead of tracing again, where the graph's guards hold
+    for it (else it gets a function and a graph of its own: _first_call). Each function so
+    holds one graph, and after a step's first call its guards are skipped
+    (torch.compiler.set_stance(skip_guard_eval_unsafe=True)): checking the 13 input tensors
+    and the modules on every call is a cost that matters at small k (docs/speed.md)."""
     owner, function, structure = gradients.__self__, gradients.__func__, repr(model)
-    fine = {}
+    mine = {}
 
     def run(params, x):
         batch = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled(), model.training)
-        if batch not in fine:
-            fine[batch] = decisions.compiles_gradients("step", model, x)
-            key = (structure, function, batch, fine[batch])
-            if key not in _compiled_steps:
-                _compiled_steps[key] = compiled(function, device) if fine[batch] else function
-            return _compiled_steps[key](owner, params, x)           # compiles or reuses, guards checked
+        if batch not in mine:
+            fine = decisions.compiles_gradients("step", model, x)
+            mine[batch], out = _first_call((structure, function, batch), function if not fine else None,
+                                           device, (owner, params, x))
+            return out
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
-            return _compiled_steps[structure, function, batch, fine[batch]](owner, params, x)
+            return mine[batch](owner, params, x)
     return run
+
+
+def _first_call(key, eager, device, args):
+    """(the function a step keeps for a batch, its first result): eager where given; else the
+    compiled function of key if its graph's guards hold for args (probed under the stance
+    "fail_on_recompile", which refuses to trace before anything runs), else a new one, which
+    key then names."""
+    if eager is not None:
+        return eager, eager(*args)
+    function = key[1]
+    shared = _compiled_steps.get(key)
+    if shared is not None:
+        try:
+            with torch.compiler.set_stance("fail_on_recompile"):
+                return shared, shared(*args)
+        except RuntimeError as err:
+            if not _refused_recompile(err):
+                raise
+    _compiled_steps[key] = compiled(function, device)
+    return _compiled_steps[key], _compiled_steps[key](*args)
+
+
+def _refused_recompile(err):
+    """Whether err is torch.compile refusing to trace again under the "fail_on_recompile" stance."""
+    return isinstance(err, RuntimeError) and "fail_on_recompile" in str(err)
