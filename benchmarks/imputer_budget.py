@@ -38,6 +38,7 @@ CONFIGS = {
     "holdout0.05": {"module": {"HOLDOUT": 0.05}},
     "holdout0.2": {"module": {"HOLDOUT": 0.2}},
     "z20": {"latent": 20},
+    "points-coarse": {"module": {"FINE_LEVELS": 2}},
     "h8d": {"hidden_per_column": 8},
     "h16d": {"hidden_per_column": 16},
     "h64": {"hidden": 64, "patience": None},

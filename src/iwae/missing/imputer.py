@@ -58,6 +58,7 @@ TABLES = ("pandas", "objects")  # inputs whose columns are typed, coded and deco
 FINE_LEVELS = 64               # a real column with this many distinct values and one of them
 POINT_MASS = 0.1               # ... holding this share of its observed values has a point mass (an InflatedGaussian;
 TIE_FLOOR = 0.5                # ... without one, a Gaussian floored at that share, at most this: docs/missing.md, "Ties")
+PILE_UP = 1.5                  # a coarser column's point mass: at an end, this many times the level beside it
 
 
 def default_sizes(n, d, batch_size=64):
@@ -613,11 +614,23 @@ def _point_masses(levels):
     return np.where(shares >= POINT_MASS, shares, 0.0)
 
 
+def _piled(levels):
+    """Per column of _levels, whether its most common value holds POINT_MASS or more of its
+    observed values at an end of its range, PILE_UP times as many as the level beside it (a
+    grey level's zeros, a saturated sensor): a mass a Gaussian cannot put at its boundary."""
+    def piled(values, counts):
+        top = counts.argmax()
+        if len(values) < 3 or top not in (0, len(values) - 1):
+            return False
+        return counts[top] >= POINT_MASS * counts.sum() and counts[top] >= PILE_UP * counts[1 if top == 0 else -2]
+    return np.array([piled(values, counts) for values, counts in levels], dtype=bool)
+
+
 def _points(levels):
     """Per column of _levels, its most common observed value where _point_masses has a point
-    mass, else NaN: where an InflatedGaussian puts it (docs/missing.md, "Ties")."""
+    mass or _piled finds one, else NaN: where an InflatedGaussian puts it (docs/missing.md, "Ties")."""
     modes = np.array([values[counts.argmax()] if len(values) else np.nan for values, counts in levels])
-    return np.where(_point_masses(levels) > 0, modes, np.nan)
+    return np.where((_point_masses(levels) > 0) | _piled(levels), modes, np.nan)
 
 
 def _floors(levels):
