@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 
 import iwae
-from iwae.missing.imputer import default_sizes
+from iwae.missing.imputer import _piled, default_sizes
 from iwae.core.densities import Columns, Gaussian, StudentT
 from iwae.core.tabular import InflatedGaussian
 
@@ -411,6 +411,27 @@ def test_a_fine_columns_point_mass_is_an_inflated_gaussians_under_mar():
     assert (draws[:, holes, 2] == 0.0).mean() > 0.3               # the point itself, not its float32 round trip
     copy = pickle.loads(pickle.dumps(imputer))
     assert np.array_equal(copy.transform(x), imputer.transform(x)) and copy.point_masses_ == imputer.point_masses_
+
+
+@pytest.mark.parametrize("counts,piled", [
+    ([30, 10, 8, 5], True),                 # a grey level's zeros: 3x the level beside them
+    ([5, 8, 10, 30], True),                 # a saturated sensor's top
+    ([10, 30, 8, 5], False),                # the most common value inside the range
+    ([30, 25, 8, 5], False),                # at an end, but under 1.5x the level beside it
+    ([3] + [2] * 21, False),                # 1.5x its neighbour, but under 10% of the values
+    ([30, 10], False),                      # two levels: a binary column, not a pile
+])
+def test_a_pile_at_an_end_of_a_coarser_columns_range(counts, piled):
+    assert _piled([(np.arange(len(counts), dtype=float), np.array(counts))]).tolist() == [piled]
+
+
+def test_a_coarse_columns_pile_of_zeros_is_an_inflated_gaussians_point_mass():
+    # digits' grey levels 0-16, 40% of them 0: a point mass there, as on a finely recorded column
+    rng = np.random.default_rng(0)
+    x = np.c_[rng.normal(size=200), np.where(rng.random(200) < 0.4, 0, rng.integers(1, 17, 200)).astype(float)]
+    x[rng.random(x.shape) < 0.2] = np.nan
+    imputer = iwae.Imputer(patience=None, **FAST).fit(x)
+    assert imputer.point_masses_ == {"1": 0.0} and isinstance(imputer.model_.likelihood.parts[1][0], InflatedGaussian)
 
 
 @pytest.mark.parametrize("settings", [dict(mechanism="self-masking"), dict(likelihood="student-t")],

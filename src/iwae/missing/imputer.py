@@ -120,7 +120,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     recorded finely (FINE_LEVELS or more distinct values) whose most common value holds
     POINT_MASS or more of its observed values (MNIST's zero pixels, a debt of 0) is modelled,
     under "mar" with the Gaussian, by an InflatedGaussian: that value with a learned
-    probability, else a Gaussian (docs/missing.md, "Ties").
+    probability, else a Gaussian (docs/missing.md, "Ties"); so is a coarser column whose most
+    common value piles up at an end of its range (POINT_MASS of its values, PILE_UP times the
+    level beside it: digits' zero grey levels).
 
     Fitted attributes: ``types_`` ({column name: type}; an array's columns are named "0",
     "1", ...), ``model_`` (an iwae.Model on the standardised modelled columns; None
