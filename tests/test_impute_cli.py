@@ -90,6 +90,16 @@ def test_a_constant_column_is_filled_with_its_value_and_an_empty_one_dropped(tmp
     assert list(out.columns) == ["a", "c"] and (out["a"] == 1).all() and out["c"].notna().all()
 
 
+@pytest.mark.parametrize("masses,line", [
+    ({"debt": 0.0}, "debt at 0"),
+    ({"debt": 0.0, "loan": 0.0, "top": 255.0}, "at 0: debt, loan; top at 255"),
+    ({str(j): 0.0 for j in range(8)}, "at 0: 0, 1, 2, 3, 4 and 3 more columns"),
+])
+def test_point_masses_are_one_short_line(masses, line):
+    from iwae.app.commands import point_masses_line
+    assert point_masses_line(masses) == line
+
+
 def test_an_identifier_column_is_filled_with_its_most_frequent_label(tmp_path, capsys):
     src = tmp_path / "t.csv"
     src.write_text("a,b\n" + "".join(f"{i % 7},t{i}\n" for i in range(60)) + "9,t3\n8,\n")

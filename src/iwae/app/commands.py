@@ -157,6 +157,19 @@ def datasets(args):
     print("your own data: --dataset FILE.npy|FILE.npz|FOLDER (of PNG/JPEG images)")
 
 
+def point_masses_line(masses, shown=5):
+    """{column: value} as "debt at 0", or grouped by value where columns share one (digits'
+    56 pixels at 0: "at 0: 0, 1, 2, 3, 4 and 51 more columns"), at most `shown` names a value."""
+    by_value = {}
+    for name, value in masses.items():
+        by_value.setdefault(value, []).append(str(name))
+    parts = []
+    for value, names in by_value.items():
+        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more columns" if len(names) > shown else "")
+        parts.append(f"{listed} at {value:.6g}" if len(names) == 1 else f"at {value:.6g}: {listed}")
+    return "; ".join(parts)
+
+
 def impute(args):
     try:
         from ..missing.tables import impute_file
@@ -171,8 +184,7 @@ def impute(args):
     print(f"bound on the observed entries: {r['bound']:.3f} nats per row; {what} written to {args.out} "
           f"({r['seconds']:.1f} s in all)")
     if r["point_masses"]:
-        print("point masses (a probability of their own): " + ", ".join(
-            f"{name} at {value:.6g}" for name, value in r["point_masses"].items()))
+        print("point masses (a probability of their own): " + point_masses_line(r["point_masses"]))
     fitted = r.get("missingness")
     if fitted is not None and "w" in fitted:
         print("self-masking p(observed | x_j) = sigmoid(-w_j (x_j - b_j)): " + ", ".join(
