@@ -196,8 +196,32 @@ def test_an_arrays_coded_columns_are_its_own_values_in_and_out(dtype):
     assert out.dtype == dtype and np.array_equal(out[~np.isnan(holes)], holes[~np.isnan(holes)])
     for filled in (out, *draws):
         assert set(filled[:, 1]) <= {5, 6, 7, 8, 9} and set(filled[:, 2]) <= {2.5, 7, 13}
-    with pytest.raises(ValueError, match="^column '2' holds categories not seen in fit: 4.0; refit on data that has them$"):
-        imputer.transform(np.c_[x[:, :2], np.full(60, 4.0, dtype)])
+    new = holes.copy()
+    new[:3, 2] = 4.0                                   # a category fit never saw: read as missing, kept
+    with pytest.warns(UserWarning, match="^column '2' holds categories not seen in fit: 4.0; the model reads"):
+        out = imputer.transform(new)
+    blind = new.copy()
+    blind[:3, 2] = np.nan
+    assert np.array_equal(out[~np.isnan(new)], new[~np.isnan(new)])
+    assert np.array_equal(out[3:], imputer.transform(blind)[3:]) and np.array_equal(out[:3, :2], imputer.transform(blind)[:3, :2])
+
+
+@pytest.mark.parametrize("kind", ["array", "frame"])
+def test_a_bernoulli_columns_other_values_at_transform_are_read_as_missing_and_kept(kind):
+    # SimpleImputer takes any number at transform: a 0/1 column's 2 is read as missing, kept
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=80)
+    x = np.c_[a, (a + 0.3 * rng.normal(size=80) > 0).astype(float)]
+    x[rng.random(80) < 0.2, 1] = np.nan
+    wrap = (lambda v: v) if kind == "array" else (lambda v: pd.DataFrame(v, columns=["a", "flag"]))
+    imputer = Imputer(**FAST).fit(wrap(x))
+    new, blind = x.copy(), x.copy()
+    new[:2, 1], blind[:2, 1] = 2.0, np.nan
+    with pytest.warns(UserWarning, match=f"^values other than 0 and 1 in Bernoulli column.s. {'1' if kind == 'array' else 'flag'}; "
+                      "the model reads those cells as missing and they come back as they are$"):
+        out = np.asarray(imputer.transform(wrap(new)), dtype=float)
+    assert np.array_equal(out[:2, 1], [2.0, 2.0])
+    assert np.array_equal(out[2:], np.asarray(imputer.transform(wrap(blind)), dtype=float)[2:])
 
 
 @pytest.mark.parametrize("container", [np.array, lambda rows: rows.tolist()], ids=["object-array", "list"])

@@ -164,7 +164,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 what = "no early stopping" if name == "patience" else "from the data's shape"
                 auto = "'auto', " if name == "patience" else ""
                 raise ValueError(f"{name} must be {auto}None ({what}) or an integer >= 1, got {value!r}")
-        values, _ = _as_array(X, self, reset=True)
+        values, _, _ = _as_array(X, self, reset=True)
         observed = ~np.isnan(values)
         self._check_mechanism(observed)
         self._columns(values, observed)
@@ -331,28 +331,30 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """X with every missing entry replaced by E[x_m | x_o] (self-normalised importance
         sampling, ``draws`` samples); observed entries bit for bit; the same kind as X. A
         constant column's missing entries under "mar" take its value; an empty column is
-        dropped (or, keep_empty_features=True, its missing entries are 0)."""
-        values, kind = self._checked(X)
+        dropped (or, keep_empty_features=True, its missing entries are 0). A value the model
+        cannot read (a category fit never saw, a Bernoulli column's value other than 0 or 1) is
+        read as missing and comes back as it is, with one warning line."""
+        values, kind, given = self._checked(X)
         filled = self._filled(values, lambda m, x: impute(m, x, draws=self.draws))
-        return self._kept(np.where(np.isnan(values), filled, values), kind)
+        return self._kept(np.where(np.isnan(values), filled, values), kind, given)
 
     def sample(self, X, m=5):
         """m multiple imputations of X by sampling importance resampling (categories drawn, not
         averaged): [m, N, D] (numpy, or a torch tensor for a tensor X), or for a DataFrame a
         list of m DataFrames like X (for an object array, [m, N, D] objects)."""
-        values, kind = self._checked(X)
+        values, kind, given = self._checked(X)
         draws = self._filled(values, lambda model, x: multiple_impute(model, x, m, draws=self.draws), m)
         out = np.where(np.isnan(values)[None], draws, values[None])
         if kind[0] in TABLES:
-            draws = [self._kept(one, kind) for one in out]
+            draws = [self._kept(one, kind, given) for one in out]
             return draws if kind[0] == "pandas" else np.stack(draws)
-        return self._kept(out, kind)
+        return self._kept(out, kind, given)
 
     def score(self, X, y=None):
         """The mean over rows of the IWAE bound L_draws of log p(x_o) (nats, in X's units) over
         the modelled columns (0 when none is); with a mechanism other than "mar", of
         log p(x_o, s) (the missingness model's term included)."""
-        values, _ = self._checked(X)
+        values, _, _ = self._checked(X)
         if self.model_ is None:
             return 0.0
         bound = self._run(lambda m, x: log_likelihood(m, x, self.draws, compile="off"), values, units=False)
@@ -375,9 +377,10 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             out[..., self.modeled_] = self._run(fn, values)
         return out
 
-    def _kept(self, values, kind):
+    def _kept(self, values, kind, given):
         """values [..., D] less the empty columns (with scikit-learn's warning) unless
-        keep_empty_features, as the kind of input they came from."""
+        keep_empty_features, as the kind of input they came from; an array's observed cells
+        (given [N, D], X's floats) as X had them, a DataFrame's as decode keeps them."""
         kept = np.ones_like(self.empty_)
         if self.empty_.any() and not self.keep_empty_features:
             empty = np.flatnonzero(self.empty_)
@@ -391,6 +394,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             return decoded if kind[0] == "pandas" else decoded.to_numpy(dtype=object)
         for j in _labelled(self.columns_):          # codes back to the values they stand for (values is ours)
             values[..., j] = np.reshape(self.columns_[j].labels(values[..., j].ravel()), values.shape[:-1])
+        values = np.where(np.isnan(given), values, given)
         return _like(values[..., kept], kind)
 
     def _column_names(self):
@@ -398,12 +402,17 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return list(names) if names is not None else [str(j) for j in range(self.n_features_in_)]
 
     def _checked(self, X):
+        """_as_array(X) for transform, sample and score, with a Bernoulli column's values other
+        than 0 and 1 read as missing (one warning line)."""
         check_is_fitted(self, "modeled_")
-        values, kind = _as_array(X, self, reset=False)
-        bad = self.binary_ & ~(np.isnan(values) | (values == 0) | (values == 1)).all(0)
+        values, kind, given = _as_array(X, self, reset=False)
+        bad = self.binary_[None] & ~(np.isnan(values) | (values == 0) | (values == 1))
         if bad.any():
-            raise ValueError("non-binary values in Bernoulli (0/1) column(s): " + _names(self._column_names(), bad))
-        return values, kind
+            warnings.warn("values other than 0 and 1 in Bernoulli column(s) " + _names(self._column_names(), bad.any(0))
+                          + "; the model reads those cells as missing and they come back as they are", UserWarning,
+                          stacklevel=3)
+            values[bad] = np.nan
+        return values, kind, given
 
     def _standardised(self, values):
         """The modelled columns of values, standardised, as a float32 tensor (NaN = missing)."""
@@ -502,8 +511,10 @@ def missingness(imputer):
 
 
 def _as_array(X, imputer, reset):
-    """(float64 [N, D] numpy copy of X, kind), with the bad-input checks of docs/missing.md; a
-    DataFrame's columns coded by their types (columns_, inferred when reset). kind:
+    """(float64 [N, D] numpy copy of X, kind, X's floats as given), with the bad-input checks of
+    docs/missing.md; a DataFrame's columns coded by their types (columns_, inferred when reset),
+    an array's categorical and ordinal columns too (a value fit never saw: NaN, read as
+    missing; X's floats as given (None for a DataFrame) keep it for the output). kind:
     ("numpy", dtype), ("pandas", the DataFrame), ("objects", an object array [N, D] as a
     DataFrame with columns "0", "1", ...: strings without names, as SimpleImputer takes them) or
     ("torch", (dtype, device))."""
@@ -550,10 +561,11 @@ def _as_array(X, imputer, reset):
     elif values.shape[1] != imputer.n_features_in_:
         raise ValueError(f"X has {values.shape[1]} features, but Imputer is expecting {imputer.n_features_in_} "
                          "features as input")
+    given = None if kind[0] in TABLES else values.copy()
     if kind[0] not in TABLES:           # an array's categorical and ordinal columns (types=): codes
         for j in _labelled(imputer.columns_):
-            values[:, j] = imputer.columns_[j].encode(values[:, j], unseen="raise")
-    return values, kind
+            values[:, j] = imputer.columns_[j].encode(values[:, j])
+    return values, kind, given
 
 
 def _objects(X):

@@ -45,12 +45,11 @@ class Column:
     dtype: object = None                               # the pandas dtype (None for arrays)
     modelled: bool = True                              # False: filled with its most frequent label
 
-    def encode(self, cells, unseen="missing"):
+    def encode(self, cells):
         """cells (a pandas Series or a numpy column) -> float64 codes, NaN where missing. A
-        label fit never saw is NaN too (unseen="missing": the model reads it as missing, and a
-        DataFrame's observed cells come back as they were; warned unless the column is not
-        modelled, where new labels are expected) or refused (unseen="raise": an array's
-        column, whose output is rebuilt from the codes)."""
+        label fit never saw is NaN too: the model reads it as missing, and the Imputer gives
+        the observed cells back as they were (warned, unless the column is not modelled, where
+        new labels are expected)."""
         missing = _missing(cells)
         if self.type not in CODED or (self.type == "binary" and not self.categories):
             values = np.full(len(missing), np.nan)
@@ -60,9 +59,6 @@ class Column:
         present = _present(cells, missing)
         new = sorted({str(v) for v in present if v not in lookup})
         listed = f"{', '.join(new[:5])}{' ...' if len(new) > 5 else ''}"
-        if new and unseen == "raise":
-            raise ValueError(f"column {self.name!r} holds categories not seen in fit: {listed}; refit on data "
-                             "that has them")
         if new and self.modelled:
             warnings.warn(f"column {self.name!r} holds categories not seen in fit: {listed}; the model reads "
                           "those cells as missing and they come back as they are", UserWarning, stacklevel=5)
