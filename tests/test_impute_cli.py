@@ -94,6 +94,7 @@ def test_a_constant_column_is_filled_with_its_value_and_an_empty_one_dropped(tmp
     ({"debt": 0.0}, "debt at 0"),
     ({"debt": 0.0, "loan": 0.0, "top": 255.0}, "at 0: debt, loan; top at 255"),
     ({str(j): 0.0 for j in range(8)}, "at 0: 0, 1, 2, 3, 4 and 3 more columns"),
+    ({str(j): 0.0 for j in range(6)}, "at 0: 0, 1, 2, 3, 4 and 1 more column"),
 ])
 def test_point_masses_are_one_short_line(masses, line):
     from iwae.app.commands import point_masses_line

@@ -175,7 +175,7 @@ FITTED = None
 
 
 @pytest.mark.parametrize("make,message", [
-    (lambda: bad(np.array([[1.0, "x"], [2.0, "y"]])),
+    (lambda: bad(np.array([[1.0, b"x"], [2.0, b"y"]], dtype=object)),
      r"^X has non-numeric entries; pass a pandas DataFrame, whose string"),
     (lambda: bad(_with(X0, (0, 0), np.inf)), r"^X holds infinite values; mark missing entries as NaN$"),
     (lambda: bad(X0, likelihood="bernoulli"), r"^likelihood='bernoulli' needs 0/1 data; non-binary columns: 0, 1, 2, 3, 4$"),
@@ -187,7 +187,7 @@ FITTED = None
     (lambda: bad(X0[:1]), r"^Found array with 1 sample\(s\) \(shape=\(1, 5\)\) while the Imputer needs at least 2"),
     (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
      r"^X has 4 features, but Imputer is expecting 5 features as input$"),
-], ids=["string-array", "inf", "bernoulli-on-reals",
+], ids=["bytes-array", "inf", "bernoulli-on-reals",
         "zero-epochs", "unknown-likelihood", "bad-mask-input", "1-d", "one-row", "other-column-count"])
 def test_bad_input_is_one_line_and_modifies_nothing(make, message):
     call = make()

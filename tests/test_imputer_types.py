@@ -147,6 +147,20 @@ def test_types_categorical_models_a_column_of_many_labels(identifiers):
         identifiers["name"].dropna())
 
 
+def test_a_category_dtype_of_many_declared_but_few_observed_labels_is_modelled(frame):
+    # the identifier rule counts the labels a column holds, not those its dtype declares
+    declared = ["red", "green", "blue"] + [f"unused{i}" for i in range(60)]
+    imputer = Imputer(**FAST).fit(frame.assign(colour=frame["colour"].cat.set_categories(declared)))
+    assert not imputer.most_frequent_.any() and imputer.modeled_[2]
+
+
+def test_an_empty_string_column_kept_is_filled_with_0_as_text(frame):
+    # keep_empty_features=True fills an empty column with 0, as SimpleImputer: "0" in a str column
+    table = frame.assign(note=pd.Series([None] * len(frame), dtype="str"))
+    out = Imputer(keep_empty_features=True, **FAST).fit_transform(table)
+    assert out["note"].dtype == table["note"].dtype and (out["note"] == "0").all()
+
+
 def test_strings_and_numbers_mixed_are_labels(frame):
     mixed = pd.Series(["a", 1, "b", 2.5] * 10, dtype=object).mask(frame["real"].isna())
     with pytest.warns(UserWarning, match=r"^column 'bad' mixes strings and numbers \(e.g. 'a' and 1\): each value is"):
@@ -224,17 +238,28 @@ def test_a_bernoulli_columns_other_values_at_transform_are_read_as_missing_and_k
     assert np.array_equal(out[2:], np.asarray(imputer.transform(wrap(blind)), dtype=float)[2:])
 
 
-@pytest.mark.parametrize("container", [np.array, lambda rows: rows.tolist()], ids=["object-array", "list"])
+@pytest.mark.parametrize("container", [np.array, lambda rows: rows.tolist(),
+                                       lambda rows: [[None if v != v else v for v in row] for row in rows.tolist()]],
+                         ids=["object-array", "list", "list-of-None"])
 def test_an_object_array_is_a_table_without_names(frame, container):
     # SimpleImputer takes strings in an object array: so do we, as the DataFrame they make
     table = frame[["real", "word", "colour"]].astype(object).where(frame[["real", "word", "colour"]].notna(), np.nan)
     rows = table.to_numpy(dtype=object)
     imputer = Imputer(**FAST)
     out = imputer.fit_transform(container(rows))
-    named = Imputer(**FAST).fit_transform(table.set_axis(["0", "1", "2"], axis=1).infer_objects())
+    named = Imputer(**FAST).fit_transform(table.set_axis(["0", "1", "2"], axis=1))
     assert isinstance(out, np.ndarray) and out.dtype == object and not hasattr(imputer, "feature_names_in_")
     assert out.tolist() == named.to_numpy(dtype=object).tolist() and imputer.types_["1"] == "categorical"
     assert imputer.sample(container(rows), m=2).shape == (2, *rows.shape)
+
+
+def test_an_object_arrays_numbers_come_back_exactly_and_numbers_alone_stay_floats(frame):
+    # ints beyond float64's 2**53 among strings are observed cells: given back as they were
+    big = np.array([[2 ** 53 + 1 + i, "ab"[i % 2]] for i in range(20)] + [[None, "a"]], dtype=object)
+    out = Imputer(**FAST).fit_transform(big)
+    assert out[:20].tolist() == big[:20].tolist() and isinstance(out[20, 0], float)
+    numbers = frame[["real", "flag"]].to_numpy(dtype=object)
+    assert Imputer(**FAST).fit_transform(numbers).dtype == np.float64
 
 
 def test_missingness_models_refuse_discrete_columns(frame):

@@ -165,7 +165,8 @@ def point_masses_line(masses, shown=5):
         by_value.setdefault(value, []).append(str(name))
     parts = []
     for value, names in by_value.items():
-        listed = ", ".join(names[:shown]) + (f" and {len(names) - shown} more columns" if len(names) > shown else "")
+        more = len(names) - shown
+        listed = ", ".join(names[:shown]) + (f" and {more} more column{'s' * (more > 1)}" if more > 0 else "")
         parts.append(f"{listed} at {value:.6g}" if len(names) == 1 else f"at {value:.6g}: {listed}")
     return "; ".join(parts)
 

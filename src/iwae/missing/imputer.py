@@ -522,7 +522,7 @@ def _as_array(X, imputer, reset):
     objects = _objects(X)
     if objects is not None:                                  # strings in an array: a table
         import pandas as pd
-        kind = ("objects", pd.DataFrame(objects, columns=[str(j) for j in range(objects.shape[1])]).infer_objects())
+        kind = ("objects", pd.DataFrame(objects, columns=[str(j) for j in range(objects.shape[1])]))
         X = kind[1]
     if isinstance(X, torch.Tensor):
         kind = ("torch", (X.dtype, X.device))
@@ -569,13 +569,16 @@ def _as_array(X, imputer, reset):
 
 
 def _objects(X):
-    """X as a 2-d object array where it is one, or a list holding strings (whose numpy array
-    would be strings, NaN "nan"); else None."""
-    if isinstance(X, np.ndarray):
-        return X if X.dtype == object and X.ndim == 2 else None
-    if isinstance(X, (list, tuple)) and np.asarray(X).dtype.kind in "US" and np.ndim(X) == 2:
-        return np.asarray(X, dtype=object)
-    return None
+    """X as a 2-d object array where it holds a string (a numpy array of objects or of str, or
+    a list: its cells as they are, None and NaN missing), else None: numbers alone stay an
+    array of floats."""
+    if isinstance(X, np.ndarray) and X.dtype.kind not in "OU" or not isinstance(X, (np.ndarray, list, tuple)):
+        return None
+    cells = np.empty(np.shape(X), dtype=object) if np.ndim(X) == 2 else None
+    if cells is None:
+        return None
+    cells[...] = X if isinstance(X, np.ndarray) else [list(row) for row in X]
+    return cells if any(isinstance(v, str) for v in cells.flat) else None
 
 
 def _named(types):
@@ -703,8 +706,9 @@ def _decoded(frame, values, columns, kept):
 
 
 def _mode(codes):
-    """The most frequent of a column's observed codes (float64, NaN = missing), the least on a
-    tie: SimpleImputer(strategy="most_frequent")'s rule, the labels being sorted."""
+    """The most frequent of a column's observed codes (float64, NaN = missing), the least code
+    on a tie: SimpleImputer(strategy="most_frequent")'s least label where the labels are
+    sorted (strings; a category dtype's codes follow its own order)."""
     return float(np.bincount(codes[~np.isnan(codes)].astype(np.int64)).argmax())
 
 
@@ -722,8 +726,4 @@ def _like(values, kind):
     if what == "torch":
         dtype, device = info
         return torch.as_tensor(values, dtype=dtype if dtype.is_floating_point else torch.float64, device=device)
-    if what == "pandas":
-        import pandas as pd
-        index, columns, _ = info
-        return pd.DataFrame(values, index=index, columns=columns)
     return values.astype(info, copy=False)

@@ -101,7 +101,7 @@ def infer(frame, types):
                              "(e.g. days since a date) or drop it")
         kind = chosen.get(name) or _auto(name, cells)
         labels = _labels(cells, kind)
-        many = name not in chosen and kind == "categorical" and len(labels) > MAX_CATEGORIES
+        many = name not in chosen and kind == "categorical" and len(set(_present(cells, _missing(cells)))) > MAX_CATEGORIES
         columns.append(_checked(Column(name, kind, labels, dtype, modelled=not many), cells))
     return columns
 
@@ -199,12 +199,15 @@ def _checked(column, cells):
 
 def _cast(fill, dtype):
     """float64 fill as dtype's numbers: an integer dtype's nearest integers within its range, a
-    float dtype's precision (float32 stays float32), as they are for any other (object)."""
+    float dtype's precision (float32 stays float32), a string dtype's text (the 0 of an empty
+    column kept by keep_empty_features), as they are for any other (object)."""
     import pandas as pd
     numbers = getattr(dtype, "numpy_dtype", dtype)          # a nullable dtype's numpy type
     if pd.api.types.is_integer_dtype(numbers) and not pd.api.types.is_bool_dtype(numbers):
         limits = np.iinfo(numbers)
         return np.clip(np.rint(fill), limits.min, limits.max).astype(numbers)
+    if pd.api.types.is_string_dtype(numbers) and numbers != object:   # pandas' str: an empty column's 0 as "0"
+        return np.array([f"{v:g}" for v in fill], dtype=object)
     return fill.astype(numbers) if pd.api.types.is_float_dtype(numbers) else fill
 
 

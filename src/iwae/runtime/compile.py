@@ -6,6 +6,7 @@ copy of the math. The CUDA-graph step is iwae.training.cudagraph; whether to com
 iwae.runtime.decisions.
 """
 import contextlib
+import threading
 import types
 import warnings
 
@@ -88,6 +89,7 @@ def compiled(fn, device, *, dynamic=False):
 
 
 _compiled_steps = {}     # (a model's structure, its batch, ...) -> the step's function, compiled
+_first_calls = threading.Lock()   # a probe's stance is the process's: no other first call beside it
 
 
 def compiled_step(gradients, device, model):
@@ -123,17 +125,17 @@ def _first_call(key, eager, device, args):
     key then names."""
     if eager is not None:
         return eager, eager(*args)
-    function = key[1]
-    shared = _compiled_steps.get(key)
-    if shared is not None:
-        try:
-            with torch.compiler.set_stance("fail_on_recompile"):
-                return shared, shared(*args)
-        except RuntimeError as err:
-            if not _refused_recompile(err):
-                raise
-    _compiled_steps[key] = compiled(function, device)
-    return _compiled_steps[key], _compiled_steps[key](*args)
+    with _first_calls:
+        shared = _compiled_steps.get(key)
+        if shared is not None:
+            try:
+                with torch.compiler.set_stance("fail_on_recompile"):
+                    return shared, shared(*args)
+            except RuntimeError as err:
+                if not _refused_recompile(err):
+                    raise
+        _compiled_steps[key] = compiled(key[1], device)
+        return _compiled_steps[key], _compiled_steps[key](*args)
 
 
 def _refused_recompile(err):
