@@ -478,10 +478,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         m = self.modeled_
         names = [n for n, kept in zip(self._column_names(), m) if kept]
         near = self.mean_[m] + self._points * self.scale_[m]                # [d], NaN where no point mass
-        found = {}
+        columns, found = values[:, m], {}
         for j in np.flatnonzero(np.isfinite(near)):
-            observed = values[:, m][:, j]
-            observed = observed[~np.isnan(observed)]
+            observed = columns[~np.isnan(columns[:, j]), j]
             found[names[j]] = float(observed[np.abs(observed - near[j]).argmin()])
         return found
 
@@ -572,12 +571,11 @@ def _objects(X):
     """X as a 2-d object array where it holds a string (a numpy array of objects or of str, or
     a list: its cells as they are, None and NaN missing), else None: numbers alone stay an
     array of floats."""
-    if isinstance(X, np.ndarray) and X.dtype.kind not in "OU" or not isinstance(X, (np.ndarray, list, tuple)):
+    if isinstance(X, (list, tuple)):                 # a list of numbers is read as numpy reads it
+        X = np.array(X, dtype=object) if np.asarray(X).dtype.kind in "OU" else None
+    if not isinstance(X, np.ndarray) or X.ndim != 2 or X.dtype.kind not in "OU":
         return None
-    cells = np.empty(np.shape(X), dtype=object) if np.ndim(X) == 2 else None
-    if cells is None:
-        return None
-    cells[...] = X if isinstance(X, np.ndarray) else [list(row) for row in X]
+    cells = X.astype(object)
     return cells if any(isinstance(v, str) for v in cells.flat) else None
 
 

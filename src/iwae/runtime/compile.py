@@ -108,23 +108,20 @@ def compiled_step(gradients, device, model):
 
     def run(params, x):
         batch = (tuple(x.shape), x.dtype, x.device, torch.is_grad_enabled(), model.training)
+        if batch not in mine and not decisions.compiles_gradients("step", model, x):
+            mine[batch] = function                                  # eager, for good
         if batch not in mine:
-            fine = decisions.compiles_gradients("step", model, x)
-            mine[batch], out = _first_call((structure, function, batch), function if not fine else None,
-                                           device, (owner, params, x))
+            mine[batch], out = _first_call((structure, function, batch), device, (owner, params, x))
             return out
         with torch.compiler.set_stance(skip_guard_eval_unsafe=True):
             return mine[batch](owner, params, x)
     return run
 
 
-def _first_call(key, eager, device, args):
-    """(the function a step keeps for a batch, its first result): eager where given; else the
-    compiled function of key if its graph's guards hold for args (probed under the stance
-    "fail_on_recompile", which refuses to trace before anything runs), else a new one, which
-    key then names."""
-    if eager is not None:
-        return eager, eager(*args)
+def _first_call(key, device, args):
+    """(the compiled function a step keeps for a batch, its first result): the one of key if
+    its graph's guards hold for args (probed under the stance "fail_on_recompile", which
+    refuses to trace before anything runs), else a new one, which key then names."""
     with _first_calls:
         shared = _compiled_steps.get(key)
         if shared is not None:
