@@ -57,14 +57,14 @@ CONFIGS = {
 
 def settings(config, n, d):
     """iwae.Imputer's keyword arguments for a config on a table of n rows and d columns."""
-    from iwae.missing.imputer import HIDDEN
+    from iwae.missing.imputer import HIDDEN, MIN_HIDDEN
     from iwae.training.loop import batches_per_epoch
     kwargs = dict(CONFIGS[config])
     per_epoch = batches_per_epoch(n, kwargs.get("batch_size", 64), drop_last=True)
     steps, patience = kwargs.pop("steps", None), kwargs.pop("patience_steps", None)
     per_column = kwargs.pop("hidden_per_column", None)
     if per_column is not None:
-        kwargs["hidden"] = min(HIDDEN, max(32, per_column * d))
+        kwargs["hidden"] = min(HIDDEN, max(MIN_HIDDEN, per_column * d))
     kwargs.pop("module", None)
     if steps is not None:
         kwargs["epochs"] = max(20, math.ceil(steps / per_epoch))

@@ -136,7 +136,8 @@ def test_a_row_with_nothing_observed_is_imputed_from_the_prior():
 
 def test_the_default_sizes_follow_the_shape():                # 569 // 64 = 8 steps an epoch, 150 // 64 = 2
     assert default_sizes(569, 30) == (10, 128, 375)
-    assert default_sizes(150, 4) == (2, 128, 1500)
+    assert default_sizes(150, 4) == (2, 32, 1500)
+    assert default_sizes(442, 10) == (5, 80, 500)
     assert default_sizes(100_000, 200) == (10, 128, 20)
 
 

@@ -45,7 +45,9 @@ MECHANISMS = {"mar": None, "self-masking": SelfMasking, "linear": LinearMasking}
 AUTO_CONTINUOUS = "gaussian"   # the continuous likelihood of likelihood="auto" (docs/missing.md)
 TARGET_STEPS = 3000            # epochs=None: about this many steps of batch_size rows
 MIN_EPOCHS = 20
-HIDDEN = 128                   # units per hidden layer (the authors' width)
+HIDDEN = 128                   # units per hidden layer: at most the authors' width,
+HIDDEN_PER_COLUMN = 8          # ... this many per modelled column,
+MIN_HIDDEN = 32                # ... at least this many (docs/missing.md, "A width from the table's")
 HOLDOUT = 0.1                  # patience given: the fraction of the observed entries held out to stop on
 HELD_ROWS = 1000               # patience given: the most rows whose entries are held out
 SCORE_STEPS = 50               # patience given: their imputation error is measured about every this many steps
@@ -64,9 +66,11 @@ PILE_UP = 1.5                  # a coarser column's point mass: at an end, this 
 def default_sizes(n, d, batch_size=64):
     """(latent, hidden, epochs) for a table of n rows and d columns (docs/missing.md):
     latent = min(ceil(d / 2), 10) (the authors' d/2, capped at their other choice, 10),
-    hidden = 128, epochs = max(20, ceil(3000 / steps per epoch))."""
+    hidden = min(128, max(32, 8 d)) (the authors' 128 from 16 columns on: a narrow table's
+    fit is then 2-4x shorter at the same error), epochs = max(20, ceil(3000 / steps per epoch))."""
     steps_per_epoch = batches_per_epoch(n, batch_size, drop_last=True)
-    return min(math.ceil(d / 2), MAX_LATENT), HIDDEN, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))
+    hidden = min(HIDDEN, max(MIN_HIDDEN, HIDDEN_PER_COLUMN * d))
+    return min(math.ceil(d / 2), MAX_LATENT), hidden, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))
 
 
 class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
