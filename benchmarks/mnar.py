@@ -54,6 +54,7 @@ def model(method, seed):
 
 
 def run_one(name, seed, method):
+    from iwae.app.provenance import cpu_model, revision
     x = load(name)
     removed = self_masked(x)
     holes = np.where(removed, np.nan, x)
@@ -63,7 +64,7 @@ def run_one(name, seed, method):
     error = (filled - x) / x.std(0)
     return {"dataset": name, "seed": seed, "method": method, "shape": list(x.shape),
             "missing": int(removed.sum()), "rmse": float(np.sqrt(np.mean(error[removed] ** 2))),
-            "seconds": round(seconds, 2)}
+            "seconds": round(seconds, 2), "cpu": cpu_model(), "revision": revision()}
 
 
 def table(rows, datasets, methods):
@@ -89,15 +90,22 @@ def table(rows, datasets, methods):
 
 
 def write_report(rows, datasets, methods, out):
-    from iwae.app.provenance import cpu_model, revision
     text = ["# Imputation of values missing not at random (self-masking MNAR)", "",
             "`python -m benchmarks.mnar` (docs/missing.md): in the first half of the columns every value above "
             "the column's mean removed; RMSE on the removed cells of the data standardised with the complete "
             "data's statistics (scoring only), mean ± standard error over seeds, seconds per fit in brackets; "
             "'/ mar' is the mean over seeds of the RMSE over iwae.Imputer(mechanism='mar')'s at the same seed. "
-            f"One thread; {cpu_model()}; iwae at {revision()}.", "",
+            f"One thread; by machine and revision: {provenance(rows)}.", "",
             table(rows, datasets, methods), ""]
     (out / "imputation_mnar.md").write_text("\n".join(text))
+
+
+def provenance(rows):
+    """Which machine and revision ran which (table, method)s, e.g. "Intel Xeon at 845f322: wine mice"."""
+    by = {}
+    for r in rows.values():
+        by.setdefault(f"{r['cpu']} at {r['revision']}", set()).add(f"{r['dataset']} {r['method']}")
+    return "; ".join(f"{who}: {', '.join(sorted(what))}" for who, what in sorted(by.items()))
 
 
 def main(argv=None):
