@@ -41,6 +41,7 @@ CONFIGS = {
     "b32": {"batch_size": 32},
     "draws20": {"module": {"SCORE_DRAWS": 20}},
     "k10": {"k": 10},
+    "l1": {"hidden_layers": 1},
     "points-coarse": {"module": {"FINE_LEVELS": 2}},
     "h8d": {"hidden_per_column": 8},
     "h16d": {"hidden_per_column": 16},
