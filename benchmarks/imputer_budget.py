@@ -42,6 +42,7 @@ CONFIGS = {
     "draws20": {"module": {"SCORE_DRAWS": 20}},
     "k10": {"k": 10},
     "l1": {"hidden_layers": 1},
+    "lr2e-3": {"lr": 2e-3},
     "points-coarse": {"module": {"FINE_LEVELS": 2}},
     "h8d": {"hidden_per_column": 8},
     "h16d": {"hidden_per_column": 16},
