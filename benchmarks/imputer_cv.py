@@ -1,7 +1,7 @@
 """iwae.Imputer inside a scikit-learn Pipeline under cross-validation, beside MICE and missForest.
 
-    python -m benchmarks.imputer_cv                        # results/imputer_cv.md
-    python -m benchmarks.imputer_cv --datasets diabetes --folds 3
+    python -m benchmarks.imputer_cv                        # results/imputer_cv/imputer_cv.md
+    python -m benchmarks.imputer_cv --datasets diabetes --out results/imputer_cv/diabetes.md
 
 The workflow issue 40 names: X with a share of its cells removed at random (seeded), a
 Pipeline(StandardScaler, imputer, Ridge or LogisticRegression) scored by cross_val_score on y
@@ -59,7 +59,7 @@ def main(argv=None):
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--rate", type=float, default=0.3, help="the share of X's cells removed")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", type=Path, default=RESULTS / "imputer_cv.md")
+    p.add_argument("--out", type=Path, default=RESULTS / "imputer_cv" / "imputer_cv.md")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch

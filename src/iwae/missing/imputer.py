@@ -66,8 +66,9 @@ PILE_UP = 1.5                  # a coarser column's point mass: at an end, this 
 def default_sizes(n, d, batch_size=64):
     """(latent, hidden, epochs) for a table of n rows and d columns (docs/missing.md):
     latent = min(ceil(d / 2), 10) (the authors' d/2, capped at their other choice, 10),
-    hidden = min(128, max(32, 8 d)) (the authors' 128 from 16 columns on: a narrow table's
-    fit is then 2-4x shorter at the same error), epochs = max(20, ceil(3000 / steps per epoch))."""
+    hidden = min(128, max(32, 8 d)) (the authors' 128 from 16 columns on; a narrow table's
+    128 x 128 layers cost most of its step for no lower error), epochs = max(20, ceil(3000 /
+    steps per epoch))."""
     steps_per_epoch = batches_per_epoch(n, batch_size, drop_last=True)
     hidden = min(HIDDEN, max(MIN_HIDDEN, HIDDEN_PER_COLUMN * d))
     return min(math.ceil(d / 2), MAX_LATENT), hidden, max(MIN_EPOCHS, math.ceil(TARGET_STEPS / steps_per_epoch))
