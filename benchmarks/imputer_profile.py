@@ -1,0 +1,68 @@
+"""Where a default iwae.Imputer fit's time goes: a cProfile of the fits of one process.
+
+    python -m benchmarks.imputer_profile --dataset breast_cancer
+    python -m benchmarks.imputer_profile --dataset iris --fits 2 --compile off
+
+benchmarks.imputation's table and 50% MCAR holes (seed --seed), one torch thread, --fits
+default fits one after another in a fresh process (the first imports the compiler and traces
+the step; the later ones reuse it: docs/missing.md, "Where a default fit's time goes"). Per
+fit: seconds, epochs, steps, the best epoch, and the seconds in the compiled step's kernel,
+the first call of a compiled step (tracing and loading it), the held-out scoring, the Adam
+update and the refit (cumulative, so the refit's steps are also in the kernel's). cProfile
+adds its own overhead to the Python parts.
+"""
+import argparse
+import cProfile
+import pstats
+import time
+
+import numpy as np
+
+from .imputation import DATASETS, EXTRA, load, mcar
+
+PARTS = {                    # (file suffix, function name or prefix): what the part is
+    "kernel": ("", "inductor_entry_cpp"),
+    "first compiled call": ("runtime/compile.py", "_first_call"),
+    "held-out scoring": ("missing/imputer.py", "score"),
+    "Adam update": ("runtime/optim.py", "__call__"),
+    "refit": ("training/loop.py", "refit"),
+}
+
+
+def seconds_in(stats, where, name):
+    """Cumulative seconds of the functions named `name` (or whose name ends with it) in files
+    ending with `where`."""
+    return sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
+               if path.replace("\\", "/").endswith(where) and (func == name or func.endswith(name)))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--dataset", default="breast_cancer", choices=DATASETS + EXTRA)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--fits", type=int, default=2)
+    p.add_argument("--compile", default="auto", choices=("auto", "step", "off"))
+    args = p.parse_args(argv)
+    import torch
+    torch.set_num_threads(1)
+    import iwae
+    x = load(args.dataset)
+    holes = np.where(mcar(x.shape, args.seed), np.nan, x)
+    holes = holes[:, np.nanmax(holes, 0) > np.nanmin(holes, 0)]     # as benchmarks.imputation drops them
+    for fit in range(args.fits):
+        profile = cProfile.Profile()
+        began = time.perf_counter()
+        profile.enable()
+        imputer = iwae.Imputer(seed=args.seed, compile=args.compile).fit(holes)
+        profile.disable()
+        total = time.perf_counter() - began
+        stats = pstats.Stats(profile)
+        per_epoch = x.shape[0] // imputer.batch_size
+        parts = ", ".join(f"{name} {seconds_in(stats, *where):.2f} s" for name, where in PARTS.items())
+        print(f"{args.dataset} fit {fit + 1}: {total:.2f} s, {imputer.n_epochs_} epochs "
+              f"({imputer.n_epochs_ * per_epoch} steps), best epoch {imputer.best_epoch_} "
+              f"({imputer.best_epoch_ * per_epoch} steps); {parts}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
