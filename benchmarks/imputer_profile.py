@@ -30,10 +30,10 @@ PARTS = {                    # (file suffix, function name or prefix): what the 
 
 
 def seconds_in(stats, where, name):
-    """Cumulative seconds of the functions named `name` (or whose name ends with it) in files
-    ending with `where`."""
+    """Cumulative seconds of the functions named `name` in files ending with `where` (a
+    built-in's name, "<built-in method module.name>", ends with it)."""
     return sum(ct for (path, _, func), (_, _, _, ct, _) in stats.stats.items()
-               if path.replace("\\", "/").endswith(where) and (func == name or func.endswith(name)))
+               if path.replace("\\", "/").endswith(where) and (func == name or func.endswith(f".{name}>")))
 
 
 def main(argv=None):
