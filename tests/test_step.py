@@ -211,13 +211,15 @@ def test_a_model_like_the_last_reuses_its_compiled_step_with_a_fresh_compiles_nu
 
 def test_a_model_whose_repr_matches_but_graph_does_not_gets_its_own():
     # the shared graph's guards refuse the Gaussian model (fail_on_recompile): it is compiled
-    # anew, with a fresh compile's numbers, and the Bernoulli model's next fit is right again
+    # anew, with a fresh compile's numbers, and the Bernoulli model's next fit is right again,
+    # on its first graph (not traced a third time)
     from torch._dynamo.utils import counters
     first = small_step(0)
     graphs = counters["stats"]["unique_graphs"]
     gaussian = small_step(0, "gaussian")
     assert counters["stats"]["unique_graphs"] == graphs + 1 and not torch.equal(gaussian[0], first[0])
     assert_same_step(small_step(0), first)
+    assert counters["stats"]["unique_graphs"] == graphs + 1
     runtime_compile._compiled_steps.clear()
     assert_same_step(small_step(0, "gaussian"), gaussian)
 

@@ -88,7 +88,7 @@ def compiled(fn, device, *, dynamic=False):
     return run
 
 
-_compiled_steps = {}     # (a model's structure, its batch, ...) -> the step's function, compiled
+_compiled_steps = {}     # (a model's structure, its batch, ...) -> the step's functions, compiled
 _first_calls = threading.Lock()   # a probe's stance is the process's: no other first call beside it
 
 
@@ -119,20 +119,21 @@ def compiled_step(gradients, device, model):
 
 
 def _first_call(key, device, args):
-    """(the compiled function a step keeps for a batch, its first result): the one of key if
-    its graph's guards hold for args (probed under the stance "fail_on_recompile", which
-    refuses to trace before anything runs), else a new one, which key then names."""
+    """(the compiled function a step keeps for a batch, its first result): the first of key's
+    functions whose graph's guards hold for args (each probed under the stance
+    "fail_on_recompile", which refuses to trace before anything runs), else a new one, added
+    to key's (models of one repr alternating between two likelihoods trace each once)."""
     with _first_calls:
-        shared = _compiled_steps.get(key)
-        if shared is not None:
+        for shared in _compiled_steps.get(key, ()):
             try:
                 with torch.compiler.set_stance("fail_on_recompile"):
                     return shared, shared(*args)
             except RuntimeError as err:
                 if not _refused_recompile(err):
                     raise
-        _compiled_steps[key] = compiled(key[1], device)
-        return _compiled_steps[key], _compiled_steps[key](*args)
+        fresh = compiled(key[1], device)
+        _compiled_steps.setdefault(key, []).append(fresh)
+        return fresh, fresh(*args)
 
 
 def _refused_recompile(err):
