@@ -64,13 +64,14 @@ def glorot_(linear):
     return linear
 
 
-def mlp(sizes, out_features):
-    """sizes = [in, h1, ..., hn]: Linear-tanh for each hidden layer, then a linear output.
+def mlp(sizes, out_features, activation=nn.Tanh):
+    """sizes = [in, h1, ..., hn]: Linear-activation for each hidden layer, then a linear output.
 
-    mlp([784, 200, 200], 100) is 784-200-200-100 with tanh after each 200.
+    mlp([784, 200, 200], 100) is 784-200-200-100 with tanh after each 200 (the paper's;
+    activation: another nn.Module class, e.g. nn.SiLU for iwae.Imputer's nets).
     """
     layers = []
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-        layers += [glorot_(MatmulDtypeLinear(fan_in, fan_out)), nn.Tanh()]
+        layers += [glorot_(MatmulDtypeLinear(fan_in, fan_out)), activation()]
     layers.append(glorot_(MatmulDtypeLinear(sizes[-1], out_features)))
     return nn.Sequential(*layers)

@@ -56,6 +56,7 @@ REFIT = 0.5                    # then, from the best epoch, this fraction of its
 PATIENCE_STEPS = 500           # patience="auto": stop after about this many steps without a lower error
 MAX_STEPS = 8000               # ... within at most about this many (results/imputer_budget.md)
 MAX_LATENT = 10
+ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU}   # the hidden units' (docs/missing.md)
 TABLES = ("pandas", "objects")  # inputs whose columns are typed, coded and decoded as a DataFrame's
 FINE_LEVELS = 64               # a real column with this many distinct values and one of them
 POINT_MASS = 0.1               # ... holding this share of its observed values has a point mass (an InflatedGaussian;
@@ -87,7 +88,8 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         array's categorical or ordinal column has its observed values as categories (in
         order) and is imputed with one of them.
     k: importance samples of the training bound. epochs, latent, hidden: None picks them from
-        the data's shape (``default_sizes``). hidden_layers: per network. batch_size, lr: Adam's;
+        the data's shape (``default_sizes``). hidden_layers: per network. activation: the hidden
+        units', one of ACTIVATIONS. batch_size, lr: Adam's;
         schedule: the learning rate's over the epochs, "constant" or "cosine" (lr down to 0).
     draws: importance samples L per row for transform, sample and score. estimator: "standard",
         "stl" or "dreg". mask_input: the encoder also reads the mask; "auto": under a missingness
@@ -147,18 +149,20 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def __init__(self, likelihood="auto", k=20, epochs=None, *, types="auto", latent=None, hidden=None,
                  hidden_layers=2, batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto",
                  seed=0, device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
-                 keep_empty_features=False, patience="auto", schedule="constant"):
+                 keep_empty_features=False, patience="auto", schedule="constant", activation="tanh"):
         self.likelihood, self.k, self.epochs, self.types = likelihood, k, epochs, types
         self.latent, self.hidden, self.hidden_layers = latent, hidden, hidden_layers
         self.batch_size, self.lr, self.draws, self.estimator = batch_size, lr, draws, estimator
         self.mask_input, self.seed, self.device, self.compile, self.verbose = mask_input, seed, device, compile, verbose
         self.mechanism, self.sign, self.keep_empty_features = mechanism, sign, keep_empty_features
-        self.patience, self.schedule = patience, schedule
+        self.patience, self.schedule, self.activation = patience, schedule, activation
 
     def fit(self, X, y=None):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.mask_input not in ("auto", True, False):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
         for name in ("epochs", "latent", "hidden", "patience"):
@@ -439,7 +443,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
 
     def _build(self, x, latent, hidden, levels):
         """The networks over the modelled columns of x [N, d] (standardised, NaN = missing;
-        levels: its _levels): tanh MLPs of hidden_layers x hidden units, q Gaussian, p each
+        levels: its _levels): MLPs of hidden_layers x hidden units of the activation, q Gaussian, p each
         column's likelihood (a constant column's a Gaussian of scale 1 in its standardised
         units: a learned one would shrink to 0 on its one value; a point mass's column's an
         InflatedGaussian at self._points). The encoder reads x (and the mask where
@@ -451,17 +455,17 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         floors = _floors([_without(level, point) for level, point in zip(levels, self._points)])
         likelihood = _likelihood(kinds, categories, self.likelihood, floors, self._points)
         n_params = getattr(likelihood, "n_params", None) or d * likelihood.params_per_dim
-        sizes = [hidden] * self.hidden_layers
+        sizes, act = [hidden] * self.hidden_layers, ACTIVATIONS[self.activation]
         mask_input = self.mechanism != "mar" if self.mask_input == "auto" else bool(self.mask_input)
         if np.isin(kinds, NEEDED).any():
             features = table_input(kinds.tolist(), categories, x.numpy().astype(np.float64), mask_input)
-            encoder = GaussianLayer(nn.Sequential(features, mlp([features.width] + sizes, 2 * latent)))
+            encoder = GaussianLayer(nn.Sequential(features, mlp([features.width] + sizes, 2 * latent, act)))
             mask_input = True                  # the features need the mask; they pass it on if asked
         else:
-            encoder = GaussianLayer(mlp([d * (2 if mask_input else 1)] + sizes, 2 * latent))
+            encoder = GaussianLayer(mlp([d * (2 if mask_input else 1)] + sizes, 2 * latent, act))
         kind = MECHANISMS[self.mechanism]
         mechanism = None if kind is None else SelfMasking(d, self.sign) if kind is SelfMasking else LinearMasking(d)
-        return Model(encoder, mlp([latent] + sizes, n_params), likelihood, missing=True, mask_input=mask_input,
+        return Model(encoder, mlp([latent] + sizes, n_params, act), likelihood, missing=True, mask_input=mask_input,
                      missingness=mechanism)
 
     def _kinds(self):
