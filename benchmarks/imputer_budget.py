@@ -2,6 +2,7 @@
 
     python -m benchmarks.imputer_budget                       # results/imputer_budget.{jsonl,md}
     python -m benchmarks.imputer_budget --configs default b256-s600 --datasets breast_cancer --seeds 3
+    python -m benchmarks.imputer_budget --configs silu --seeds 5 --against results/imputation.jsonl
 
 Each config is a set of iwae.Imputer settings; "steps" S stands for epochs = max(20, ceil(S /
 steps per epoch)) on a table of N rows (the defaults' budget is S = 3000 at batch 64), and
@@ -112,6 +113,9 @@ def main(argv=None):
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--out", type=Path, default=RESULTS / "imputer_budget")
+    p.add_argument("--against", type=Path, metavar="JSONL",
+                   help="also each config's MSE paired with the default's: the iwae rows of this "
+                        "benchmarks.imputation jsonl (the same tables, holes and seeds)")
     args = p.parse_args(argv)
     args.methods = args.configs
     imputation.LABELS.update({c: f"`{c}`" for c in CONFIGS})
@@ -123,7 +127,31 @@ def main(argv=None):
             "standard error over seeds at 50% MCAR, seconds per fit_transform in brackets, one thread; "
             f"{imputation.machines(rows)}; written at {revision()}.\n\n"
             + "\n".join(f"- `{c}`: {json.dumps(CONFIGS[c])}" for c in configs) + "\n\n")
-    args.out.with_suffix(".md").write_text(head + table(rows, datasets, configs) + "\n")
+    paired = "" if args.against is None else "\n" + against(rows, args.against, datasets, configs)
+    args.out.with_suffix(".md").write_text(head + table(rows, datasets, configs) + "\n" + paired)
+
+
+def against(rows, path, datasets, configs):
+    """Each config's MSE against the iwae rows of path for the seeds both have: the means, and
+    the per-seed differences' mean ± standard error (a markdown table)."""
+    theirs = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())
+              if r["method"] == "iwae"}
+    lines = [f"Paired with the iwae rows of {path} ({', '.join(sorted({r['revision'] for r in theirs.values()}))}): "
+             "MSE means over the seeds both have; difference: mean ± standard error of the per-seed differences "
+             "(negative: the config's error is lower).", "",
+             "| table | config | seeds | MSE | theirs | difference |", "|---|---|---|---|---|---|"]
+    for name in datasets:
+        for config in configs:
+            pairs = [(r["mse"], theirs[name, r["seed"]]["mse"]) for r in rows.values()
+                     if r["dataset"] == name and r["method"] == config and (name, r["seed"]) in theirs]
+            if not pairs:
+                continue
+            ours, other = np.array(pairs).T
+            diff = ours - other
+            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
+            lines.append(f"| {name} | `{config}` | {len(diff)} | {ours.mean():.4f} | {other.mean():.4f} | "
+                         f"{diff.mean():+.4f} ± {se:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
