@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 
 import iwae
-from iwae.missing.imputer import _piled, default_sizes
+from iwae.missing.imputer import _piled, default_activation, default_sizes
 from iwae.core.densities import Columns, Gaussian, StudentT
 from iwae.core.tabular import InflatedGaussian
 
@@ -184,7 +184,7 @@ FITTED = None
      r"^epochs must be None \(from the data's shape\) or an integer >= 1, got 0$"),
     (lambda: bad(X0, likelihood="poisson"), r"^likelihood must be one of auto, gaussian, student-t, bernoulli, got 'poisson'$"),
     (lambda: bad(X0, mask_input="yes"), r"^mask_input must be 'auto', True or False, got 'yes'$"),
-    (lambda: bad(X0, activation="gelu"), r"^activation must be one of tanh, silu, relu, elu, got 'gelu'$"),
+    (lambda: bad(X0, activation="gelu"), r"^activation must be 'auto' or one of tanh, silu, relu, elu, got 'gelu'$"),
     (lambda: bad(np.zeros(5)), r"^Expected a 2-d array \[N, D\], got shape \[5\]; Reshape your data"),
     (lambda: bad(X0[:1]), r"^Found array with 1 sample\(s\) \(shape=\(1, 5\)\) while the Imputer needs at least 2"),
     (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
@@ -200,11 +200,16 @@ def test_bad_input_is_one_line_and_modifies_nothing(make, message):
     assert np.array_equal(X0, before, equal_nan=True)
 
 
-@pytest.mark.parametrize("activation, module", [("tanh", torch.nn.Tanh), ("silu", torch.nn.SiLU)])
+@pytest.mark.parametrize("activation, module", [("auto", torch.nn.Tanh), ("tanh", torch.nn.Tanh),
+                                                ("silu", torch.nn.SiLU), ("elu", torch.nn.ELU)])
 def test_the_hidden_units_are_the_activation_asked(activation, module):
-    model = iwae.Imputer(activation=activation, **FAST).fit(X0).model_
-    kinds = {type(m) for m in model.modules()} & {torch.nn.Tanh, torch.nn.SiLU, torch.nn.ReLU, torch.nn.ELU}
-    assert kinds == {module}
+    imp = iwae.Imputer(activation=activation, **FAST).fit(X0)              # 5 columns: "auto" is tanh
+    kinds = {type(m) for m in imp.model_.modules()} & {torch.nn.Tanh, torch.nn.SiLU, torch.nn.ReLU, torch.nn.ELU}
+    assert kinds == {module} and imp.activation_ == module.__name__.lower()
+
+
+def test_the_default_activation_is_silu_from_sixteen_modelled_columns():
+    assert [default_activation(d) for d in (1, 15, 16, 200)] == ["tanh", "tanh", "silu", "silu"]
 
 
 def _constant_columns(x):
