@@ -185,12 +185,13 @@ FITTED = None
     (lambda: bad(X0, likelihood="poisson"), r"^likelihood must be one of auto, gaussian, student-t, bernoulli, got 'poisson'$"),
     (lambda: bad(X0, mask_input="yes"), r"^mask_input must be 'auto', True or False, got 'yes'$"),
     (lambda: bad(X0, activation="gelu"), r"^activation must be 'auto' or one of tanh, silu, relu, elu, got 'gelu'$"),
+    (lambda: bad(X0, activation=["silu"]), r"^activation must be 'auto' or one of tanh, silu, relu, elu, got \['silu'\]$"),
     (lambda: bad(np.zeros(5)), r"^Expected a 2-d array \[N, D\], got shape \[5\]; Reshape your data"),
     (lambda: bad(X0[:1]), r"^Found array with 1 sample\(s\) \(shape=\(1, 5\)\) while the Imputer needs at least 2"),
     (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
      r"^X has 4 features, but Imputer is expecting 5 features as input$"),
 ], ids=["bytes-array", "inf", "bernoulli-on-reals",
-        "zero-epochs", "unknown-likelihood", "bad-mask-input", "bad-activation", "1-d", "one-row", "other-column-count"])
+        "zero-epochs", "unknown-likelihood", "bad-mask-input", "bad-activation", "list-activation", "1-d", "one-row", "other-column-count"])
 def test_bad_input_is_one_line_and_modifies_nothing(make, message):
     call = make()
     before = X0.copy()

@@ -170,7 +170,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         """Standardise with the observed values' statistics and train on X (NaN = missing)."""
         if self.likelihood not in LIKELIHOOD_NAMES:
             raise ValueError(f"likelihood must be one of {', '.join(LIKELIHOOD_NAMES)}, got {self.likelihood!r}")
-        if self.activation != "auto" and self.activation not in ACTIVATIONS:
+        if not (isinstance(self.activation, str) and (self.activation == "auto" or self.activation in ACTIVATIONS)):
             raise ValueError(f"activation must be 'auto' or one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.mask_input not in ("auto", True, False):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
@@ -193,8 +193,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                              + _names(self._column_names(), discrete) + "; use mechanism='mar', or "
                              "types={column: 'real'} (likelihood='gaussian' for 0/1 columns) to treat them as continuous")
         n, d = values.shape
-        latent, hidden, epochs = default_sizes(n, int(self.modeled_.sum()), self.batch_size)
-        self.activation_ = default_activation(int(self.modeled_.sum())) if self.activation == "auto" else self.activation
+        modelled = int(self.modeled_.sum())
+        latent, hidden, epochs = default_sizes(n, modelled, self.batch_size)
+        self.activation_ = default_activation(modelled) if self.activation == "auto" else self.activation
         self.epochs_, self.patience_ = self._stopping(n, epochs)
         began = time.perf_counter()
         self.model_, self.train_bound_, self.n_epochs_, self.best_epoch_, self.history_ = None, float("nan"), 0, 0, []
