@@ -29,7 +29,8 @@ import torch
 from ..core.validate import positive_int
 
 DRAWS = 1000               # L, the importance samples per row
-CHUNK_ELEMENTS = 2 ** 22   # rows are taken in chunks of about this many L x rows x D numbers
+CHUNK_ELEMENTS = 2 ** 18   # rows are taken in chunks of about this many L x rows x D numbers (a chunk's
+                           # activations then stay in cache: docs/speed.md)
 
 
 def _mask_of(x, mask):
