@@ -119,6 +119,12 @@ def interleaved(fns, steps, warmup=10, sync=None, block=10):
     return times
 
 
+def mean_se(values):
+    """(mean, standard error of the mean) of values; the error is nan for a single value."""
+    values = np.asarray(values, dtype=float)
+    return values.mean(), (values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan"))
+
+
 def summary(times):
     """{clock: {median_ms, p25_ms, p75_ms, n}} for interleaved()'s {clock: [seconds]}."""
     out = {}

@@ -27,7 +27,6 @@ it finishes; a rerun skips the lines it finds and rewrites the table from all of
 """
 import argparse
 import json
-import math
 import os
 import sys
 import time
@@ -127,6 +126,7 @@ def done(path):
 
 def table(rows, datasets, methods):
     """The markdown table: MSE mean +- standard error over seeds, and seconds per fit."""
+    from .common import mean_se                  # (common imports torch: after run_missing's thread settings)
     lines = ["| method | " + " | ".join(datasets) + " |", "|---|" + "---|" * len(datasets)]
     for method in methods:
         cells = []
@@ -135,11 +135,10 @@ def table(rows, datasets, methods):
             if not got:
                 cells.append("")
                 continue
-            mse = np.array([r["mse"] for r in got])
-            se = mse.std(ddof=1) / math.sqrt(len(mse)) if len(mse) > 1 else float("nan")
+            mean, se = mean_se([r["mse"] for r in got])
             fits = [r["fit_seconds"] for r in got if "fit_seconds" in r]
             fit = f", fit {np.mean(fits):.1f} s" if len(fits) == len(got) else ""
-            cells.append(f"{mse.mean():.3g} ± {se:.2g} ({np.mean([r['seconds'] for r in got]):.1f} s{fit}, n={len(mse)})")
+            cells.append(f"{mean:.3g} ± {se:.2g} ({np.mean([r['seconds'] for r in got]):.1f} s{fit}, n={len(got)})")
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -25,6 +25,7 @@ import numpy as np
 from iwae.app.provenance import revision
 
 from . import imputation
+from .common import mean_se
 from .imputation import DATASETS, EXTRA, load, mcar, run_missing, table
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
@@ -150,10 +151,9 @@ def against(rows, path, datasets, configs):
             if not pairs:
                 continue
             ours, other = np.array(pairs).T
-            diff = ours - other
-            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-            lines.append(f"| {name} | `{config}` | {len(diff)} | {ours.mean():.4f} | {other.mean():.4f} | "
-                         f"{diff.mean():+.4f} ± {se:.4f} |")
+            diff, se = mean_se(ours - other)
+            lines.append(f"| {name} | `{config}` | {len(pairs)} | {ours.mean():.4f} | {other.mean():.4f} | "
+                         f"{diff:+.4f} ± {se:.4f} |")
     return "\n".join(lines) + "\n"
 
 

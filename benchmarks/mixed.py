@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .common import git_revision
+from .common import git_revision, mean_se
 from .imputation import RESULTS, run_missing
 
 TABLES = ("penguins", "credit_data", "Chile", "anes96")
@@ -194,8 +194,7 @@ def summary(rows, key, method, score):
     got = [r[score] for r in rows.values() if r["dataset"] == key and r["method"] == method and r[score] is not None]
     if not got:
         return None, None
-    values = np.array(got)
-    return values.mean(), (values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else float("nan"))
+    return mean_se(got)
 
 
 def write_report(rows, keys, methods, out):
@@ -240,9 +239,8 @@ def compare(rows, path, keys, out):
         cells = []
         for score in ("rmse", "error_rate"):
             ours, other = (np.array([pair[i][score] for pair in pairs]) for i in (0, 1))
-            diff = ours - other
-            se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else float("nan")
-            cells += [f"{ours.mean():.4f}", f"{other.mean():.4f}", f"{diff.mean():+.4f} ± {se:.4f}"]
+            diff, se = mean_se(ours - other)
+            cells += [f"{ours.mean():.4f}", f"{other.mean():.4f}", f"{diff:+.4f} ± {se:.4f}"]
         lines.append(f"| {key} | {len(pairs)} | " + " | ".join(cells) + " |")
     (out / "comparison.md").write_text("\n".join(lines) + "\n")
 

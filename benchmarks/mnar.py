@@ -14,7 +14,6 @@ given the table standardised with its observed values' statistics (benchmarks.im
 One thread. Resumable: one JSON line per (data set, seed, method) in imputation_mnar.jsonl.
 """
 import argparse
-import math
 import time
 from pathlib import Path
 
@@ -69,6 +68,7 @@ def run_one(name, seed, method):
 
 def table(rows, datasets, methods):
     """RMSE mean ± standard error over seeds (seconds per fit, seeds), and the ratio to "mar"."""
+    from benchmarks.common import mean_se        # (common imports torch: after run_missing's thread settings)
     lines = ["| method | " + " | ".join(f"{n} RMSE | / mar" for n in datasets) + " |",
              "|---|" + "---|---|" * len(datasets)]
     for method in methods:
@@ -79,10 +79,9 @@ def table(rows, datasets, methods):
             if not got:
                 cells += ["", ""]
                 continue
-            rmse = np.array([r["rmse"] for r in got.values()])
-            se = rmse.std(ddof=1) / math.sqrt(len(rmse)) if len(rmse) > 1 else float("nan")
+            rmse, se = mean_se([r["rmse"] for r in got.values()])
             seconds = np.mean([r["seconds"] for r in got.values()])
-            cells.append(f"{rmse.mean():.3f} ± {se:.3f} ({seconds:.1f} s, n={len(rmse)})")
+            cells.append(f"{rmse:.3f} ± {se:.3f} ({seconds:.1f} s, n={len(got)})")
             paired = [got[s]["rmse"] / mar[s] for s in got if s in mar]
             cells.append(f"{np.mean(paired):.2f}x" if paired else "")
         lines.append(f"| {LABELS[method]} | " + " | ".join(cells) + " |")
