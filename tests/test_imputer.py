@@ -18,7 +18,7 @@ from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 
 import iwae
-from iwae.missing.imputer import _piled, default_activation, default_sizes
+from iwae.missing.imputer import _piled, default_activation, default_k, default_sizes
 from iwae.core.densities import Columns, Gaussian, StudentT
 from iwae.core.tabular import InflatedGaussian
 
@@ -182,6 +182,7 @@ FITTED = None
     (lambda: bad(X0, likelihood="bernoulli"), r"^likelihood='bernoulli' needs 0/1 data; non-binary columns: 0, 1, 2, 3, 4$"),
     (lambda: (lambda: iwae.Imputer(epochs=0).fit(X0)),
      r"^epochs must be None \(from the data's shape\) or an integer >= 1, got 0$"),
+    (lambda: (lambda: iwae.Imputer(k=0).fit(X0)), r"^k must be None \(from the data's shape\) or an integer >= 1, got 0$"),
     (lambda: bad(X0, likelihood="poisson"), r"^likelihood must be one of auto, gaussian, student-t, bernoulli, got 'poisson'$"),
     (lambda: bad(X0, mask_input="yes"), r"^mask_input must be 'auto', True or False, got 'yes'$"),
     (lambda: bad(X0, activation="gelu"), r"^activation must be 'auto' or one of tanh, silu, relu, elu, got 'gelu'$"),
@@ -191,7 +192,7 @@ FITTED = None
     (lambda: (lambda imp=iwae.Imputer(**FAST).fit(X0): imp.transform(X0[:, :4])),
      r"^X has 4 features, but Imputer is expecting 5 features as input$"),
 ], ids=["bytes-array", "inf", "bernoulli-on-reals",
-        "zero-epochs", "unknown-likelihood", "bad-mask-input", "bad-activation", "list-activation", "1-d", "one-row", "other-column-count"])
+        "zero-epochs", "zero-k", "unknown-likelihood", "bad-mask-input", "bad-activation", "list-activation", "1-d", "one-row", "other-column-count"])
 def test_bad_input_is_one_line_and_modifies_nothing(make, message):
     call = make()
     before = X0.copy()
@@ -211,6 +212,20 @@ def test_the_hidden_units_are_the_activation_asked(activation, module):
 
 def test_the_default_activation_is_silu_from_sixteen_modelled_columns():
     assert [default_activation(d) for d in (1, 15, 16, 200)] == ["tanh", "tanh", "silu", "silu"]
+
+
+def test_the_default_k_is_ten_from_sixteen_modelled_columns():
+    assert [default_k(d) for d in (1, 15, 16, 200)] == [20, 20, 10, 10]
+
+
+@pytest.mark.parametrize("columns, k, expected", [(5, None, 20), (16, None, 10), (16, 3, 3)])
+def test_the_training_bound_takes_the_k_asked(columns, k, expected, monkeypatch):
+    from iwae.missing import imputer as imputer_module
+    seen, train = [], imputer_module.train
+    monkeypatch.setattr(imputer_module, "train", lambda *a, **kw: seen.append(kw["k"]) or train(*a, **kw))
+    x = np.random.default_rng(0).normal(size=(40, columns))
+    imp = iwae.Imputer(**{**FAST, "k": k}).fit(np.where(x > 1.5, np.nan, x))
+    assert seen == [expected] and imp.k_ == expected
 
 
 def _constant_columns(x):

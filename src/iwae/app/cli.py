@@ -173,7 +173,7 @@ def add_impute(sub):
                    help="mar (missing at random) | self-masking | linear (missing not at random, docs/missing.md)")
     p.add_argument("--sign", choices=("positive", "negative"),
                    help="self-masking: the sign of w_j when known (positive: high values go missing)")
-    p.add_argument("--k", type=COUNT, default=20, help="importance samples of the training bound")
+    p.add_argument("--k", type=COUNT, help="importance samples of the training bound (default: from the table's width)")
     p.add_argument("--seed", type=int, default=0)
     add_threads(p)
     add_device(p)

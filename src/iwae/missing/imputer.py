@@ -58,6 +58,8 @@ MAX_STEPS = 8000               # ... within at most about this many (results/imp
 MAX_LATENT = 10
 ACTIVATIONS = {"tanh": nn.Tanh, "silu": nn.SiLU, "relu": nn.ReLU, "elu": nn.ELU}   # the hidden units' (docs/missing.md)
 WIDE = HIDDEN // HIDDEN_PER_COLUMN   # activation="auto": SiLU from this many modelled columns (the full width) on, else tanh
+K = 20                         # k=None: the training bound's importance samples (the authors'), ...
+WIDE_K = 10                    # ... this many from WIDE modelled columns on (docs/missing.md, "Importance samples")
 TABLES = ("pandas", "objects")  # inputs whose columns are typed, coded and decoded as a DataFrame's
 FINE_LEVELS = 64               # a real column with this many distinct values and one of them
 POINT_MASS = 0.1               # ... holding this share of its observed values has a point mass (an InflatedGaussian;
@@ -83,6 +85,13 @@ def default_activation(d):
     return "silu" if d >= WIDE else "tanh"
 
 
+def default_k(d):
+    """k=None for d modelled columns: WIDE_K from WIDE columns on, where the error at WIDE_K
+    samples was level with K's on the benchmark's four such tables and each step half the
+    arithmetic, else K (docs/missing.md, "Importance samples")."""
+    return WIDE_K if d >= WIDE else K
+
+
 class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     """Missing-value imputation by an importance weighted autoencoder trained on the observed
     entries (NaN = missing).
@@ -95,8 +104,9 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         array), type one of "real", "positive", "count", "binary", "categorical", "ordinal"; an
         array's categorical or ordinal column has its observed values as categories (in
         order) and is imputed with one of them.
-    k: importance samples of the training bound. epochs, latent, hidden: None picks them from
-        the data's shape (``default_sizes``). hidden_layers: per network. activation: the hidden
+    k: importance samples of the training bound; None: from the table's width (``default_k``:
+        WIDE_K for tables of WIDE modelled columns or more, K below). epochs, latent, hidden:
+        None picks them from the data's shape (``default_sizes``). hidden_layers: per network. activation: the hidden
         units', one of ACTIVATIONS, or "auto" (``default_activation``: SiLU for tables of WIDE
         modelled columns or more, tanh below). batch_size, lr: Adam's;
         schedule: the learning rate's over the epochs, "constant" or "cosine" (lr down to 0).
@@ -147,7 +157,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     empty column; a most_frequent_ column's label's code and 1), ``binary_`` (Bernoulli
     columns), ``constant_``, ``empty_``, ``most_frequent_`` (the identifier-like columns
     above), ``modeled_`` (the columns the network models), ``n_features_in_`` (and ``feature_names_in_`` for a
-    DataFrame), ``activation_`` (the hidden units'), ``epochs_`` (the budget), ``patience_`` (None: no early stopping), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
+    DataFrame), ``activation_`` (the hidden units'), ``k_`` (the training bound's samples), ``epochs_`` (the budget), ``patience_`` (None: no early stopping), ``n_epochs_`` (epochs trained), ``best_epoch_`` (the
     epoch whose parameters the refit started from), ``history_`` (per epoch: train_bound, held_error (with
     patience, where measured: the held-out entries' mean error), seconds),
     ``train_bound_`` (the last epoch's mean bound, standardised scale), ``fit_seconds_``,
@@ -155,7 +165,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     ``missingness_`` (None for "mar"; else the fitted p(s | x) in X's units, ``missingness``).
     """
 
-    def __init__(self, likelihood="auto", k=20, epochs=None, *, types="auto", latent=None, hidden=None,
+    def __init__(self, likelihood="auto", k=None, epochs=None, *, types="auto", latent=None, hidden=None,
                  hidden_layers=2, batch_size=64, lr=1e-3, draws=DRAWS, estimator="standard", mask_input="auto",
                  seed=0, device="auto", compile="auto", verbose=False, mechanism="mar", sign=None,
                  keep_empty_features=False, patience="auto", schedule="constant", activation="auto"):
@@ -174,7 +184,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
             raise ValueError(f"activation must be 'auto' or one of {', '.join(ACTIVATIONS)}, got {self.activation!r}")
         if self.mask_input not in ("auto", True, False):
             raise ValueError(f"mask_input must be 'auto', True or False, got {self.mask_input!r}")
-        for name in ("epochs", "latent", "hidden", "patience"):
+        for name in ("k", "epochs", "latent", "hidden", "patience"):
             value = getattr(self, name)
             if name == "patience" and value == "auto":
                 continue
@@ -196,6 +206,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         modelled = int(self.modeled_.sum())
         latent, hidden, epochs = default_sizes(n, modelled, self.batch_size)
         self.activation_ = default_activation(modelled) if self.activation == "auto" else self.activation
+        self.k_ = default_k(modelled) if self.k is None else self.k
         self.epochs_, self.patience_ = self._stopping(n, epochs)
         began = time.perf_counter()
         self.model_, self.train_bound_, self.n_epochs_, self.best_epoch_, self.history_ = None, float("nan"), 0, 0, []
@@ -208,7 +219,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
                 levels = _levels(train_x.numpy())
                 self._points = self._inflated(levels)
                 model = self._build(train_x, self.latent or latent, self.hidden or hidden, levels)
-                trained = train(model, train_x, k=self.k, estimator=self.estimator, batch_size=self.batch_size,
+                trained = train(model, train_x, k=self.k_, estimator=self.estimator, batch_size=self.batch_size,
                                 lr=self.lr, schedule=self.schedule, seed=self.seed, device=str(device),
                                 compile=self._compile(n), quiet=not self.verbose, drop_last=True,
                                 diagnostics=False, **budget)
