@@ -4,8 +4,8 @@
     python -m benchmarks.imputer_transform --baseline 0be0df5 --datasets breast_cancer mnist_pixels --calls 5
 
 For each table (benchmarks.imputation's, with its 50% MCAR holes of seed 0, one torch thread),
-this package's and --baseline's iwae.Imputer are fitted alike (--epochs epochs, no early
-stopping: the transform's cost depends on the net's shape, not on how well it is trained),
+this package's and --baseline's iwae.Imputer are fitted alike (--epochs epochs, K = 20, no
+early stopping: the transform's cost depends on the net's shape, not on how well it is trained),
 then their transforms of the table are timed in turns (benchmarks.common.interleaved, --calls
 calls each, CPU seconds of this thread) and scored (MSE on the removed cells, standardised).
 The two fills draw their importance samples in different chunks, so their MSEs differ by the
@@ -21,7 +21,7 @@ from .imputation import DATASETS, EXTRA, load, mcar
 
 
 def fitted(package, holes, epochs):
-    return package.Imputer(seed=0, epochs=epochs, patience=None).fit(holes)
+    return package.Imputer(seed=0, k=20, epochs=epochs, patience=None).fit(holes)
 
 
 def main(argv=None):
