@@ -120,6 +120,9 @@ def main(argv=None):
     p.add_argument("--against", type=Path, metavar="JSONL",
                    help="also each config's MSE paired with the default's: the iwae rows of this "
                         "benchmarks.imputation jsonl (the same tables, holes and seeds)")
+    p.add_argument("--against-method", default="iwae", metavar="METHOD",
+                   help="the rows of --against to pair with (default iwae; a config's name for another "
+                        "imputer_budget jsonl)")
     args = p.parse_args(argv)
     args.methods = args.configs
     imputation.LABELS.update({c: f"`{c}`" for c in CONFIGS})
@@ -131,16 +134,18 @@ def main(argv=None):
             "standard error over seeds at 50% MCAR, seconds per fit_transform in brackets, one thread; "
             f"{imputation.machines(rows)}; written at {revision()}.\n\n"
             + "\n".join(f"- `{c}`: {json.dumps(CONFIGS[c])}" for c in configs) + "\n\n")
-    paired = "" if args.against is None else "\n" + against(rows, args.against, datasets, configs)
+    paired = ("" if args.against is None else
+              "\n" + against(rows, args.against, datasets, configs, args.against_method))
     args.out.with_suffix(".md").write_text(head + table(rows, datasets, configs) + "\n" + paired)
 
 
-def against(rows, path, datasets, configs):
-    """Each config's MSE against the iwae rows of path for the seeds both have: the means, and
-    the per-seed differences' mean ± standard error (a markdown table)."""
+def against(rows, path, datasets, configs, method="iwae"):
+    """Each config's MSE against the `method` rows of path for the seeds both have: the means,
+    and the per-seed differences' mean ± standard error (a markdown table)."""
     theirs = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())
-              if r["method"] == "iwae"}
-    lines = [f"Paired with the iwae rows of {path} ({', '.join(sorted({r['revision'] for r in theirs.values()}))}): "
+              if r["method"] == method}
+    revisions = sorted({r.get("revision", "revision not recorded") for r in theirs.values()})
+    lines = [f"Paired with the {method} rows of {path} ({', '.join(revisions)}): "
              "MSE means over the seeds both have; difference: mean ± standard error of the per-seed differences "
              "(negative: the config's error is lower).", "",
              "| table | config | seeds | MSE | theirs | difference |", "|---|---|---|---|---|---|"]
