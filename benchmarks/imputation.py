@@ -162,7 +162,7 @@ def plot(rows, datasets, methods, path):
     plt.close(fig)
 
 
-def write_report(rows, datasets, methods, out):
+def write_report(rows, datasets, methods, out, paired_with=None, their_method="iwae"):
     from iwae.app.provenance import revision
     text = ["# Tabular imputation, 50% MCAR", "",
             "`python -m benchmarks.imputation` (docs/missing.md): exactly half the cells removed at random "
@@ -172,8 +172,35 @@ def write_report(rows, datasets, methods, out):
             f"One thread; {machines(rows)}; this page written at {revision()} (each line of imputation.jsonl is one "
             "fit, with its machine).", "",
             table(rows, datasets, methods), ""]
+    if paired_with is not None:
+        text.append(against(rows, paired_with, datasets, [m for m in methods if m in ("iwae",) + BASELINE],
+                            their_method))
     (out / "imputation.md").write_text("\n".join(text))
     plot(rows, datasets, methods, out / "imputation.png")
+
+
+def against(rows, path, datasets, configs, method="iwae"):
+    """Each of configs' (methods') MSE against the `method` rows of path for the seeds both have:
+    the means, and the per-seed differences' mean ± standard error (a markdown table)."""
+    from .common import mean_se
+    theirs = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())
+              if r["method"] == method}
+    revisions = sorted({r.get("revision", "revision not recorded") for r in theirs.values()})
+    lines = [f"Paired with the {method} rows of {path} ({', '.join(revisions)}): "
+             "MSE means over the seeds both have; difference: mean ± standard error of the per-seed differences "
+             "(negative: this run's error is lower).", "",
+             "| table | config | seeds | MSE | theirs | difference |", "|---|---|---|---|---|---|"]
+    for name in datasets:
+        for config in configs:
+            pairs = [(r["mse"], theirs[name, r["seed"]]["mse"]) for r in rows.values()
+                     if r["dataset"] == name and r["method"] == config and (name, r["seed"]) in theirs]
+            if not pairs:
+                continue
+            ours, other = np.array(pairs).T
+            diff, se = mean_se(ours - other)
+            lines.append(f"| {name} | `{config}` | {len(pairs)} | {ours.mean():.4f} | {other.mean():.4f} | "
+                         f"{diff:+.4f} ± {se:.4f} |")
+    return "\n".join(lines) + "\n"
 
 
 def machines(rows):
@@ -191,6 +218,10 @@ def main(argv=None):
     p.add_argument("--seeds", type=int, default=5)
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--baseline", metavar="REV", help="git revision whose iwae.Imputer is method iwae-base")
+    p.add_argument("--against", type=Path, metavar="JSONL",
+                   help="also the iwae rows paired with this jsonl's (other runs of the same tables, "
+                        "holes and seeds): the per-seed MSE differences, on the page")
+    p.add_argument("--against-method", default="iwae", metavar="METHOD", help="the rows of --against to pair with")
     args = p.parse_args(argv)
     if "iwae-base" in args.methods:
         if not args.baseline:
@@ -198,7 +229,7 @@ def main(argv=None):
         from .common import load_baseline
         load_baseline(args.baseline)
         LABELS["iwae-base"] = f"iwae.Imputer() at {args.baseline}"
-    report = lambda rows: write_report(rows, *reported(rows, args), args.out)
+    report = lambda rows: write_report(rows, *reported(rows, args), args.out, args.against, args.against_method)
     report(run_missing(args.out / "imputation.jsonl", args, run_one, after=report))
 
 

@@ -25,8 +25,7 @@ import numpy as np
 from iwae.app.provenance import revision
 
 from . import imputation
-from .common import mean_se
-from .imputation import DATASETS, EXTRA, load, mcar, run_missing, table
+from .imputation import DATASETS, EXTRA, against, load, mcar, run_missing, table
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CONFIGS = {
@@ -137,29 +136,6 @@ def main(argv=None):
     paired = ("" if args.against is None else
               "\n" + against(rows, args.against, datasets, configs, args.against_method))
     args.out.with_suffix(".md").write_text(head + table(rows, datasets, configs) + "\n" + paired)
-
-
-def against(rows, path, datasets, configs, method="iwae"):
-    """Each config's MSE against the `method` rows of path for the seeds both have: the means,
-    and the per-seed differences' mean ± standard error (a markdown table)."""
-    theirs = {(r["dataset"], r["seed"]): r for r in map(json.loads, path.read_text().splitlines())
-              if r["method"] == method}
-    revisions = sorted({r.get("revision", "revision not recorded") for r in theirs.values()})
-    lines = [f"Paired with the {method} rows of {path} ({', '.join(revisions)}): "
-             "MSE means over the seeds both have; difference: mean ± standard error of the per-seed differences "
-             "(negative: the config's error is lower).", "",
-             "| table | config | seeds | MSE | theirs | difference |", "|---|---|---|---|---|---|"]
-    for name in datasets:
-        for config in configs:
-            pairs = [(r["mse"], theirs[name, r["seed"]]["mse"]) for r in rows.values()
-                     if r["dataset"] == name and r["method"] == config and (name, r["seed"]) in theirs]
-            if not pairs:
-                continue
-            ours, other = np.array(pairs).T
-            diff, se = mean_se(ours - other)
-            lines.append(f"| {name} | `{config}` | {len(pairs)} | {ours.mean():.4f} | {other.mean():.4f} | "
-                         f"{diff:+.4f} ± {se:.4f} |")
-    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":
