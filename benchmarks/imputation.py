@@ -4,6 +4,8 @@
     python -m benchmarks.imputation --seeds 2 --datasets iris wine --methods mean iwae
     python -m benchmarks.imputation --datasets breast_cancer --methods iwae iwae-base --baseline 61a83d6 \
         --out results/imputation_speed          # this iwae.Imputer beside a previous main's, one process
+    python -m benchmarks.imputation --methods iwae --out results/rerun --against results/imputation.jsonl
+                                                    # the page also pairs the iwae rows with another run's
 
 For each data set and seed, exactly half the cells (a seeded permutation of all cells) are
 removed; every imputer sees only the incomplete table; the score is the MSE on the removed
