@@ -41,6 +41,7 @@ CONFIGS = {
     "z20": {"latent": 20},
     "b32": {"batch_size": 32},
     "draws20": {"module": {"SCORE_DRAWS": 20}},
+    "score100": {"module": {"SCORE_STEPS": 100}},
     "k10": {"k": 10},
     "l1": {"hidden_layers": 1},
     "lr2e-3": {"lr": 2e-3},
