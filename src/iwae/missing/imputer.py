@@ -50,7 +50,7 @@ HIDDEN_PER_COLUMN = 8          # ... this many per modelled column,
 MIN_HIDDEN = 32                # ... at least this many (docs/missing.md, "A width from the table's")
 HOLDOUT = 0.1                  # patience given: the fraction of the observed entries held out to stop on
 HELD_ROWS = 1000               # patience given: the most rows whose entries are held out
-SCORE_STEPS = 50               # patience given: their imputation error is measured about every this many steps
+SCORE_STEPS = 100              # patience given: their imputation error is measured about every this many steps (docs/missing.md)
 SCORE_DRAWS = 50               # ... from this many importance samples per row
 REFIT = 0.5                    # then, from the best epoch, this fraction of its epochs on every entry
 PATIENCE_STEPS = 500           # patience="auto": stop after about this many steps without a lower error
