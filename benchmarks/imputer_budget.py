@@ -42,8 +42,6 @@ CONFIGS = {
     "b32": {"batch_size": 32},
     "draws20": {"module": {"SCORE_DRAWS": 20}},
     "score100": {"module": {"SCORE_STEPS": 100}},
-    "refit-cos": {"module": {"REFIT_SCHEDULE": "cosine"}},
-    "refit-cos-0.25": {"module": {"REFIT_SCHEDULE": "cosine", "REFIT": 0.25}},
     "k10": {"k": 10},
     "l1": {"hidden_layers": 1},
     "lr2e-3": {"lr": 2e-3},

@@ -1,7 +1,6 @@
 """iwae.fit: the one training loop for any model; a user's conv net trained, interrupted and
 resumed bitwise; the config, data and model checks; --device cpu end to end."""
 import json
-import math
 import os
 import signal
 
@@ -234,21 +233,6 @@ def test_a_held_score_replaces_the_bound_and_a_refit_trains_on_from_the_best_epo
     assert states_equal(stopped.model.state_dict(), iwae.training.fit.train(_gaussian_model(), holes, epochs=2,
                                                                              **settings).model.state_dict())
     assert not states_equal(stopped.model.state_dict(), refit.model.state_dict())   # two epochs on from there
-
-
-@pytest.mark.parametrize("schedule, rates", [("constant", [1e-3] * 9),
-                                             ("cosine", [1e-3] * 5 + [1e-3 * (1 + math.cos(math.pi * i / 4)) / 2
-                                                                      for i in range(4)])])
-def test_a_refit_runs_at_the_stopping_rate_or_anneals_it_to_zero(schedule, rates):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(40, 6, generator=g)
-    holes = x.masked_fill(torch.rand(x.shape, generator=g) < 0.2, float("nan"))
-    scores = iter([0.0, 0.1, 0.2, 1.0, 0.5] + [0.0] * 100)                   # best after epoch 4: 4 refit epochs
-    settings = {**SMALL, "k": 3, "batch_size": 10, "epochs": 50, "lr": 1e-3, "schedule": "constant"}
-    trained = iwae.training.fit.train(_gaussian_model(), holes, eval_data=x, eval_given=holes, patience=1,
-                                      held_score=lambda model, epoch: next(scores), refit_data=x, refit=1.0,
-                                      refit_schedule=schedule, **settings)
-    assert [r["lr"] for r in trained.history] == pytest.approx(rates, rel=1e-12)
 
 
 @pytest.mark.parametrize("kwargs, message", [({}, "needs held-out data"), ({"out": "run", "eval_data": "held"},

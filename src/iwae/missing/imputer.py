@@ -53,7 +53,6 @@ HELD_ROWS = 1000               # patience given: the most rows whose entries are
 SCORE_STEPS = 100              # patience given: their imputation error is measured about every this many steps (docs/missing.md)
 SCORE_DRAWS = 50               # ... from this many importance samples per row
 REFIT = 0.5                    # then, from the best epoch, this fraction of its epochs on every entry
-REFIT_SCHEDULE = "constant"    # ... at this learning rate (iwae.training.schedule.REFIT_SCHEDULES)
 PATIENCE_STEPS = 500           # patience="auto": stop after about this many steps without a lower error
 MAX_STEPS = 8000               # ... within at most about this many (results/imputer_budget.md)
 MAX_LATENT = 10
@@ -316,7 +315,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         return train_x, {"epochs": self.epochs_, "patience": self.patience_, "eval_data": x[rows],
                          "eval_given": train_x[rows], "eval_examples": len(rows),
                          "held_score": self._held_score(x[rows], train_x[rows], every),
-                         "refit_data": x, "refit": REFIT, "refit_schedule": REFIT_SCHEDULE}
+                         "refit_data": x, "refit": REFIT}
 
     def _held_score(self, truth, given, every):
         """held_score for the loop: every `every` epochs, minus the held-out entries' error when

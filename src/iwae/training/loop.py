@@ -158,11 +158,10 @@ class _Trainer:
         self.bar = tqdm(total=self.batches * self.spec.epochs, initial=self.batches * self.start + first,
                         disable=self.spec.quiet or not main, desc=name, unit="step", dynamic_ncols=True)
 
-    def train_epoch(self, epoch, signals, lr=None):
-        """One epoch (or the rest of one, after a mid-epoch checkpoint) at lr (None: the
-        schedule's), then its record and checkpoint. Raises Interrupted after a signal."""
-        if lr is None:
-            lr = learning_rate(epoch, self.spec.schedule, self.spec.lr, self.spec.epochs)
+    def train_epoch(self, epoch, signals):
+        """One epoch (or the rest of one, after a mid-epoch checkpoint) at the schedule's lr,
+        then its record and checkpoint. Raises Interrupted after a signal."""
+        lr = learning_rate(epoch, self.spec.schedule, self.spec.lr, self.spec.epochs)
         for group in self.opt.param_groups:
             group["lr"] = lr
         began = time.perf_counter()
@@ -207,17 +206,13 @@ class _Trainer:
     def refit(self, rows, epochs, signals):
         """After early stopping: from the best epoch's parameters (and the optimizer's state
         as it stopped), `epochs` more epochs on rows (the training rows with their held-out
-        entries back), nothing held out; the records go on numbering the epochs. The learning
-        rate: the schedule's (spec.refit_schedule "constant"), or from the last epoch's down to
-        0 along a cosine over the refit's epochs ("cosine"), so that it ends near an optimum
-        rather than circling one."""
+        entries back), nothing held out; the records go on numbering the epochs."""
         self.model.load_state_dict(self.best[2])
         self.train_x = rows.to(self.device, self.train_x.dtype)
         self.held_x = self.given_x = self.held_score = None
-        start, last = self.history[-1]["epoch"], self.history[-1]["lr"]
-        for i, epoch in enumerate(range(start, start + epochs)):
-            cosine = self.spec.refit_schedule == "cosine"
-            self.train_epoch(epoch, signals, learning_rate(i, "cosine", last, epochs) if cosine else None)
+        start = self.history[-1]["epoch"]
+        for epoch in range(start, start + epochs):
+            self.train_epoch(epoch, signals)
 
     def _epoch_start(self):
         """(order, first batch, running loss sum, skipped steps, seconds spent) of this epoch:

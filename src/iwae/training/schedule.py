@@ -14,7 +14,6 @@ import bisect
 import math
 
 SCHEDULES = ("paper", "code", "constant", "cosine")
-REFIT_SCHEDULES = ("constant", "cosine")   # a refit's after early stopping (iwae.training.loop)
 STAGE_ENDS = tuple(sum(3 ** j for j in range(i + 1)) for i in range(8))   # 1, 4, 13, 40, 121, 364, 1093, 3280
 PAPER_EPOCHS = STAGE_ENDS[-1]
 

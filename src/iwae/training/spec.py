@@ -22,7 +22,7 @@ from ..core.objective import ALIASES, BOUNDS, check
 from ..data import LIKELIHOODS, VALIDATIONS
 from ..runtime.decisions import COMPILES
 from ..runtime.devices import parse_device
-from .schedule import REFIT_SCHEDULES, SCHEDULES
+from .schedule import SCHEDULES
 from .step import PRECISIONS
 
 NONFINITE_POLICIES = ("stop", "skip")
@@ -89,9 +89,6 @@ class RunSpec:
     refit: float = setting(0.0, "after early stopping: from the best epoch's parameters, this fraction of its "
                            "epochs more on the data with the held-out entries back (iwae.training.loop)", low=0,
                            saved=False, cli=False)
-    refit_schedule: str = setting("constant", "the refit's learning rate: constant (the schedule's where it "
-                                  "stopped) or cosine (from there down to 0 over the refit's epochs)",
-                                  choices=REFIT_SCHEDULES, saved=False, cli=False)
     drop_last: bool = setting(False, "each epoch leaves out the N mod batch_size rows its permutation puts last "
                               "(N >= batch_size), so that every step has one batch shape and one compiled graph",
                               cli=False)
