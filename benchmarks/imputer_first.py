@@ -7,8 +7,9 @@ benchmarks.imputation's table and 50% MCAR holes (seed --seed), one torch thread
 runs in a process of its own, one after another, so each pays what a user's first call pays:
 importing iwae and torch, and with compile="auto" the compiler's import, the step's trace and,
 on an empty cache (a fresh TORCHINDUCTOR_CACHE_DIR), its C++ build. Prints, per case, the
-process's wall seconds from its start, the imports and the fit_transform, and the epochs trained
-(an eager fit rounds differently, so it may stop at another epoch).
+process's wall seconds (the interpreter's start and every import included), the seconds to import
+torch and iwae and load the table ("imports"), the fit_transform's, and the epochs trained (an
+eager fit rounds differently, so it may stop at another epoch).
 """
 import argparse
 import json
