@@ -306,6 +306,22 @@ def test_multiple_imputations_have_the_exact_conditional_covariance():
     assert bool(((missing.mean(0) - mean[0]).abs() < 5 * (cov.diagonal() / n).sqrt()).all())
 
 
+def test_an_imputations_bound_is_l_k_of_its_own_draws():
+    model, w, b = ppca(q_widen=2.5)
+    x, masked = ppca_data(model, w, b, 300)
+    log_p, _, _ = exact(w, b, x)
+    torch.manual_seed(3)
+    filled, bound = impute(model, masked, draws=1000, bound=True)
+    torch.manual_seed(3)
+    assert torch.equal(filled, impute(model, masked, draws=1000))        # the same draws, the same fill
+    assert bound.dtype == torch.float64 and bound.shape == (300,)
+    torch.manual_seed(4)
+    diff = bound - iwae.log_likelihood(model, masked, 1000, compile="off")   # two L_1000 on other draws
+    assert abs(diff.mean().item()) < 4 * diff.std().item() / math.sqrt(300)  # mean 0: false alarm 6e-5
+    gap = bound - log_p
+    assert -0.5 < gap.mean().item() < 3 * gap.std().item() / math.sqrt(300)  # below log p(x_o), near it
+
+
 def test_the_masked_bound_is_below_log_p_x_o_and_approaches_it_as_k_grows():
     model, w, b = ppca(q_widen=2.5)
     x, masked = ppca_data(model, w, b, 300)

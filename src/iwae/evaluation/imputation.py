@@ -26,6 +26,7 @@ mask)``, ``log_weights(x, k, mask=, zs=, params=)``, ``decode`` and ``likelihood
 """
 import torch
 
+from ..core.bounds import iwae_bound
 from ..core.validate import positive_int
 
 DRAWS = 1000               # L, the importance samples per row
@@ -67,24 +68,33 @@ def _resample(log_w, m):
 
 
 @torch.no_grad()
-def impute(model, x, mask=None, draws=DRAWS):
+def impute(model, x, mask=None, draws=DRAWS, *, bound=False):
     """Single imputation: x [B, D] with each missing entry replaced by sum_l w~_l E[x_j | z_l].
 
     mask: [B, D] bool, True = observed (default: ~isnan(x)). Returns a new tensor; the
-    observed entries are x's, bit for bit.
+    observed entries are x's, bit for bit. bound: also return L_draws of log p(x_o) (of
+    log p(x_o, s) with a missingness model) per row, float64 [B]: iwae_bound of the same
+    draws' log weights, so that the imputation and the bound take one pass (the filled
+    tensor is the same, bit for bit).
     """
     positive_int("draws", draws)
 
     def fill(xb, mb, log_w, params, xm):
         w = torch.softmax(log_w, 0).unsqueeze(-1)                       # [L, B, 1]
         if xm is not None:
-            return torch.where(mb, xb, (w * xm).sum(0).to(xb.dtype))
-        like = model.likelihood
-        mean = (w * getattr(like, "statistics", like.mean)(params)).sum(0)          # [B, S]
-        point = getattr(like, "point", None)
-        return torch.where(mb, xb, (mean if point is None else point(mean)).to(xb.dtype))
+            filled = torch.where(mb, xb, (w * xm).sum(0).to(xb.dtype))
+        else:
+            like = model.likelihood
+            mean = (w * getattr(like, "statistics", like.mean)(params)).sum(0)          # [B, S]
+            point = getattr(like, "point", None)
+            filled = torch.where(mb, xb, (mean if point is None else point(mean)).to(xb.dtype))
+        return (filled, iwae_bound(log_w.double())) if bound else filled
     out = _fill_chunks(model, x, mask, draws, fill)
-    return torch.cat(out) if out else x.clone()
+    if not bound:
+        return torch.cat(out) if out else x.clone()
+    if not out:
+        return x.clone(), torch.zeros(0, dtype=torch.float64, device=x.device)
+    return torch.cat([f for f, _ in out]), torch.cat([b for _, b in out])
 
 
 @torch.no_grad()

@@ -365,9 +365,7 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         dropped (or, keep_empty_features=True, its missing entries are 0). A value the model
         cannot read (a category fit never saw, a Bernoulli column's value other than 0 or 1) is
         read as missing and comes back as it is, with one warning line."""
-        values, kind, given = self._checked(X)
-        filled = self._filled(values, lambda m, x: impute(m, x, draws=self.draws))
-        return self._kept(np.where(np.isnan(values), filled, values), kind, given)
+        return self.transform_and_score(X)[0]
 
     def sample(self, X, m=5):
         """m multiple imputations of X by sampling importance resampling (categories drawn, not
@@ -389,6 +387,25 @@ class Imputer(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         if self.model_ is None:
             return 0.0
         bound = self._run(lambda m, x: log_likelihood(m, x, self.draws, compile="off"), values, units=False)
+        return self._mean_bound(values, bound)
+
+    def transform_and_score(self, X):
+        """(transform(X), a score(X)) from one pass over X: the score from the imputation's
+        own draws' log weights (the same estimator as score's, L_draws, on other draws), in
+        about half the time of the two calls (what ``iwae impute`` prints)."""
+        values, kind, given = self._checked(X)
+        bounds = []
+
+        def fill(model, x):
+            filled, bound = impute(model, x, draws=self.draws, bound=True)
+            bounds.append(bound)
+            return filled
+        filled = self._filled(values, fill)
+        score = self._mean_bound(values, bounds[0].cpu().numpy()) if bounds else 0.0
+        return self._kept(np.where(np.isnan(values), filled, values), kind, given), score
+
+    def _mean_bound(self, values, bound):
+        """The mean over rows of bound [N] (nats, the standardised modelled columns') in X's units."""
         modeled = self.modeled_
         observed = ~np.isnan(values[:, modeled])
         jacobian = (np.log(self.scale_[modeled])[None] * observed).sum(1)      # scale_ is 1 where unscaled

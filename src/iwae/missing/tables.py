@@ -96,12 +96,15 @@ def impute_file(path, out, *, multiple=None, progress=True, **options):
         raise ValueError(f"--out {out}: {path} has non-numeric columns, which only a .csv holds")
     began = time.perf_counter()
     imputer = Imputer(verbose=progress, **options).fit(table)
-    values = imputer.transform(table) if multiple is None else imputer.sample(table, multiple)
+    if multiple is None:
+        values, bound = imputer.transform_and_score(table)
+    else:
+        values, bound = imputer.sample(table, multiple), imputer.score(table)
     if array_out:                                  # a table's cells as numbers
         values = np.stack([v.to_numpy(dtype=float) for v in values]) if multiple else values.to_numpy(dtype=float)
     write_table(out, values, None, key)
     missing = table.isna().to_numpy() if columns is not None else np.isnan(np.asarray(table, dtype=float))
     return {"rows": missing.shape[0], "columns": missing.shape[1], "missing": int(missing.sum()),
-            "epochs": imputer.n_epochs_, "train_bound": imputer.train_bound_, "bound": imputer.score(table),
+            "epochs": imputer.n_epochs_, "train_bound": imputer.train_bound_, "bound": bound,
             "fit_seconds": imputer.fit_seconds_, "seconds": time.perf_counter() - began,
             "missingness": imputer.missingness_, "point_masses": imputer.point_masses_}
