@@ -357,9 +357,13 @@ class InflatedGaussian:
         self.mass_at = torch.tensor(values)                         # [D] or [1]: an input of a compiled step
         self.normal = Gaussian(min_scale=min_scale)
 
+    def _parts(self, params):
+        """(the Gaussian's params [..., 2 D], logit [..., D])."""
+        return params.split([2 * params.shape[-1] // 3, params.shape[-1] // 3], dim=-1)
+
     def _split(self, params):
         """(mu, log sigma, logit) [..., D] each."""
-        gaussian, logit = params.split([2 * params.shape[-1] // 3, params.shape[-1] // 3], dim=-1)
+        gaussian, logit = self._parts(params)
         mu, log_sigma = self.normal._split(gaussian)
         return mu, log_sigma, logit
 
@@ -372,8 +376,8 @@ class InflatedGaussian:
         return _observed_sum(torch.where(at_point, F.logsigmoid(logit), continuous), mask)
 
     def mean(self, params):
-        mu, _, logit = self._split(params)
-        share = torch.sigmoid(logit)
+        gaussian, logit = self._parts(params)        # no scale: its floor's softplus is a pass over [k, B, D]
+        mu, share = self.normal.mean(gaussian), torch.sigmoid(logit)
         return share * self.mass_at.to(mu.device, mu.dtype) + (1 - share) * mu
 
     def sample(self, params):
