@@ -7,9 +7,14 @@ benchmarks.imputation's table and 50% MCAR holes (seed --seed), one torch thread
 default fits one after another in a fresh process (the first imports the compiler and traces
 the step; the later ones reuse it: docs/missing.md, "Where a default fit's time goes"). Per
 fit: seconds, epochs, steps, the best epoch, and the seconds in the compiled step's kernel,
-the first call of a compiled step (tracing and loading it), the held-out scoring, the Adam
-update and the refit (cumulative, so the refit's steps are also in the kernel's). cProfile
-adds its own overhead to the Python parts.
+the first call of a compiled step (importing the compiler, tracing and loading the step) and
+Dynamo's trace inside it, the construction of the optimizer (torch's Adam imports
+torch._dynamo on its first construction in a process, compiled or not), the held-out scoring,
+the Adam update and the refit (cumulative, so the refit's steps are also in the kernel's), and the
+matmul floor of its steps: the fit's model's matrix products of one step (forward and
+backward, benchmarks.common.MatmulFloor, median of 300 CPU-timed calls after the fit) times
+the steps it trained, what no cheaper per-step overhead can go below at that many steps.
+cProfile adds its own overhead to the Python parts.
 """
 import argparse
 import cProfile
@@ -18,11 +23,14 @@ import time
 
 import numpy as np
 
+from .common import MatmulFloor, interleaved, linear_shapes, medians
 from .imputation import DATASETS, EXTRA, load, mcar
 
 PARTS = {                    # (file suffix, function name or prefix): what the part is
     "kernel": ("", "inductor_entry_cpp"),
     "first compiled call": ("runtime/compile.py", "_first_call"),
+    "of which Dynamo's trace": ("_dynamo/convert_frame.py", "_compile"),
+    "Adam's construction": ("runtime/optim.py", "make_optimizer"),
     "held-out scoring": ("missing/imputer.py", "score"),
     "Adam update": ("runtime/optim.py", "__call__"),
     "refit": ("training/loop.py", "refit"),
@@ -59,9 +67,18 @@ def main(argv=None):
         stats = pstats.Stats(profile)
         per_epoch = x.shape[0] // imputer.batch_size
         parts = ", ".join(f"{name} {seconds_in(stats, *where):.2f} s" for name, where in PARTS.items())
+        steps = imputer.n_epochs_ * per_epoch
+        floor = floor_ms(imputer)
         print(f"{args.dataset} fit {fit + 1}: {total:.2f} s, {imputer.n_epochs_} epochs "
-              f"({imputer.n_epochs_ * per_epoch} steps), best epoch {imputer.best_epoch_} "
-              f"({imputer.best_epoch_ * per_epoch} steps); {parts}", flush=True)
+              f"({steps} steps), best epoch {imputer.best_epoch_} "
+              f"({imputer.best_epoch_ * per_epoch} steps); {parts}; matmul floor {floor:.3f} ms a step, "
+              f"{floor * steps / 1e3:.2f} s for its steps", flush=True)
+
+
+def floor_ms(imputer):
+    """The median CPU milliseconds of one step's matrix products at the fitted model's shapes."""
+    floor = MatmulFloor(linear_shapes(imputer.model_, imputer.k_, imputer.batch_size))
+    return medians(interleaved({"floor": floor}, 300), "cpu")["floor"]
 
 
 if __name__ == "__main__":
