@@ -69,6 +69,25 @@ def test_every_estimator_reports_the_same_loss_value(small_model, bound, kw, est
     assert values == pytest.approx([expected] * len(values), rel=1e-12)
 
 
+@pytest.mark.parametrize("bound,m,estimator", [("iwae", None, e) for e in ("standard", "stl", "dreg", "rws", "vimco")]
+                         + [("piwae", 2, "standard"), ("piwae", 2, "dreg"), ("piwae", 2, "vimco")])
+def test_autograd_pullback_gives_torch_funcs_gradients(small_model, bound, m, estimator):
+    # Functional(autograd=True), a training step's when it runs eagerly, differentiates by
+    # torch.autograd (first-order formulas) where torch.func's pullback uses create_graph=True:
+    # the same forward (the loss bitwise), the gradients equal up to float64 rounding
+    model, x = small_model
+    objective, est = iwae.core.objective.check(bound, estimator, 4, m, model=model)
+    out = {}
+    for autograd in (False, True):
+        f = iwae.core.objective.Functional(model, autograd=autograd)
+        torch.manual_seed(7)
+        out[autograd] = est.gradients(f, tuple(p.detach() for p in f.parameters()), x, objective)
+    assert out[True][0].item() == out[False][0].item()
+    assert len(out[True][1]) == len(out[False][1]) == len(list(model.parameters()))
+    for a, b in zip(out[True][1], out[False][1]):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+
+
 def test_stl_encoder_gradient_vanishes_at_the_exact_posterior(lg):
     model, x = lg.model(), lg.data(8)
     _, stl_enc, _ = estimator_grads(model, x, 5, "stl", seed=0)

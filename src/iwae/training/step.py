@@ -85,7 +85,7 @@ class Step:
         self.precision, self.matmul_dtype = precision, MATMUL_DTYPES[check_precision(precision)]
         self.model, self.optimizer, self.objective, self.estimator = model, optimizer, objective, estimator
         self.k, self.compile, self.parallel = objective.k, compile, parallel
-        self.functional = Functional(model)
+        self.functional = Functional(model, autograd=True)   # eagerly: torch.autograd's backward (Functional.vjp)
         self.params = self.functional.parameters()
         # detached aliases of the parameters, made once: they share storage, so they follow
         # the optimizer's in-place updates (and a checkpoint's load_state_dict)

@@ -31,7 +31,6 @@ arXiv 2210.06226 and 2410.12035.) The factor multiplying the decoder's weights i
 ``Objective.dreg_factor``. Not VR-max: its weights (an indicator of the best sample) are not
 smooth in z, and the identity fails there.
 """
-from torch.func import vjp
 
 from .pullback import require_reparameterised
 
@@ -43,14 +42,14 @@ def gradients(f, params, x, objective):
     require_reparameterised(f.discrete, "dreg")
     k = objective.k
     if not f.has_sample_q:
-        log_w, pullback = vjp(lambda p: f.log_weights(p, x, k, stop_q=True), params)
+        log_w, pullback = f.vjp(lambda p: f.log_weights(p, x, k, stop_q=True), params)
         cot, value = objective.cotangent(log_w)
         (decoder,) = pullback(cot)
         encoder_cot = objective.cotangent(log_w, "encoder")[0] if objective.name == "piwae" else cot
         (encoder,) = pullback(encoder_cot * objective.dreg_factor(log_w))
         return value, f.by_group(encoder, decoder, "dreg")
-    zs, encoder_pullback = vjp(lambda p: f.call("sample_q", p, x, k), params)
-    log_w, pullback = vjp(lambda p, z: f.log_weights(p, x, k, stop_q=True, zs=z), params, zs)
+    zs, encoder_pullback = f.vjp(lambda p: f.call("sample_q", p, x, k), params)
+    log_w, pullback = f.vjp(lambda p, z: f.log_weights(p, x, k, stop_q=True, zs=z), params, zs)
     cot, value = objective.cotangent(log_w)
     decoder, grad_zs = pullback(cot)                              # grad_zs: [[k, B, d_l]]
     if objective.name == "piwae":                                 # the encoder's bound: MIWAE

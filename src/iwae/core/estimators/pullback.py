@@ -1,7 +1,6 @@
 """The reparameterised gradient of a bound, pulled back through the model once, and the
 check that a model's samples can be differentiated at all."""
 import torch.nn as nn
-from torch.func import vjp
 
 
 def discrete_layer(model):
@@ -25,7 +24,7 @@ def pull_back(f, params, x, objective, estimator, **options):
     """(loss, gradients) of the reparameterised bound at log weights computed with options:
     one forward, one backward (two for PIWAE, whose encoder follows another bound)."""
     require_reparameterised(f.discrete, estimator)
-    log_w, pullback = vjp(lambda p: f.log_weights(p, x, objective.k, **options), params)
+    log_w, pullback = f.vjp(lambda p: f.log_weights(p, x, objective.k, **options), params)
     cot, value = objective.cotangent(log_w)
     (grads,) = pullback(cot)
     if objective.name == "piwae":

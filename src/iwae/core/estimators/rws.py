@@ -10,13 +10,12 @@ Nothing is differentiated through z, so it trains models with discrete layers to
 (BernoulliLayer, ``sbn_model``), as Bornschein & Bengio trained sigmoid belief nets.
 """
 import torch
-from torch.func import vjp
 
 SUPPORTS = ("iwae",)
 
 
 def gradients(f, params, x, objective):
-    log_w, pullback = vjp(lambda p: f.log_weights(p, x, objective.k, stop_z=True), params)
+    log_w, pullback = f.vjp(lambda p: f.log_weights(p, x, objective.k, stop_z=True), params)
     w = torch.softmax(log_w.detach(), 0)                          # [k, B]
     (grads,) = pullback(w / -log_w.shape[1])                      # of -mean_b sum_i w~_i log w_i
     encoder = tuple(-g for g in grads)

@@ -28,7 +28,6 @@ The k learning signals evaluate F at k substituted copies of log w: O(k^2 B) num
 (k = 50, B = 20: 50,000), negligible beside the networks.
 """
 import torch
-from torch.func import vjp
 
 SUPPORTS = ("elbo", "iwae", "miwae", "ciwae", "piwae", "renyi", "vr-max")
 MIN_K = 2                   # the baselines leave one sample out
@@ -57,7 +56,7 @@ def score_gradients(f, params, x, objective, signals, name):
     k = objective.k
     if f.has_densities:
         zs = [z.detach() for z in f.call("sample_q", params, x, k)]
-        (log_p, log_q), pullback = vjp(
+        (log_p, log_q), pullback = f.vjp(
             lambda p: (f.call("log_joint", p, x, zs), f.call("log_q", p, x, zs)), params)
         log_w = log_p - log_q
         cot, value = objective.cotangent(log_w)
@@ -65,7 +64,7 @@ def score_gradients(f, params, x, objective, signals, name):
         signal = signals(objective, log_w) / log_w.shape[1]
         (grads,) = pullback((cot, -encoder_cot - signal))
         return value, grads
-    log_w, pullback = vjp(lambda p: f.log_weights(p, x, k, stop_z=True), params)
+    log_w, pullback = f.vjp(lambda p: f.log_weights(p, x, k, stop_z=True), params)
     cot, value = objective.cotangent(log_w)
     encoder_cot = objective.cotangent(log_w, "encoder")[0] if objective.name == "piwae" else cot
     (decoder,) = pullback(cot)
