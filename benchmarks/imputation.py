@@ -39,11 +39,12 @@ import numpy as np
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 DATASETS = ("breast_cancer", "iris", "wine", "diabetes")
 EXTRA = ("digits", "fertility", "mnist_pixels", "airquality")   # wider validation: other shapes (issue 40)
-METHODS = ("mean", "knn", "mice", "missforest", "iwae", "iwae-k5", "iwae-t")
-BASELINE = ("iwae-base",)      # iwae.Imputer() of --baseline REV, imported as iwae_base (benchmarks.common)
+METHODS = ("mean", "knn", "mice", "missforest", "iwae", "iwae-k5", "iwae-t", "iwae-eager")
+BASELINE = ("iwae-base", "iwae-base-eager")   # of --baseline REV, imported as iwae_base (benchmarks.common)
 LABELS = {"mean": "mean", "knn": "kNN (5)", "mice": "MICE (BayesianRidge)", "missforest": "missForest (ExtraTrees 100)",
           "iwae": "iwae.Imputer()", "iwae-k5": "iwae.Imputer(k=5)", "iwae-t": "iwae.Imputer(likelihood='student-t')",
-          "iwae-base": "iwae.Imputer() of --baseline"}
+          "iwae-base": "iwae.Imputer() of --baseline", "iwae-eager": "iwae.Imputer(compile='off')",
+          "iwae-base-eager": "iwae.Imputer(compile='off') of --baseline"}
 
 
 def load(name):
@@ -86,6 +87,8 @@ def imputer(method, seed):
             "iwae": lambda: iwae.Imputer(seed=seed),
             "iwae-base": lambda: sys.modules["iwae_base"].Imputer(seed=seed),
             "iwae-k5": lambda: iwae.Imputer(k=5, seed=seed),
+            "iwae-eager": lambda: iwae.Imputer(seed=seed, compile="off"),
+            "iwae-base-eager": lambda: sys.modules["iwae_base"].Imputer(seed=seed, compile="off"),
             "iwae-t": lambda: iwae.Imputer(likelihood="student-t", seed=seed)}[method]()
 
 
@@ -225,12 +228,13 @@ def main(argv=None):
                         "holes and seeds): the per-seed MSE differences, on the page")
     p.add_argument("--against-method", default="iwae", metavar="METHOD", help="the rows of --against to pair with")
     args = p.parse_args(argv)
-    if "iwae-base" in args.methods:
+    if set(BASELINE) & set(args.methods):
         if not args.baseline:
-            p.error("method iwae-base needs --baseline REV")
+            p.error(f"methods {', '.join(BASELINE)} need --baseline REV")
         from .common import load_baseline
         load_baseline(args.baseline)
         LABELS["iwae-base"] = f"iwae.Imputer() at {args.baseline}"
+        LABELS["iwae-base-eager"] = f"iwae.Imputer(compile='off') at {args.baseline}"
     report = lambda rows: write_report(rows, *reported(rows, args), args.out, args.against, args.against_method)
     report(run_missing(args.out / "imputation.jsonl", args, run_one, after=report))
 

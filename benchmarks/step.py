@@ -70,6 +70,9 @@ def arguments(argv=None):
                    help="also VIMCO on the same net and on its Bernoulli-latent twin (target <= 1.3x the standard step)")
     p.add_argument("--parts", action="store_true",
                    help="also the iwae step's parts: its compiled forward+backward alone and its Adam update alone")
+    p.add_argument("--eager", action="store_true",
+                   help="time the iwae and main steps with compile='off' (the estimators', bf16's and the parts' "
+                        "as always)")
     p.add_argument("--no-pyro", action="store_true")
     p.add_argument("--no-conv", action="store_true")
     p.add_argument("--no-eval", action="store_true", help="skip the evaluation benchmark")
@@ -95,7 +98,8 @@ def main(argv=None):
     results = {"machine": machine_info(args.device), "revision": git_revision(), "data": source,
                "baseline": args.baseline if base else None, "device": args.device,
                "settings": {"batch": 20, "steps": args.steps, "warmup": args.warmup,
-                            "pretrain": args.pretrain, "threads": args.threads, "clock": clock},
+                            "pretrain": args.pretrain, "threads": args.threads, "clock": clock,
+                            "eager": args.eager},
                "rows": []}
     began = time.perf_counter()
     for n_layers in layers:
@@ -187,11 +191,12 @@ def _timed(fns, xs, args, clock):
 
 def paper_row(n_layers, k, train, args, base, pyro, clock):
     model = prepared_model(n_layers, train, args.pretrain, args.device)
+    compile = "off" if args.eager else "auto"
     xs = _batches(train, 2, args.device)
     fns = {"floor": MatmulFloor(linear_shapes(model, k, 20), device=args.device),
-           "iwae": V.project(model, k, device=args.device), "plain": V.plain(model, k)}
+           "iwae": V.project(model, k, device=args.device, compile=compile), "plain": V.plain(model, k)}
     if base is not None:
-        fns["main"] = V.baseline(model, k, base)
+        fns["main"] = V.baseline(model, k, base, compile=compile)
     if not args.no_estimators:
         m = next((d for d in (8, 5) if k % d == 0 and k > d), 1)        # PIWAE's groups
         for estimator in ("stl", "dreg", "rws"):
@@ -285,9 +290,12 @@ def markdown(results, evaluation):
                      + (f"{main:.3f}{' ok' if main <= TARGETS['main'] else ' MISS'}" if main else "n/a")
                      + f" | {cell('stl')} | {cell('dreg')} | {cell('rws')} | {cell('piwae')} | {cell('plain')} | "
                      f"{cell('tutorial')} | {cell('pyro')} |")
+    eager = results["settings"].get("eager")
+    how = ("The iwae and main steps run eagerly (--eager: compile='off'; first call: " if eager else
+           "The iwae step as `iwae train` runs the paper's schedule compiles the whole step (first call, "
+           "compiling included: ")
     lines += ["", "Estimator columns: that step's time over the iwae (standard) step's, measured alongside. "
-              "The iwae step as `iwae train` runs the paper's schedule compiles the whole step (first call, "
-              "compiling included: " + ", ".join(f"{r['layers']}L k={r['k']} {r['first_call_s']['iwae']} s"
+              + how + ", ".join(f"{r['layers']}L k={r['k']} {r['first_call_s']['iwae']} s"
                                                  for r in results["rows"]) + ").", "",
               "Projected time of the paper's schedule (3280 passes x 3000 steps) at the iwae step's median: "
               + ", ".join(f"{r['layers']}-layer k={r['k']}: {r['projected_hours']:.1f} h" for r in results["rows"])

@@ -33,14 +33,15 @@ def trainer_guard(opt):
 
 
 def project(model, k, bound="iwae", estimator="standard", m=None, beta=None, planned_steps=PAPER_STEPS,
-            device="cpu", precision="fp32"):
+            device="cpu", precision="fp32", compile="auto"):
     """The project's step as ``iwae train`` builds it (make_optimizer + make_step for a run
-    of the paper's length), with the trainer's non-finite guard on the optimizer."""
+    of the paper's length; compile="off": eagerly), with the trainer's non-finite guard on
+    the optimizer."""
     model = copy.deepcopy(model)
     opt = make_optimizer(model.parameters(), LR, BETAS, EPS, capturable=device == "cuda")
     trainer_guard(opt)
     step = make_step(model, opt, k, bound, estimator, m=m, beta=beta, planned_steps=planned_steps,
-                     precision=precision)
+                     precision=precision, compile=compile)
 
     def run(x):
         return _check(step(x))
@@ -48,10 +49,11 @@ def project(model, k, bound="iwae", estimator="standard", m=None, beta=None, pla
     return run
 
 
-def baseline(model, k, package):
-    """The previous main's step, as its ``iwae train`` built it: ``package`` is that version
-    of iwae (loaded by common.load_baseline), the model a copy of this one in its classes.
-    Its modules are looked up by name, in this layout's place first, then the older ones."""
+def baseline(model, k, package, compile="auto"):
+    """The previous main's step, as its ``iwae train`` built it (compile="off": eagerly):
+    ``package`` is that version of iwae (loaded by common.load_baseline), the model a copy of
+    this one in its classes. Its modules are looked up by name, in this layout's place first,
+    then the older ones."""
     twin = package.paper_model(len(model.encoder))
     twin.load_state_dict(model.state_dict())
     opt = _find(package, "make_optimizer", "runtime.optim", "optim", "step").make_optimizer(
@@ -60,7 +62,8 @@ def baseline(model, k, package):
         _find(package, "FiniteGuard", "training.guards").FiniteGuard(opt)
     except ValueError:
         _find(package, "_FiniteGuard", "training.loop", "loop", "train")._FiniteGuard(opt)
-    step = _find(package, "make_step", "training.step", "step").make_step(twin, opt, k, planned_steps=PAPER_STEPS)
+    make_step = _find(package, "make_step", "training.step", "step").make_step
+    step = make_step(twin, opt, k, planned_steps=PAPER_STEPS, compile=compile)
 
     def run(x):
         return _check(step(x))
