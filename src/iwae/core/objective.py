@@ -188,10 +188,10 @@ class Functional:
         """(fn(*primals), pullback) as torch.func.vjp: each primal a tensor or a sequence of
         them, fn's output too; pullback(cotangent) -> one gradient per primal, shaped like it.
         With autograd=True and outside torch.compile's tracing, by torch.autograd instead: the
-        same values, gradients equal up to rounding, and an eager step 1.1-1.25x faster
-        (docs/speed.md), since torch.func's pullback differentiates with create_graph=True,
-        recording a graph of the backward and taking each op's twice-differentiable formula
-        (SiLU's as five elementwise passes, not one kernel); torch.compile traces torch.func's."""
+        same values, gradients equal up to rounding, and a faster eager step (docs/speed.md),
+        since torch.func's pullback differentiates with create_graph=True, recording a graph of
+        the backward and taking each op's twice-differentiable formula (SiLU's as five
+        elementwise passes, not one kernel); torch.compile traces torch.func's."""
         if not self.autograd or torch.compiler.is_compiling():
             return vjp(fn, *primals)
         leaves = [_leaves(p) for p in primals]

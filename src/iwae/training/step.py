@@ -5,14 +5,15 @@
     loss = step(x)     # the loss; p.grad = the estimator's gradients; the optimizer's update
 
 One function computes every step: ``estimator.gradients(Functional(model), params, x,
-objective)`` (see iwae.core.objective), i.e. ``model.log_weights`` differentiated by torch.func,
-for any model, bound and estimator. ``compile`` decides how it runs:
+objective)`` (see iwae.core.objective), i.e. ``model.log_weights`` differentiated by
+vector-Jacobian products (``Functional.vjp``), for any model, bound and estimator. ``compile``
+decides how it runs:
 
-- "off": eagerly.
-- "step": compiled by torch.compile (forward and backward in one graph; on the CPU with
-  the C++ wrapper, which removes the per-op overhead that dominates small steps and fuses
-  the elementwise work of large ones), compiled once per batch shape (its cost:
-  docs/speed.md).
+- "off": eagerly, the products by torch.autograd.
+- "step": compiled by torch.compile (forward and backward in one graph, traced through
+  torch.func's products; on the CPU with the C++ wrapper, which removes the per-op overhead
+  that dominates small steps and fuses the elementwise work of large ones), compiled once per
+  batch shape (its cost: docs/speed.md).
 - "auto": "step" for runs known to be long and for any run on CUDA, else "off"
   (iwae.runtime.decisions).
 
