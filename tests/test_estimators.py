@@ -70,14 +70,10 @@ def test_every_estimator_reports_the_same_loss_value(small_model, bound, kw, est
     assert values == pytest.approx([expected] * len(values), rel=1e-12)
 
 
-@pytest.mark.parametrize("bound,m,estimator", [("iwae", None, e) for e in ("standard", "stl", "dreg", "rws", "vimco")]
-                         + [("piwae", 2, "standard"), ("piwae", 2, "dreg"), ("piwae", 2, "vimco")])
-def test_autograd_pullback_gives_torch_funcs_gradients(small_model, bound, m, estimator):
-    # Functional(autograd=True), a training step's when it runs eagerly, differentiates by
-    # torch.autograd (first-order formulas) where torch.func's pullback uses create_graph=True:
-    # the same forward (the loss bitwise), the gradients equal up to float64 rounding
-    model, x = small_model
-    objective, est = iwae.core.objective.check(bound, estimator, 4, m, model=model)
+def assert_autograd_gives_torch_funcs(model, x, k, bound="iwae", estimator="standard", m=None):
+    """Functional(autograd=True)'s (loss, gradients) against torch.func's at one draw: the loss
+    bitwise (the same forward), every gradient to float64 rounding."""
+    objective, est = iwae.core.objective.check(bound, estimator, k, m, model=model)
     out = {}
     for autograd in (False, True):
         f = iwae.core.objective.Functional(model, autograd=autograd)
@@ -89,6 +85,16 @@ def test_autograd_pullback_gives_torch_funcs_gradients(small_model, bound, m, es
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("bound,m,estimator", [("iwae", None, e) for e in ("standard", "stl", "dreg", "rws", "vimco")]
+                         + [("piwae", 2, "standard"), ("piwae", 2, "dreg"), ("piwae", 2, "vimco")])
+def test_autograd_pullback_gives_torch_funcs_gradients(small_model, bound, m, estimator):
+    # Functional(autograd=True), a training step's when it runs eagerly, differentiates by
+    # torch.autograd (first-order formulas) where torch.func's pullback uses create_graph=True:
+    # the same forward (the loss bitwise), the gradients equal up to float64 rounding
+    model, x = small_model
+    assert_autograd_gives_torch_funcs(model, x, 4, bound, estimator, m)
+
+
 def test_autograd_pullback_on_a_masked_silu_table_model():
     # the Imputer's kind of model (SiLU, a mask, point masses beside Gaussians), whose SiLU
     # backward torch.func takes as five elementwise passes: the same gradients in float64
@@ -98,17 +104,8 @@ def test_autograd_pullback_on_a_masked_silu_table_model():
     table[rng.random(table.shape) < 0.3] = np.nan
     imputer = iwae.Imputer(epochs=1, patience=None, compile="off", activation="silu").fit(table)
     assert imputer.point_masses_ == {"3": 0.0}
-    model = imputer.model_.double()
     x = torch.as_tensor(table[:16] - np.nanmean(table, 0))                  # NaN: missing
-    objective, est = iwae.core.objective.check("iwae", "standard", 5, model=model)
-    out = {}
-    for autograd in (False, True):
-        f = iwae.core.objective.Functional(model, autograd=autograd)
-        torch.manual_seed(3)
-        out[autograd] = est.gradients(f, tuple(p.detach() for p in f.parameters()), x, objective)
-    assert out[True][0].item() == out[False][0].item()
-    for a, b in zip(out[True][1], out[False][1]):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
+    assert_autograd_gives_torch_funcs(imputer.model_.double(), x, 5)
 
 
 def test_stl_encoder_gradient_vanishes_at_the_exact_posterior(lg):
