@@ -31,7 +31,6 @@ arXiv 2210.06226 and 2410.12035.) The factor multiplying the decoder's weights i
 ``Objective.dreg_factor``. Not VR-max: its weights (an indicator of the best sample) are not
 smooth in z, and the identity fails there.
 """
-
 from .pullback import require_reparameterised
 
 SUPPORTS = ("iwae", "miwae", "piwae", "renyi")
