@@ -7,9 +7,8 @@ the evaluation of ``iwae train`` records in eval.json (``iwae evaluate --json`` 
 - The evaluator's L_k ("likelihood") decides by measurement. Compiling its log weights fuses
   the eager passes over each chunk's [rows, D] decoder output into one, so the time it saves
   is proportional to k x N x D times what one more pass over such a buffer costs here, which
-  differs between machines (on the 2-core AMX Xeon compiling saved 1.1 ms per image of L_5000,
-  on the 2-core Zen 4 0-15 ms, from run to run): ``probe_ns`` times it once per CPU, torch version and thread
-  count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
+  differs between machines (docs/speed.md, per machine type): ``probe_ns`` times it once per
+  CPU, torch version and thread count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
   Off the CPU, where the probe does not apply, the earlier threshold (AUTO_MIN_WORK).
 - Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
   overhead that compiling removes repays it on every machine type measured (docs/speed.md).
