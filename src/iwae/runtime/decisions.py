@@ -8,7 +8,8 @@ the evaluation of ``iwae train`` records in eval.json (``iwae evaluate --json`` 
   the eager passes over each chunk's [rows, D] decoder output into one, so the time it saves
   is proportional to k x N x D times what one more pass over such a buffer costs here, which
   differs between machines (docs/speed.md, per machine type): ``probe_ns`` times it once per
-  CPU, torch version and thread count, and caches it in CACHE. Compiled when the predicted saving exceeds COMPILE_SECONDS.
+  CPU, torch version and thread count, and caches it in CACHE. Compiled when the predicted
+  saving exceeds COMPILE_SECONDS.
   Off the CPU, where the probe does not apply, the earlier threshold (AUTO_MIN_WORK).
 - Training steps and AIS compile from a number of steps (AUTO_MIN_WORK), where the per-op
   overhead that compiling removes repays it on every machine type measured (docs/speed.md).
