@@ -43,29 +43,37 @@ def arguments(argv=None):
     return p.parse_args(argv)
 
 
+PARTS = ("forward_backward", "update")
+
+
+def _op(name):
+    """An event's operator: "aten::mm" and the C++ wrapper's "aoti_torch_cpu_mm_out" are "mm"."""
+    return name.split("::")[-1].removeprefix("aoti_torch_cpu_").removesuffix("_out")
+
+
 def _group(event, part):
-    """The group of an event of the step's `part` ("forward_backward" or "update"): by the
-    event or its nearest ancestor that names one; the parts' own self time (Python) is the framework's."""
+    """The group of an event of the step's `part` (one of PARTS): by the event or its nearest
+    ancestor that names one; a part's own self time (Python) is the framework's."""
     start = event
     while event is not None:
         name = event.name
         if part == "update" and name in ADAM:
             return "Adam"
-        if name.split("::")[-1] in MATMULS or (name.startswith("aoti_torch_cpu_")
-                                                and name.removeprefix("aoti_torch_cpu_").removesuffix("_out") in MATMULS):
+        if _op(name) in MATMULS:
             return "matmuls"
         if "cpp_fused" in name:
             return "fused kernels"
         if "randn" in name or "normal" in name:
             return "random draws"
-        if name in ("forward_backward", "update"):
+        if name in PARTS:
             return "finite check" if part == "update" and event is not start else "framework"
         event = event.cpu_parent
     return None
 
 
 def _part(event):
-    while event is not None and event.name not in ("forward_backward", "update"):
+    """The part of the step (one of PARTS) an event ran in, or None."""
+    while event is not None and event.name not in PARTS:
         event = event.cpu_parent
     return None if event is None else event.name
 
