@@ -182,7 +182,7 @@ def test_checkpoint_every_writes_after_every_nth_epoch_and_the_last_and_resumes_
     assert torch.load(tmp_path / "every" / "checkpoint.pt", weights_only=False)["epoch"] == 5
     plain = iwae.fit(model(), x, out=tmp_path / "plain", epochs=5, **options)
     assert states_equal(every.state_dict(), plain.state_dict())
-    part = iwae.fit(model(), x, out=tmp_path / "part", epochs=3, checkpoint_every=2, **options)
+    iwae.fit(model(), x, out=tmp_path / "part", epochs=3, checkpoint_every=2, **options)
     assert torch.load(tmp_path / "part" / "checkpoint.pt", weights_only=False)["epoch"] == 3
     resumed = iwae.fit(model(), x, out=tmp_path / "part", epochs=5, resume=True, checkpoint_every=2, **options)
     assert states_equal(resumed.state_dict(), plain.state_dict())

@@ -435,7 +435,7 @@ def test_cuda_graph_step_keeps_the_trainers_non_finite_check():
     torch.manual_seed(0)
     model = iwae.paper_model(1).cuda()
     opt = make_optimizer(model.parameters(), 1e-3, capturable=True)
-    guard = _FiniteGuard(opt)                             # registered first, as iwae.fit does
+    guard = FiniteGuard(opt)                              # registered first, as iwae.fit does
     step = make_step(model, opt, 5)
     x = binary(20, torch.float32).cuda()
     assert torch.isfinite(step(x)) and not guard.tripped()

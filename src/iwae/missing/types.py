@@ -75,7 +75,6 @@ class Column:
         the same dtype, observed cells untouched; a coded column's label at the code, a numeric
         0/1 column's mode (not the probability an array gets), an integer column's nearest
         integer."""
-        import pandas as pd
         missing = _missing(cells)
         out = cells.copy()
         if not missing.any():
